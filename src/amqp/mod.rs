@@ -1,0 +1,103 @@
+//! AMQP publishing fronted by a durable spool.
+//!
+//! A message counts as produced once it is in the [`spool`] (fsynced). The [`drain`]
+//! loop publishes spooled messages in order with publisher confirms through a
+//! [`broker::Broker`] (a list of URLs tried in turn) and removes a spool entry only
+//! after the broker confirmed every message in it.
+
+pub mod broker;
+pub mod drain;
+pub mod spool;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// One message to publish: where it goes and its JSON body, byte for byte.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Box<RawValue>,
+}
+
+impl Message {
+    /// Serialize `body` once; the spool and the wire carry exactly these bytes.
+    pub fn new<T: Serialize>(
+        exchange: &str,
+        routing_key: &str,
+        body: &T,
+    ) -> Result<Message, serde_json::Error> {
+        Ok(Message {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            body: serde_json::value::to_raw_value(body)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bad AMQP URL {url}: {reason}")]
+pub struct UrlError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// Check an AMQP URL at startup so a typo is one clear line, not a reconnect loop.
+pub fn validate_url(url: &str) -> Result<(), UrlError> {
+    let err = |reason: &str| UrlError {
+        url: redact(url),
+        reason: reason.to_string(),
+    };
+    if url.starts_with("amqps://") {
+        return Err(err(
+            "amqps:// (TLS) is not supported by this build; use amqp://",
+        ));
+    }
+    if !url.starts_with("amqp://") {
+        return Err(err("must start with amqp://"));
+    }
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|_| ())
+        .map_err(|e| err(&e))
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return url.to_string();
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_redacted() {
+        validate_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        validate_url("amqp://localhost").unwrap();
+        let e = validate_url("http://x").unwrap_err().to_string();
+        assert_eq!(e, "bad AMQP URL http://x: must start with amqp://");
+        let e = validate_url("amqps://u:secret@h/").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(validate_url("amqp://h:notaport/").is_err());
+        assert_eq!(redact("amqp://u:pw@h:1/v"), "amqp://u:***@h:1/v");
+        assert_eq!(redact("amqp://h/v"), "amqp://h/v");
+    }
+
+    #[test]
+    fn message_body_is_exact_json() {
+        let m = Message::new("ganeti", "k", &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(m.body.get(), r#"{"a":1}"#);
+    }
+}

@@ -1,0 +1,414 @@
+//! INI configuration with Python ConfigParser semantics.
+//!
+//! Every config hostkit replaces (Synnefo gtools, Skytools, ele_tools) was read by
+//! Python's ConfigParser, so operators' files rely on its rules: `[DEFAULT]` values show
+//! through in every section, option names are case-insensitive, values may continue on
+//! indented lines, and `%(name)s` interpolates another option of the same section (or
+//! DEFAULT), with `%%` for a literal percent sign. Parsing is rust-ini's; the semantics
+//! above are layered here, and every error names the file, section and key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// ConfigParser gives up after this many nested interpolations (MAX_INTERPOLATION_DEPTH).
+const MAX_DEPTH: usize = 10;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: line {line}: {reason}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{path}: no section [{section}]")]
+    MissingSection { path: PathBuf, section: String },
+    #[error("{path}: [{section}] {key}: required key is missing")]
+    MissingKey {
+        path: PathBuf,
+        section: String,
+        key: String,
+    },
+    #[error("{path}: [{section}] {key} = {value:?}: {reason}")]
+    BadValue {
+        path: PathBuf,
+        section: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{path}: [{section}] {key}: unknown key")]
+    UnknownKey {
+        path: PathBuf,
+        section: String,
+        key: String,
+    },
+}
+
+/// A parsed configuration file: raw (uninterpolated) values, keys lower-cased.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    path: PathBuf,
+    defaults: BTreeMap<String, String>,
+    sections: BTreeMap<String, BTreeMap<String, String>>,
+    /// Section names in file order (for programs that treat sections as a list).
+    order: Vec<String>,
+}
+
+impl Config {
+    /// Read and parse `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse `text`; `path` is only used to name the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let opt = ini::ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            enabled_indented_mutiline_value: true,
+            enabled_preserve_key_leading_whitespace: false,
+        };
+        let parsed = ini::Ini::load_from_str_opt(text, opt).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: e.line,
+            reason: e.msg.to_string(),
+        })?;
+        let mut cfg = Config {
+            path: path.to_path_buf(),
+            ..Config::default()
+        };
+        for (name, props) in parsed.iter() {
+            let Some(name) = name else {
+                if !props.is_empty() {
+                    // ConfigParser's MissingSectionHeaderError.
+                    return Err(ConfigError::Syntax {
+                        path: path.to_path_buf(),
+                        line: 1,
+                        reason: "file contains no section header before its first key".into(),
+                    });
+                }
+                continue;
+            };
+            let target = if name == "DEFAULT" {
+                &mut cfg.defaults
+            } else {
+                if !cfg.sections.contains_key(name) {
+                    cfg.order.push(name.to_string());
+                }
+                cfg.sections.entry(name.to_string()).or_default()
+            };
+            for (k, v) in props.iter() {
+                target.insert(k.trim().to_lowercase(), v.trim().to_string());
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The file this configuration came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn has_section(&self, section: &str) -> bool {
+        self.sections.contains_key(section)
+    }
+
+    /// Section names in the order they first appear (DEFAULT excluded).
+    pub fn sections(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(String::as_str)
+    }
+
+    /// Fail unless `section` exists.
+    pub fn require_section(&self, section: &str) -> Result<(), ConfigError> {
+        if self.has_section(section) {
+            Ok(())
+        } else {
+            Err(ConfigError::MissingSection {
+                path: self.path.clone(),
+                section: section.to_string(),
+            })
+        }
+    }
+
+    /// Keys visible in `section`, including those inherited from DEFAULT.
+    pub fn keys(&self, section: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.defaults.keys().cloned().collect();
+        if let Some(s) = self.sections.get(section) {
+            keys.extend(s.keys().cloned());
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Reject keys set in `section` itself that are not in `known` (DEFAULT is shared
+    /// between programs, so its keys are not checked).
+    pub fn reject_unknown(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {
+        if let Some(s) = self.sections.get(section) {
+            if let Some(k) = s.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(ConfigError::UnknownKey {
+                    path: self.path.clone(),
+                    section: section.to_string(),
+                    key: k.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn raw(&self, section: &str, key: &str) -> Option<&str> {
+        self.sections
+            .get(section)
+            .and_then(|s| s.get(key))
+            .or_else(|| self.defaults.get(key))
+            .map(String::as_str)
+    }
+
+    /// The interpolated value of `key` in `section` (or DEFAULT), if set.
+    pub fn get(&self, section: &str, key: &str) -> Result<Option<String>, ConfigError> {
+        let key = key.to_lowercase();
+        match self.raw(section, &key) {
+            None => Ok(None),
+            Some(raw) => self.interpolate(section, &key, raw, 1).map(Some),
+        }
+    }
+
+    /// Like [`Config::get`] but a missing key is an error.
+    pub fn require(&self, section: &str, key: &str) -> Result<String, ConfigError> {
+        self.get(section, key)?
+            .ok_or_else(|| ConfigError::MissingKey {
+                path: self.path.clone(),
+                section: section.to_string(),
+                key: key.to_lowercase(),
+            })
+    }
+
+    /// Parse the value with `FromStr`; the error names file, section, key and value.
+    pub fn get_parsed<T>(&self, section: &str, key: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(section, key)? {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| self.bad_value(section, key, &v, e.to_string())),
+        }
+    }
+
+    /// ConfigParser's getboolean: 1/yes/true/on and 0/no/false/off, any case.
+    pub fn get_bool(&self, section: &str, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(section, key)? {
+            None => Ok(None),
+            Some(v) => match v.to_lowercase().as_str() {
+                "1" | "yes" | "true" | "on" => Ok(Some(true)),
+                "0" | "no" | "false" | "off" => Ok(Some(false)),
+                _ => Err(self.bad_value(
+                    section,
+                    key,
+                    &v,
+                    "not a boolean (use yes/no, true/false, on/off or 1/0)".into(),
+                )),
+            },
+        }
+    }
+
+    /// A list split on commas and/or whitespace (how Skytools and our samples write lists).
+    pub fn get_list(&self, section: &str, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        Ok(self.get(section, key)?.map(|v| split_list(&v)))
+    }
+
+    /// Build the error for a value that failed validation elsewhere.
+    pub fn bad_value(&self, section: &str, key: &str, value: &str, reason: String) -> ConfigError {
+        ConfigError::BadValue {
+            path: self.path.clone(),
+            section: section.to_string(),
+            key: key.to_lowercase(),
+            value: value.to_string(),
+            reason,
+        }
+    }
+
+    fn interpolate(
+        &self,
+        section: &str,
+        key: &str,
+        raw: &str,
+        depth: usize,
+    ) -> Result<String, ConfigError> {
+        if depth > MAX_DEPTH {
+            return Err(self.bad_value(
+                section,
+                key,
+                raw,
+                format!("interpolation deeper than {MAX_DEPTH} levels (a reference loop?)"),
+            ));
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(pos) = rest.find('%') {
+            out.push_str(&rest[..pos]);
+            rest = &rest[pos..];
+            if let Some(after) = rest.strip_prefix("%%") {
+                out.push('%');
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("%(") {
+                let end = after.find(")s").ok_or_else(|| {
+                    self.bad_value(section, key, raw, "unterminated %(name)s reference".into())
+                })?;
+                let name = after[..end].to_lowercase();
+                let value = self.raw(section, &name).ok_or_else(|| {
+                    self.bad_value(
+                        section,
+                        key,
+                        raw,
+                        format!("references %({name})s, which is not set"),
+                    )
+                })?;
+                out.push_str(&self.interpolate(section, &name, value, depth + 1)?);
+                rest = &after[end + 2..];
+            } else {
+                return Err(self.bad_value(
+                    section,
+                    key,
+                    raw,
+                    "'%' must be followed by '%' or '(name)s'".into(),
+                ));
+            }
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// Split a list value on commas and whitespace, dropping empty items.
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, Path::new("/etc/test.conf")).unwrap()
+    }
+
+    #[test]
+    fn defaults_interpolation_and_case() {
+        let c = cfg(
+            "[DEFAULT]\nbase = /var/lib\n[eventd]\nQueue_Dir = %(base)s/ganeti/queue\npct = 50%%\n",
+        );
+        assert_eq!(
+            c.get("eventd", "queue_dir").unwrap().as_deref(),
+            Some("/var/lib/ganeti/queue")
+        );
+        assert_eq!(
+            c.get("eventd", "QUEUE_DIR").unwrap().as_deref(),
+            Some("/var/lib/ganeti/queue")
+        );
+        assert_eq!(c.get("eventd", "pct").unwrap().as_deref(), Some("50%"));
+        assert_eq!(
+            c.get("eventd", "base").unwrap().as_deref(),
+            Some("/var/lib")
+        );
+        assert_eq!(c.get("eventd", "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn section_value_overrides_default_in_interpolation() {
+        let c = cfg("[DEFAULT]\nname = d\nx = %(name)s!\n[a]\nname = a\n[b]\n");
+        assert_eq!(c.get("a", "x").unwrap().as_deref(), Some("a!"));
+        assert_eq!(c.get("b", "x").unwrap().as_deref(), Some("d!"));
+    }
+
+    #[test]
+    fn multiline_values_and_colon_separator() {
+        let c = cfg("[s]\nhosts: amqp://a\n  amqp://b\n");
+        assert_eq!(
+            c.get_list("s", "hosts").unwrap().unwrap(),
+            vec!["amqp://a".to_string(), "amqp://b".to_string()]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_section_key_value() {
+        let c = cfg("[s]\nn = ten\nb = maybe\nloop = %(loop)s\nref = %(nope)s\nbad = 5%\n");
+        let e = c.get_parsed::<u32>("s", "n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/test.conf: [s] n = \"ten\": invalid digit found in string"
+        );
+        let e = c.get_bool("s", "b").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/test.conf: [s] b = \"maybe\": not a boolean"),
+            "{e}"
+        );
+        assert!(c
+            .get("s", "loop")
+            .unwrap_err()
+            .to_string()
+            .contains("deeper than 10"));
+        assert!(c
+            .get("s", "ref")
+            .unwrap_err()
+            .to_string()
+            .contains("%(nope)s, which is not set"));
+        assert!(c
+            .get("s", "bad")
+            .unwrap_err()
+            .to_string()
+            .contains("'%' must be followed"));
+        let e = c.require("s", "absent").unwrap_err().to_string();
+        assert_eq!(e, "/etc/test.conf: [s] absent: required key is missing");
+        let e = c.require_section("t").unwrap_err().to_string();
+        assert_eq!(e, "/etc/test.conf: no section [t]");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let c = cfg("[DEFAULT]\nshared = 1\n[pgqd]\nlogfile = x\ntypo_key = 1\n");
+        let e = c
+            .reject_unknown("pgqd", &["logfile"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "/etc/test.conf: [pgqd] typo_key: unknown key");
+        c.reject_unknown("pgqd", &["logfile", "typo_key"]).unwrap();
+    }
+
+    #[test]
+    fn syntax_errors_and_keys_before_sections() {
+        let e = Config::parse("key = 1\n[s]\n", Path::new("f.ini")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("f.ini: line 1: file contains no section header"),
+            "{e}"
+        );
+        let e = Config::parse("[s\nx=1\n", Path::new("f.ini")).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        let e = Config::load(Path::new("/no/such/file.ini"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/no/such/file.ini: cannot read:"), "{e}");
+    }
+
+    #[test]
+    fn sections_keep_file_order() {
+        let c = cfg("[b]\nx=1\n[a]\ny=2\n[DEFAULT]\nz=3\n");
+        assert_eq!(c.sections().collect::<Vec<_>>(), vec!["b", "a"]);
+        assert_eq!(c.keys("a"), vec!["y".to_string(), "z".to_string()]);
+    }
+}

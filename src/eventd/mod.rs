@@ -1,0 +1,401 @@
+//! snf-ganeti-eventd: Ganeti job queue → AMQP, with nothing lost.
+//!
+//! Life of an update: Ganeti renames a job file → inotify → [`processor`] reads it and
+//! diffs it against the [`state`] → the messages are appended to the spool (fsync) →
+//! the state checkpoint is written → the drain publishes with confirms and removes the
+//! spool entry. At start (and after an inotify overflow, or once a full spool has room
+//! again) the whole queue and archive are rescanned, so updates made while the daemon
+//! was down or paused are published too.
+
+pub mod processor;
+pub mod state;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use tokio::sync::{mpsc, watch as tokio_watch};
+
+use crate::amqp::broker::Broker;
+use crate::amqp::drain::{Drain, DrainCommand, DrainConfig};
+use crate::amqp::spool::Spool;
+use crate::daemon::{self, Pidfile, Signal, Signals, Startup};
+use crate::gtools::{self, Gtools, Overrides};
+use processor::{Batch, Processor};
+use state::State;
+use watch::{Change, QueueWatch};
+
+pub const PROGRAM: &str = "snf-ganeti-eventd";
+pub const SECTION: &str = "eventd";
+const DEFAULT_QUEUE_DIR: &str = "/var/lib/ganeti/queue";
+const DEFAULT_PID_FILE: &str = "/var/run/snf-ganeti-eventd.pid";
+const DEFAULT_LOG_FILE: &str = "/var/log/snf-ganeti-eventd.log";
+const CHECKPOINT: &str = "eventd.checkpoint";
+/// How often a paused daemon (spool full, disk full) tries again.
+const RETRY: Duration = Duration::from_secs(5);
+
+const SECTION_KEYS: &[&str] = &["queue_dir", "pid_file"];
+
+/// Watch Ganeti's job queue and publish every op status change to AMQP.
+#[derive(Debug, Parser)]
+#[command(name = PROGRAM, version, about, long_about = None)]
+pub struct Args {
+    /// Configuration file [default: /etc/synnefo/gtools.conf, if present]
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ganeti's job queue directory [default: /var/lib/ganeti/queue]
+    #[arg(long, value_name = "DIR")]
+    pub queue_dir: Option<PathBuf>,
+    /// Ganeti's data directory, for ssconf_* and config.data [default: /var/lib/ganeti]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Durable spool for messages not yet confirmed by the broker
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Broker URL; repeat for fallbacks tried in turn (overrides amqp_hosts)
+    #[arg(long = "amqp", value_name = "URL")]
+    pub amqp: Vec<String>,
+    /// Topic exchange to publish to (overrides exchange_ganeti)
+    #[arg(long, value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// This node's name as Ganeti knows it [default: the host's FQDN]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Pidfile [default: /var/run/snf-ganeti-eventd.pid]
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Log file, or - for stderr [default: /var/log/snf-ganeti-eventd.log]
+    #[arg(short = 'l', long = "log", value_name = "FILE")]
+    pub log: Option<String>,
+    /// Log debug messages
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Detach from the terminal (the default is to stay in the foreground)
+    #[arg(long)]
+    pub daemonize: bool,
+}
+
+/// The clap command (for man pages and completions).
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub gtools: Gtools,
+    pub queue_dir: PathBuf,
+    pub pid_file: PathBuf,
+    pub log: crate::logging::Target,
+    pub level: log::LevelFilter,
+}
+
+impl Settings {
+    pub fn load(args: &Args) -> anyhow::Result<Settings> {
+        let cfg = gtools::load(args.config.as_deref())?;
+        let mut known: Vec<&str> = SECTION_KEYS.to_vec();
+        known.extend_from_slice(gtools::LOG_KEYS);
+        cfg.reject_unknown(SECTION, &known)?;
+        let o = Overrides {
+            amqp: args.amqp.clone(),
+            exchange: args.exchange.clone(),
+            spool_dir: args.spool_dir.clone(),
+            data_dir: args.data_dir.clone(),
+            node_name: args.node_name.clone(),
+        };
+        let gtools = Gtools::from_config(&cfg, &o)?;
+        let pick = |flag: &Option<PathBuf>, key: &str, default: &str| -> anyhow::Result<PathBuf> {
+            Ok(match flag {
+                Some(p) => p.clone(),
+                None => PathBuf::from(cfg.get(SECTION, key)?.unwrap_or_else(|| default.into())),
+            })
+        };
+        let (log, level) = gtools::log_settings(
+            &cfg,
+            SECTION,
+            args.log.as_deref(),
+            args.debug,
+            DEFAULT_LOG_FILE,
+        )?;
+        Ok(Settings {
+            queue_dir: pick(&args.queue_dir, "queue_dir", DEFAULT_QUEUE_DIR)?,
+            pid_file: pick(&args.pid_file, "pid_file", DEFAULT_PID_FILE)?,
+            gtools,
+            log,
+            level,
+        })
+    }
+}
+
+/// Entry point of the `snf-ganeti-eventd` binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    crate::cli::finish(PROGRAM, run(args))
+}
+
+/// Start-up order matters: everything that can fail on bad input is checked before
+/// detaching (so the error reaches the terminal), and the tokio runtime is built only
+/// after the fork.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&args)?;
+    std::fs::read_dir(&settings.queue_dir).with_context(|| {
+        format!(
+            "cannot read queue directory {}",
+            settings.queue_dir.display()
+        )
+    })?;
+    let startup = if args.daemonize {
+        daemon::detach()?
+    } else {
+        Startup::foreground()
+    };
+    crate::logging::init(PROGRAM, &settings.log, settings.level)?;
+    let pidfile = Pidfile::acquire(&settings.pid_file)?;
+    let spool = Spool::open(&settings.gtools.spool_dir, settings.gtools.spool_max_bytes)?;
+    let checkpoint = settings.gtools.spool_dir.join(CHECKPOINT);
+    let state = State::load(&checkpoint)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(args, settings, spool, state, checkpoint, startup));
+    pidfile.release();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+struct Daemon {
+    args: Args,
+    settings: Settings,
+    spool: Arc<Spool>,
+    checkpoint: PathBuf,
+    processor: Processor,
+    drain_tx: mpsc::UnboundedSender<DrainCommand>,
+    /// A batch could not be spooled (cap or disk full): events are ignored until a
+    /// rescan succeeds, because the rescan re-reads everything they would have named.
+    paused: bool,
+    checkpoint_dirty: bool,
+}
+
+async fn serve(
+    args: Args,
+    settings: Settings,
+    spool: Spool,
+    state: Option<State>,
+    checkpoint: PathBuf,
+    mut startup: Startup,
+) -> anyhow::Result<()> {
+    let spool = Arc::new(spool);
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let node = settings.gtools.node_name();
+    let mut watch = QueueWatch::new(&settings.queue_dir)
+        .with_context(|| format!("cannot watch {}", settings.queue_dir.display()))?;
+    let processor = Processor::new(
+        &settings.queue_dir,
+        &settings.gtools.data_dir,
+        &settings.gtools.exchange,
+        &node,
+        state,
+    );
+    let (drain_tx, drain_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio_watch::channel(false);
+    let drain = Drain::new(
+        spool.clone(),
+        Broker::new(settings.gtools.broker_config()),
+        DrainConfig {
+            confirm_timeout: settings.gtools.confirm_timeout,
+            ..DrainConfig::default()
+        },
+    );
+    let drain_task = tokio::spawn(drain.run(drain_rx, stop_rx));
+    log::info!(
+        "{PROGRAM} {} started: queue {}, spool {}, node {node}, broker {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.queue_dir.display(),
+        settings.gtools.spool_dir.display(),
+        settings
+            .gtools
+            .amqp_urls
+            .iter()
+            .map(|u| crate::amqp::redact(u))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut d = Daemon {
+        args,
+        settings,
+        spool,
+        checkpoint,
+        processor,
+        drain_tx,
+        paused: false,
+        checkpoint_dirty: false,
+    };
+    d.rescan();
+    startup.ready()?;
+    let mut retry = tokio::time::interval(RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            change = watch.next() => match change {
+                Ok(Change::Rescan) => d.rescan(),
+                Ok(Change::Jobs(jobs)) if !d.paused => {
+                    let batch = d.processor.collect(&jobs);
+                    d.commit(batch);
+                }
+                Ok(Change::Jobs(_)) => {}
+                Err(e) => {
+                    log::error!("inotify: {e}");
+                    break;
+                }
+            },
+            sig = signals.recv() => match sig {
+                Signal::Hup => d.reload(),
+                Signal::Term | Signal::Int => {
+                    log::info!("received {sig:?}: stopping");
+                    break;
+                }
+            },
+            _ = retry.tick() => {
+                if d.paused {
+                    d.rescan();
+                } else if d.checkpoint_dirty {
+                    d.save_checkpoint();
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = drain_task.await;
+    d.save_checkpoint();
+    log::info!("{PROGRAM} stopped");
+    Ok(())
+}
+
+impl Daemon {
+    fn rescan(&mut self) {
+        match self.processor.rescan() {
+            Ok(batch) => {
+                if self.commit(batch) && self.paused {
+                    log::warn!("spool has room again: publishing resumed");
+                    self.paused = false;
+                }
+            }
+            Err(e) => {
+                log::error!("cannot list {}: {e}", self.processor.queue_dir().display());
+                self.paused = true;
+            }
+        }
+    }
+
+    /// Spool the batch's messages, then record its state and checkpoint it. The batch
+    /// is spooled in entries of whole jobs no bigger than [`Self::chunk_bytes`], each
+    /// recorded as soon as it is durable, so a backlog larger than the spool's room
+    /// goes in as room frees up. Returns false (and pauses) if the spool was full.
+    fn commit(&mut self, batch: Batch) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let limit = self.chunk_bytes();
+        let mut changes = batch.changes.into_iter().peekable();
+        while changes.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut size = 0;
+            while let Some(c) = changes.next_if(|c| chunk.is_empty() || size + c.size() <= limit) {
+                size += c.size();
+                chunk.push(c);
+            }
+            let messages: Vec<_> = chunk
+                .iter()
+                .flat_map(|c| c.messages.iter().cloned())
+                .collect();
+            if !messages.is_empty() {
+                match self.spool.append("eventd", &messages) {
+                    Ok(name) => {
+                        log::debug!("spooled {} messages as {name}", messages.len());
+                        let _ = self.drain_tx.send(DrainCommand::Added(name));
+                    }
+                    Err(e) => {
+                        if !self.paused {
+                            log::error!(
+                                "cannot spool {} messages: {e}; pausing, the queue will be rescanned every {}s",
+                                messages.len(),
+                                RETRY.as_secs()
+                            );
+                        }
+                        self.paused = true;
+                        self.checkpoint_dirty = true;
+                        self.save_checkpoint();
+                        return false;
+                    }
+                }
+            }
+            self.processor.apply(chunk);
+            self.checkpoint_dirty = true;
+        }
+        if let Some(present) = batch.present {
+            self.processor.finish_rescan(&present);
+        }
+        self.save_checkpoint();
+        true
+    }
+
+    /// The largest spool entry a commit writes: big enough to amortize fsync, small
+    /// enough that a capped spool can always take one.
+    fn chunk_bytes(&self) -> usize {
+        let cap = self.spool.cap();
+        let by_cap = if cap == 0 {
+            usize::MAX
+        } else {
+            (cap / 8) as usize
+        };
+        by_cap.clamp(1, 256 * 1024)
+    }
+
+    fn save_checkpoint(&mut self) {
+        if !self.checkpoint_dirty {
+            return;
+        }
+        match self.processor.state().save(&self.checkpoint) {
+            Ok(()) => self.checkpoint_dirty = false,
+            Err(e) => log::error!("cannot write checkpoint: {e}"),
+        }
+    }
+
+    /// SIGHUP: re-read the configuration, reopen the log. Directories and the pidfile
+    /// are fixed for the life of the process.
+    fn reload(&mut self) {
+        let fresh = match Settings::load(&self.args) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("reload failed, keeping the running configuration: {e:#}");
+                return;
+            }
+        };
+        if let Err(e) = crate::logging::init(PROGRAM, &fresh.log, fresh.level) {
+            log::error!("reload: {e}");
+        }
+        if fresh.queue_dir != self.settings.queue_dir
+            || fresh.gtools.spool_dir != self.settings.gtools.spool_dir
+            || fresh.pid_file != self.settings.pid_file
+        {
+            log::warn!("reload: queue_dir, spool_dir and pid_file changes take effect at restart");
+        }
+        self.processor.set_exchange(&fresh.gtools.exchange);
+        let _ = self
+            .drain_tx
+            .send(DrainCommand::SetUrls(fresh.gtools.amqp_urls.clone()));
+        log::info!("configuration reloaded");
+        self.settings.gtools = fresh.gtools;
+        self.settings.log = fresh.log;
+        self.settings.level = fresh.level;
+    }
+}
+
+/// Where the checkpoint lives for a spool directory (for tools and tests).
+pub fn checkpoint_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join(CHECKPOINT)
+}

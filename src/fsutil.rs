@@ -1,0 +1,158 @@
+//! Durable file writes: the one place that knows the temp + fsync + rename + fsync-dir rule.
+//!
+//! Anything hostkit accepts (a spooled message, a checkpoint, a WAL segment) is written
+//! through here, so a crash at any instant leaves either the old file or the new one
+//! under the final name, never a torn one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prefix of every temporary file hostkit writes; readers skip names that start with it.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// An I/O failure together with the path it happened on, so the one-line error an
+/// operator sees always names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct PathError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl PathError {
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        PathError {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the failure was the disk (or quota) being full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self.source.raw_os_error(),
+            Some(e) if e == nix::libc::ENOSPC || e == nix::libc::EDQUOT
+        )
+    }
+}
+
+/// fsync a directory so a rename or unlink inside it survives power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PathError::new("fsync directory", dir, e))
+}
+
+/// The directory a path lives in ("." for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A temporary name beside `path`, unique within this host (pid + counter).
+pub fn temp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    parent_dir(path).join(format!("{TEMP_PREFIX}{name}.{}.{n}", std::process::id()))
+}
+
+/// Write `data` to `path` durably: temp file in the same directory, fsync, rename, fsync dir.
+/// On any failure the temp file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PathError> {
+    write_atomic_with(path, mode, true, |f| f.write_all(data))
+}
+
+/// Like [`write_atomic`] but the caller streams the content; `sync_parent` may be false
+/// when the caller will fsync the directory once for several renames.
+pub fn write_atomic_with<F>(
+    path: &Path,
+    mode: u32,
+    sync_parent: bool,
+    fill: F,
+) -> Result<(), PathError>
+where
+    F: FnOnce(&mut File) -> io::Result<()>,
+{
+    let tmp = temp_path_for(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| PathError::new("create", &tmp, e))?;
+        fill(&mut f).map_err(|e| PathError::new("write", &tmp, e))?;
+        f.sync_all().map_err(|e| PathError::new("fsync", &tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| PathError::new("rename into", path, e))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    if sync_parent {
+        sync_dir(parent_dir(path))?;
+    }
+    Ok(())
+}
+
+/// Create a directory (and parents) with `mode` if missing.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), PathError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| PathError::new("create directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn failed_fill_keeps_old_content() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"old", 0o600).unwrap();
+        let err =
+            write_atomic_with(&p, 0o600, true, |_| Err(io::Error::other("boom"))).unwrap_err();
+        assert!(err.to_string().contains("boom"));
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn error_names_the_path() {
+        let err = write_atomic(Path::new("/nonexistent-dir/x"), b"", 0o600).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dir/"), "{err}");
+    }
+}

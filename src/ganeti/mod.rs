@@ -1,0 +1,6 @@
+//! Ganeti's on-disk formats and the messages derived from them.
+
+pub mod configdata;
+pub mod jobfile;
+pub mod messages;
+pub mod ssconf;
