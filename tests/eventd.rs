@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use hostkit::eventd::state::{State, StateStore};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -18,19 +19,20 @@ const ALL: [&str; 4] = ["queued", "waiting", "running", "success"];
 /// The versions that carry each of those statuses.
 const ROUNDS: [&str; 4] = ["v1-queued", "v4-waiting", "v5-running", "v6-success"];
 
-fn checkpoint(sb: &Sandbox) -> Value {
-    fs::read(sb.spool.join("eventd.checkpoint"))
+/// The daemon's recorded state (snapshot + journal), read as the daemon would.
+fn recorded(sb: &Sandbox) -> State {
+    StateStore::peek(&sb.spool)
         .ok()
-        .and_then(|d| serde_json::from_slice(&d).ok())
-        .unwrap_or(Value::Null)
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Wait until the daemon has recorded (spooled) `status` for every job in `ids`.
 fn wait_recorded(sb: &Sandbox, ids: impl Iterator<Item = u64> + Clone, status: &str) {
     let ok = wait_for(Duration::from_secs(30), || {
-        let c = checkpoint(sb);
+        let s = recorded(sb);
         ids.clone()
-            .all(|id| c["jobs"][id.to_string()][0][0] == status)
+            .all(|id| s.job_marks(id).is_some_and(|m| m[0].0.as_str() == status))
     });
     assert!(
         ok,
@@ -276,11 +278,13 @@ async fn archive_renames_and_downtime_are_caught() {
         "archived jobs are not sent again: {got:?}"
     );
     c.expect_silence(Duration::from_millis(500)).await;
-    let cp = checkpoint(&sb);
-    assert!(
-        cp["jobs"].get("1").is_none() && cp["jobs"].get("4").is_none(),
-        "archived jobs leave the live state: {cp}"
-    );
+    let s = recorded(&sb);
+    for id in [1, 2, 4, 10001] {
+        assert!(
+            s.job_marks(id).is_none() && s.is_done(id),
+            "archived job {id} leaves the live state: {s:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,8 +50,10 @@ impl Default for DrainConfig {
 /// Requests to a running drain.
 #[derive(Debug)]
 pub enum DrainCommand {
-    /// A producer in this process committed this entry.
-    Added(String),
+    /// A producer in this process committed this entry, holding these messages (handed
+    /// over in memory so the entry need not be read back; the file stays the durable
+    /// copy).
+    Added(String, Vec<Message>),
     /// New broker URL list (configuration reload).
     SetUrls(Vec<String>),
 }
@@ -137,7 +139,12 @@ impl Drain {
 
     fn absorb(&mut self, cmd: DrainCommand) {
         match cmd {
-            DrainCommand::Added(name) => {
+            DrainCommand::Added(name, msgs) => {
+                self.loaded.entry(name.clone()).or_insert(Pending {
+                    msgs,
+                    next: 0,
+                    confirmed: 0,
+                });
                 self.names.insert(name);
             }
             DrainCommand::SetUrls(urls) => self.broker.set_urls(urls),
@@ -297,8 +304,8 @@ impl Drain {
                 let Some((name, idx)) = self.next_unsent() else {
                     break;
                 };
-                let msg = self.loaded[&name].msgs[idx].clone();
-                match self.broker.publish(&msg).await {
+                let msg = &self.loaded[&name].msgs[idx];
+                match self.broker.publish(msg).await {
                     Ok(confirm) => {
                         self.mark_up();
                         self.loaded.get_mut(&name).expect("loaded").next += 1;

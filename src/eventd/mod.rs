@@ -2,8 +2,8 @@
 //!
 //! Life of an update: Ganeti renames a job file → inotify → [`processor`] reads it and
 //! diffs it against the [`state`] → the messages are appended to the spool (fsync) →
-//! the state checkpoint is written → the drain publishes with confirms and removes the
-//! spool entry. At start (and after an inotify overflow, or once a full spool has room
+//! the state change is journaled (fdatasync) → the drain publishes with confirms and
+//! removes the spool entry. At start (and after an inotify overflow, or once a full spool has room
 //! again) the whole queue and archive are rescanned, so updates made while the daemon
 //! was down or paused are published too.
 
@@ -11,7 +11,7 @@ pub mod processor;
 pub mod state;
 pub mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use crate::amqp::spool::Spool;
 use crate::daemon::{self, Pidfile, Signal, Signals, Startup};
 use crate::gtools::{self, Gtools, Overrides};
 use processor::{Batch, Processor};
-use state::State;
+use state::{StateStore, Update};
 use watch::{Change, QueueWatch};
 
 pub const PROGRAM: &str = "snf-ganeti-eventd";
@@ -34,7 +34,6 @@ pub const SECTION: &str = "eventd";
 const DEFAULT_QUEUE_DIR: &str = "/var/lib/ganeti/queue";
 const DEFAULT_PID_FILE: &str = "/var/run/snf-ganeti-eventd.pid";
 const DEFAULT_LOG_FILE: &str = "/var/log/snf-ganeti-eventd.log";
-const CHECKPOINT: &str = "eventd.checkpoint";
 /// How often a paused daemon (spool full, disk full) tries again.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -156,13 +155,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init(PROGRAM, &settings.log, settings.level)?;
     let pidfile = Pidfile::acquire(&settings.pid_file)?;
     let spool = Spool::open(&settings.gtools.spool_dir, settings.gtools.spool_max_bytes)?;
-    let checkpoint = settings.gtools.spool_dir.join(CHECKPOINT);
-    let state = State::load(&checkpoint)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let (store, state) = StateStore::open(&settings.gtools.spool_dir)?;
+    // The watcher runs on the main thread (block_on) and the drain with lapin's I/O on
+    // one worker, so publishing goes on while the watcher waits for an fsync; a second
+    // worker only added cross-thread wake-ups.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(args, settings, spool, state, checkpoint, startup));
+    let result = runtime.block_on(serve(args, settings, spool, (store, state), startup));
     pidfile.release();
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -171,21 +173,21 @@ struct Daemon {
     args: Args,
     settings: Settings,
     spool: Arc<Spool>,
-    checkpoint: PathBuf,
+    store: StateStore,
     processor: Processor,
     drain_tx: mpsc::UnboundedSender<DrainCommand>,
     /// A batch could not be spooled (cap or disk full): events are ignored until a
     /// rescan succeeds, because the rescan re-reads everything they would have named.
     paused: bool,
-    checkpoint_dirty: bool,
+    /// The journal could not be written: the next chance, write a full snapshot.
+    snapshot_due: bool,
 }
 
 async fn serve(
     args: Args,
     settings: Settings,
     spool: Spool,
-    state: Option<State>,
-    checkpoint: PathBuf,
+    (store, state): (StateStore, Option<state::State>),
     mut startup: Startup,
 ) -> anyhow::Result<()> {
     let spool = Arc::new(spool);
@@ -228,11 +230,11 @@ async fn serve(
         args,
         settings,
         spool,
-        checkpoint,
+        store,
         processor,
         drain_tx,
         paused: false,
-        checkpoint_dirty: false,
+        snapshot_due: false,
     };
     d.rescan();
     startup.ready()?;
@@ -262,15 +264,15 @@ async fn serve(
             _ = retry.tick() => {
                 if d.paused {
                     d.rescan();
-                } else if d.checkpoint_dirty {
-                    d.save_checkpoint();
+                } else if d.snapshot_due || d.store.wants_compaction() {
+                    d.compact();
                 }
             }
         }
     }
     let _ = stop_tx.send(true);
     let _ = drain_task.await;
-    d.save_checkpoint();
+    d.compact();
     log::info!("{PROGRAM} stopped");
     Ok(())
 }
@@ -299,12 +301,16 @@ impl Daemon {
         if batch.is_empty() {
             return true;
         }
-        let limit = self.chunk_bytes();
-        let mut changes = batch.changes.into_iter().peekable();
-        while changes.peek().is_some() {
+        let mut limit = self.chunk_bytes();
+        let mut changes: std::collections::VecDeque<_> = batch.changes.into();
+        while !changes.is_empty() {
             let mut chunk = Vec::new();
             let mut size = 0;
-            while let Some(c) = changes.next_if(|c| chunk.is_empty() || size + c.size() <= limit) {
+            while let Some(c) = changes.pop_front() {
+                if !chunk.is_empty() && size + c.size() > limit {
+                    changes.push_front(c);
+                    break;
+                }
                 size += c.size();
                 chunk.push(c);
             }
@@ -316,7 +322,15 @@ impl Daemon {
                 match self.spool.append("eventd", &messages) {
                     Ok(name) => {
                         log::debug!("spooled {} messages as {name}", messages.len());
-                        let _ = self.drain_tx.send(DrainCommand::Added(name));
+                        let _ = self.drain_tx.send(DrainCommand::Added(name, messages));
+                    }
+                    // A full disk may still take a smaller entry: halve down to one job.
+                    Err(e) if e.is_full() && chunk.len() > 1 => {
+                        limit = (size / 2).max(1);
+                        for c in chunk.into_iter().rev() {
+                            changes.push_front(c);
+                        }
+                        continue;
                     }
                     Err(e) => {
                         if !self.paused {
@@ -327,19 +341,26 @@ impl Daemon {
                             );
                         }
                         self.paused = true;
-                        self.checkpoint_dirty = true;
-                        self.save_checkpoint();
                         return false;
                     }
                 }
             }
+            let updates: Vec<Update> = chunk
+                .iter()
+                .flat_map(|c| c.updates.iter().cloned())
+                .collect();
+            if let Err(e) = self.store.append(&updates) {
+                log::error!("cannot journal the state: {e}; a snapshot will be written instead");
+                self.snapshot_due = true;
+            }
             self.processor.apply(chunk);
-            self.checkpoint_dirty = true;
         }
         if let Some(present) = batch.present {
+            // Pruning is not journaled: make it durable with a snapshot.
             self.processor.finish_rescan(&present);
+            self.snapshot_due = true;
+            self.compact();
         }
-        self.save_checkpoint();
         true
     }
 
@@ -355,13 +376,10 @@ impl Daemon {
         by_cap.clamp(1, 256 * 1024)
     }
 
-    fn save_checkpoint(&mut self) {
-        if !self.checkpoint_dirty {
-            return;
-        }
-        match self.processor.state().save(&self.checkpoint) {
-            Ok(()) => self.checkpoint_dirty = false,
-            Err(e) => log::error!("cannot write checkpoint: {e}"),
+    fn compact(&mut self) {
+        match self.store.compact(self.processor.state()) {
+            Ok(()) => self.snapshot_due = false,
+            Err(e) => log::error!("cannot write the state snapshot: {e}"),
         }
     }
 
@@ -393,9 +411,4 @@ impl Daemon {
         self.settings.log = fresh.log;
         self.settings.level = fresh.level;
     }
-}
-
-/// Where the checkpoint lives for a spool directory (for tools and tests).
-pub fn checkpoint_path(spool_dir: &Path) -> PathBuf {
-    spool_dir.join(CHECKPOINT)
 }

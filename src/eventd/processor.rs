@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::state::{marks, OpMark, State};
+pub use super::state::Update;
+use super::state::{marks, State};
 use crate::amqp::Message;
 use crate::ganeti::configdata::ClusterConfig;
 use crate::ganeti::jobfile::{self, job_id_from_name};
@@ -21,13 +22,6 @@ use crate::ganeti::ssconf::Ssconf;
 pub enum Location {
     Queue,
     Archive,
-}
-
-/// State changes that take effect once the batch is spooled.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Update {
-    Record(u64, Vec<OpMark>),
-    Done(u64),
 }
 
 /// What one job contributes to a batch: its messages and the state they move it to.
@@ -264,11 +258,8 @@ impl Processor {
 
     /// These changes were spooled: make their updates the recorded state.
     pub fn apply(&mut self, changes: Vec<JobChange>) {
-        for u in changes.into_iter().flat_map(|c| c.updates) {
-            match u {
-                Update::Record(id, m) => self.state.record(id, m),
-                Update::Done(id) => self.state.mark_done(id),
-            }
+        for u in changes.iter().flat_map(|c| c.updates.iter()) {
+            self.state.apply(u);
         }
     }
 

@@ -5,12 +5,20 @@
 //! Jobs that are archived with every op final move to a compact set of done ids, so a
 //! restart rescans the archive without re-reading (or re-publishing) old jobs.
 //!
-//! The checkpoint is written after the spool entry it reflects, so after a crash the
-//! state is never ahead of what was spooled: the worst case is re-deriving (and sending
-//! again) the batch that was being committed.
+//! Durability ([`StateStore`]): a snapshot (`eventd.checkpoint`) plus an append-only
+//! journal (`eventd.journal`) with one fdatasync'd line per committed batch, so the cost
+//! of a commit does not grow with the number of live jobs. The journal line is written
+//! after the spool entry it reflects, so after a crash the state is never ahead of what
+//! was spooled: the worst case is re-deriving (and sending again) the batch that was
+//! being committed. The snapshot is rewritten and the journal emptied from time to time;
+//! replaying a journal over a snapshot that already holds it ends in the same state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rangemap::RangeInclusiveSet;
 use serde::{Deserialize, Serialize};
@@ -22,6 +30,22 @@ const FORMAT: u32 = 1;
 
 /// (status, log entries) of one op.
 pub type OpMark = (OpStatus, usize);
+
+/// One change to the state, as journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Update {
+    /// The job's ops now stand at these marks.
+    Record(u64, Vec<OpMark>),
+    /// The job is archived and final.
+    Done(u64),
+}
+
+pub const SNAPSHOT: &str = "eventd.checkpoint";
+pub const JOURNAL: &str = "eventd.journal";
+/// Compact when the journal grows past this...
+const JOURNAL_MAX: u64 = 4 << 20;
+/// ...or when it has anything and the last compaction is this old.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -82,6 +106,18 @@ impl State {
         self.done.insert(id..=id);
     }
 
+    pub fn apply(&mut self, u: &Update) {
+        match u {
+            Update::Record(id, m) => self.record(*id, m.clone()),
+            Update::Done(id) => self.mark_done(*id),
+        }
+    }
+
+    /// The marks recorded for a live job.
+    pub fn job_marks(&self, id: u64) -> Option<&[OpMark]> {
+        self.jobs.get(&id).map(Vec::as_slice)
+    }
+
     pub fn live_jobs(&self) -> usize {
         self.jobs.len()
     }
@@ -127,6 +163,113 @@ impl State {
     }
 }
 
+/// The snapshot + journal pair in a directory.
+#[derive(Debug)]
+pub struct StateStore {
+    snapshot: PathBuf,
+    journal_path: PathBuf,
+    journal: File,
+    journal_bytes: u64,
+    last_compaction: Instant,
+}
+
+impl StateStore {
+    /// Open the store in `dir`, returning the recovered state (`None`: first run).
+    pub fn open(dir: &Path) -> Result<(StateStore, Option<State>), StateError> {
+        let (state, journal_bytes) = Self::recover(dir)?;
+        let journal_path = dir.join(JOURNAL);
+        let journal = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(&journal_path)
+            .map_err(|e| PathError::new("open", &journal_path, e))?;
+        Ok((
+            StateStore {
+                snapshot: dir.join(SNAPSHOT),
+                journal_path,
+                journal,
+                journal_bytes,
+                last_compaction: Instant::now(),
+            },
+            state,
+        ))
+    }
+
+    /// Read the state a store in `dir` holds, without opening it for writing.
+    pub fn peek(dir: &Path) -> Result<Option<State>, StateError> {
+        Self::recover(dir).map(|(s, _)| s)
+    }
+
+    fn recover(dir: &Path) -> Result<(Option<State>, u64), StateError> {
+        let mut state = State::load(&dir.join(SNAPSHOT))?;
+        let path = dir.join(JOURNAL);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((state, 0)),
+            Err(e) => return Err(PathError::new("open", &path, e).into()),
+        };
+        let mut bytes = 0;
+        let mut lines = BufReader::new(file).lines().peekable();
+        while let Some(line) = lines.next() {
+            let line = line.map_err(|e| PathError::new("read", &path, e))?;
+            bytes += line.len() as u64 + 1;
+            match serde_json::from_str::<Vec<Update>>(&line) {
+                Ok(updates) => {
+                    let s = state.get_or_insert_with(State::new);
+                    for u in &updates {
+                        s.apply(u);
+                    }
+                }
+                // A torn last line is a batch whose journal write did not finish: its
+                // spool entry may exist, and re-deriving it only repeats messages.
+                Err(_) if lines.peek().is_none() => {
+                    log::warn!("{}: ignoring an incomplete last line", path.display())
+                }
+                Err(e) => {
+                    return Err(StateError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok((state, bytes))
+    }
+
+    /// Durably record one committed batch's updates.
+    pub fn append(&mut self, updates: &[Update]) -> Result<(), StateError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut line = serde_json::to_vec(updates).expect("updates serialize");
+        line.push(b'\n');
+        self.journal
+            .write_all(&line)
+            .and_then(|()| self.journal.sync_data())
+            .map_err(|e| PathError::new("append to", &self.journal_path, e))?;
+        self.journal_bytes += line.len() as u64;
+        Ok(())
+    }
+
+    pub fn wants_compaction(&self) -> bool {
+        self.journal_bytes >= JOURNAL_MAX
+            || (self.journal_bytes > 0 && self.last_compaction.elapsed() >= COMPACT_EVERY)
+    }
+
+    /// Write `state` as the snapshot, then empty the journal.
+    pub fn compact(&mut self, state: &State) -> Result<(), StateError> {
+        state.save(&self.snapshot)?;
+        self.journal
+            .set_len(0)
+            .and_then(|()| self.journal.sync_all())
+            .map_err(|e| PathError::new("truncate", &self.journal_path, e))?;
+        self.journal_bytes = 0;
+        self.last_compaction = Instant::now();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +305,40 @@ mod tests {
         assert_eq!(s.live_jobs(), 1);
         s.prune(&BTreeSet::new());
         assert_eq!(s.live_jobs(), 0);
+    }
+
+    #[test]
+    fn journal_replays_over_snapshot_and_survives_a_torn_line() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut store, s) = StateStore::open(d.path()).unwrap();
+        assert_eq!(s, None, "first run");
+        let mut state = State::new();
+        let batch1 = vec![
+            Update::Record(1, vec![(Queued, 0)]),
+            Update::Record(2, vec![(Running, 1)]),
+        ];
+        store.append(&batch1).unwrap();
+        batch1.iter().for_each(|u| state.apply(u));
+        store.compact(&state).unwrap();
+        let batch2 = vec![Update::Record(1, vec![(Success, 0)]), Update::Done(2)];
+        store.append(&batch2).unwrap();
+        batch2.iter().for_each(|u| state.apply(u));
+        drop(store);
+        assert_eq!(StateStore::peek(d.path()).unwrap().as_ref(), Some(&state));
+        // A crash mid-append leaves a partial line: ignored.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.path().join(JOURNAL))
+            .unwrap();
+        f.write_all(b"[{\"Record\":[3,").unwrap();
+        let (_, recovered) = StateStore::open(d.path()).unwrap();
+        assert_eq!(recovered, Some(state.clone()));
+        // Replaying a journal over a snapshot that already holds it changes nothing.
+        let (mut store, _) = StateStore::open(d.path()).unwrap();
+        state.save(&d.path().join(SNAPSHOT)).unwrap();
+        drop(store.journal.set_len(0));
+        store.append(&batch2).unwrap();
+        assert_eq!(StateStore::peek(d.path()).unwrap(), Some(state));
     }
 
     #[test]

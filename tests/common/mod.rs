@@ -245,6 +245,8 @@ pub struct Sandbox {
     pub log: PathBuf,
     pub config: PathBuf,
     pub exchange: String,
+    /// Pass --debug to the daemon (off for benchmarks).
+    pub debug: bool,
 }
 
 pub const NODE: &str = "node1.example.test";
@@ -266,6 +268,7 @@ impl Sandbox {
             log: dir.path().join("eventd.log"),
             config: dir.path().join("gtools.conf"),
             exchange: unique("hk-test"),
+            debug: true,
             dir,
         };
         s.write_config(&amqp_url(), &s.exchange.clone(), "");
@@ -297,8 +300,10 @@ impl Sandbox {
             .arg("--pid-file")
             .arg(&self.pid_file)
             .arg("--log")
-            .arg(&self.log)
-            .arg("--debug");
+            .arg(&self.log);
+        if self.debug {
+            c.arg("--debug");
+        }
         c
     }
 

@@ -85,7 +85,10 @@ need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
 
 # ---------------------------------------------------------------- helpers ---
 
-pid_alive() { [[ -n ${1:-} && -d /proc/$1 ]] && kill -0 "$1" 2>/dev/null; }
+pid_alive() { # running (zombies do not count: PID 1 here may reap late)
+    [[ -n ${1:-} && -d /proc/$1 ]] && kill -0 "$1" 2>/dev/null &&
+        [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]
+}
 
 read_pidfile() { [[ -r $1 ]] && tr -dc '0-9' <"$1"; }
 
@@ -191,6 +194,7 @@ daemon_util() {
 # idempotent. `check` also passes --name, which start-stop-daemon accepts.
 ensure_daemons() { # ensure_daemons <daemon-util>; needs $TARGET
     local du=$1 d rc=0
+    clear_stale_pidfiles
     for d in $("$du" list-start-daemons); do
         timeout 30 nsenter -t "$TARGET" -n -u -m -- "$du" check "$d" 9>&- && continue
         if ! timeout 60 nsenter -t "$TARGET" -n -u -m -- "$du" start "$d" </dev/null >&2 9>&-; then
@@ -199,6 +203,24 @@ ensure_daemons() { # ensure_daemons <daemon-util>; needs $TARGET
         fi
     done
     return $rc
+}
+
+# A daemon that died without cleaning up (SIGKILL, killed namespace) leaves
+# its pidfile; for the non-root-owned ones start-stop-daemon then refuses to
+# start the daemon again (same "insecure" error as above), which breaks the
+# next `gnt-cluster init`. Remove pidfiles whose process is gone.
+clear_stale_pidfiles() {
+    local f p
+    for f in /var/run/ganeti/ganeti-*.pid; do
+        [[ -e $f ]] || continue
+        p=$(read_pidfile "$f") || p=""
+        if [[ -n $p ]] && pid_alive "$p" &&
+            [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]] &&
+            [[ $(cat "/proc/$p/comm" 2>/dev/null) == ganeti-* ]]; then
+            continue
+        fi
+        rm -f "$f"
+    done
 }
 
 cluster_exists() { [[ -e $GNT_LIB/config.data || -e $GNT_LIB/ssconf_cluster_name ]]; }
@@ -373,6 +395,7 @@ cmd_up() {
     write_hosts
     write_ganeti_files
     clear_queue
+    clear_stale_pidfiles
 
     t=$(now)
     setup_netns
@@ -445,8 +468,21 @@ remove_leftovers() {
 
 # Full teardown; returns non-zero if anything is left behind.
 do_down() {
-    local rc=0 du="" t p f
+    local rc=0 du="" t p f i busy
     du=$(daemon_util 2>/dev/null) || du=""
+    # An interrupted `up` may leave `gnt-cluster init` running in the
+    # namespace (timeout(1) puts it in its own process group). Let it finish
+    # (bounded), then kill it, before tearing down underneath it.
+    for ((i = 0; i < 120; i++)); do
+        busy=()
+        for p in $(ns_member_pids); do
+            [[ $(cat "/proc/$p/comm" 2>/dev/null) == gnt-* ]] && busy+=("$p")
+        done
+        ((${#busy[@]})) || break
+        ((i == 0)) && log "waiting for running Ganeti commands in the namespace: ${busy[*]}"
+        sleep 1
+    done
+    ((${#busy[@]})) && kill_pids "stuck Ganeti commands" "${busy[@]}"
     TARGET=$(ns_target) || TARGET=""
 
     if [[ -n $TARGET && -n $du ]]; then
@@ -454,14 +490,14 @@ do_down() {
             t=$(now)
             # destroy is a job + node RPC: the daemons must be running for it.
             ensure_daemons "$du" 2>/dev/null || true
-            if wait_cluster 30; then
+            if wait_cluster 20; then
                 remove_leftovers
+                log "gnt-cluster destroy"
+                if ! timeout 180 nsenter -t "$TARGET" -n -u -m -- gnt-cluster destroy --yes-do-it >&2; then
+                    warn "gnt-cluster destroy failed"
+                fi
             else
-                warn "cluster does not answer; trying destroy anyway"
-            fi
-            log "gnt-cluster destroy"
-            if ! timeout 180 nsenter -t "$TARGET" -n -u -m -- gnt-cluster destroy --yes-do-it >&2; then
-                warn "gnt-cluster destroy failed"
+                warn "cluster does not answer, cannot destroy it; will wipe its files"
             fi
             log "cleanup + destroy took $(since "$t")"
         fi
@@ -505,6 +541,7 @@ do_down() {
         rm -rf "$GNT_LIB"/crypto/* 2>/dev/null || true
     fi
     clear_queue
+    clear_stale_pidfiles
     # The fake hypervisor's and instance runtime state of the old cluster.
     rm -rf /var/run/ganeti/fake-hypervisor/* /var/run/ganeti/instance-disks/* 2>/dev/null || true
     if [[ -e $OS_DIR/$MARKER ]]; then rm -rf "$OS_DIR"; fi

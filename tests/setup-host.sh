@@ -1,0 +1,59 @@
+#!/bin/bash
+# Make this Debian 12 host ready for `make check`: install with apt only what is
+# missing, start PostgreSQL and RabbitMQ only if they are not already running.
+# Idempotent; safe to run on a developer's machine, in CI, or on a fresh host.
+set -euo pipefail
+
+say() { echo "setup-host: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup-host: must run as root (it installs packages and starts services)" >&2
+    exit 1
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup-host: no cargo on PATH; install a Rust toolchain >= 1.85 (rustup) first" >&2
+    exit 1
+fi
+
+# Build tools, services the tests talk to, and peers the benchmarks measure against.
+packages=(
+    build-essential pkg-config
+    postgresql-15 postgresql-15-pgq3 postgresql-contrib
+    rabbitmq-server
+    socat iproute2 util-linux procps
+)
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    say "all packages present"
+fi
+
+# PostgreSQL 15: create the main cluster if apt did not, start it if it is down.
+if ! pg_lsclusters -h 2>/dev/null | grep -q '^15 '; then
+    say "creating PostgreSQL 15 cluster"
+    pg_createcluster 15 main
+fi
+if ! pg_lsclusters -h | awk '$1 == "15" && $2 == "main" { print $4 }' | grep -q online; then
+    say "starting PostgreSQL 15"
+    pg_ctlcluster --skip-systemctl-redirect 15 main start
+fi
+
+# RabbitMQ: start it detached if it does not answer.
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    say "starting RabbitMQ"
+    rabbitmq-server -detached
+    for _ in $(seq 1 60); do
+        rabbitmqctl -q status >/dev/null 2>&1 && break
+        sleep 1
+    done
+    rabbitmqctl -q await_startup
+fi
+say "PostgreSQL and RabbitMQ are up"
