@@ -10,4 +10,6 @@ pub mod eventd;
 pub mod fsutil;
 pub mod ganeti;
 pub mod gtools;
+pub mod hook;
 pub mod logging;
+pub mod progress;

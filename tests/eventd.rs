@@ -559,6 +559,11 @@ fn bad_startup_input_is_one_line_and_non_zero() {
     let (code, err) = run(sb.eventd().arg("--no-such-flag"));
     assert_eq!(code, 2, "{err}");
 
+    sb.write_config(&amqp_url(), &sb.exchange.clone(), "");
+    let out = sb.eventd().arg("--check").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("configuration OK: queue "));
+
     let (code, _) = run(sb.eventd().arg("--help"));
     assert_eq!(code, 0);
     let out = Command::new(env!("CARGO_BIN_EXE_snf-ganeti-eventd"))

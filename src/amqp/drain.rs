@@ -341,6 +341,8 @@ impl Drain {
                         r = &mut f.confirm => Event::Confirm(Box::new(r)),
                         _ = tokio::time::sleep_until(deadline) => Event::ConfirmTimeout,
                         cmd = next_command(&mut rx) => Event::Command(cmd),
+                        // Entries other processes (hooks) spooled must not wait for idle.
+                        _ = tick.tick() => Event::Tick,
                         _ = shutdown.changed() => Event::Shutdown,
                     }
                 }

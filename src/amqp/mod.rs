@@ -6,6 +6,7 @@
 //! after the broker confirmed every message in it.
 
 pub mod broker;
+pub mod direct;
 pub mod drain;
 pub mod spool;
 

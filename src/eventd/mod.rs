@@ -76,6 +76,9 @@ pub struct Args {
     /// Detach from the terminal (the default is to stay in the foreground)
     #[arg(long)]
     pub daemonize: bool,
+    /// Check the configuration and directories, print what would be used, and exit
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// The clap command (for man pages and completions).
@@ -147,6 +150,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             settings.queue_dir.display()
         )
     })?;
+    if args.check {
+        crate::fsutil::ensure_dir(&settings.gtools.spool_dir, 0o750)?;
+        println!(
+            "configuration OK: queue {}, spool {}, exchange {}, brokers {}",
+            settings.queue_dir.display(),
+            settings.gtools.spool_dir.display(),
+            settings.gtools.exchange,
+            settings
+                .gtools
+                .amqp_urls
+                .iter()
+                .map(|u| crate::amqp::redact(u))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let startup = if args.daemonize {
         daemon::detach()?
     } else {
