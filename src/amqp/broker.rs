@@ -123,6 +123,23 @@ impl Broker {
         }
     }
 
+    /// True if some broker accepts a TCP connection. A refused connection is known in
+    /// microseconds, while a full AMQP connect attempt costs milliseconds: one-shot
+    /// producers (the hook) use this to go straight to the spool when no broker is up.
+    pub async fn reachable(&self) -> bool {
+        for url in &self.cfg.urls {
+            let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else {
+                continue;
+            };
+            let addr = (uri.authority.host.as_str(), uri.authority.port);
+            let attempt = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(_)) = tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Make sure a channel is open, trying every URL once, in turn.
     pub async fn connect(&mut self) -> Result<(), BrokerError> {
         if self.is_connected() {

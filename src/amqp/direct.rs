@@ -65,6 +65,13 @@ impl Direct {
         if self.failed.is_none() && self.inflight.len() >= WINDOW {
             self.confirm_front(deadline).await;
         }
+        if self.failed.is_none() && !self.broker.is_connected() {
+            match tokio::time::timeout_at(deadline, self.broker.reachable()).await {
+                Ok(true) => {}
+                Ok(false) => self.fail("no broker accepts connections".into()),
+                Err(_) => self.fail("no answer in time".into()),
+            }
+        }
         if self.failed.is_none() {
             match tokio::time::timeout_at(deadline, self.broker.publish(&msg)).await {
                 Ok(Ok(confirm)) => {
