@@ -4,9 +4,9 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: check deps lint test build release deb bench clean
+.PHONY: check deps lint test e2e build release deb e2e-deb bench clean
 
-check: deps lint test
+check: deps lint test e2e
 
 deps:
 	bash tests/setup-host.sh
@@ -27,8 +27,15 @@ release:
 deb:
 	bash debian/build-debs.sh
 
+# Build the packages, install them and drive them as an operator would.
+e2e: e2e-deb
+
+e2e-deb: deb
+	bash tests/e2e/deb-eventd.sh
+
 bench:
 	$(CARGO) bench --locked --bench eventd
+	$(CARGO) bench --locked --bench hook
 
 clean:
 	$(CARGO) clean

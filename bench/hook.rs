@@ -12,15 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn env() -> BTreeMap<String, String> {
-    std::fs::read_to_string(fixture(
-        "ganeti/hook-env/instance-start-post-inst1-diskless.env",
-    ))
-    .unwrap()
-    .lines()
-    .filter(|l| !l.starts_with('#'))
-    .filter_map(|l| l.split_once('='))
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    let p = fixture("ganeti/hook-env/instance-start-post-inst1-diskless.env");
+    hostkit::ganeti::hookenv::parse_env_dump(&std::fs::read_to_string(p).unwrap())
 }
 
 fn run_many(sb: &Sandbox, env: &BTreeMap<String, String>, n: usize) -> Vec<Duration> {

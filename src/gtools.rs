@@ -164,6 +164,12 @@ impl Gtools {
         }
     }
 
+    /// The broker URLs with passwords masked, for logs.
+    pub fn brokers_redacted(&self) -> String {
+        let urls: Vec<String> = self.amqp_urls.iter().map(|u| amqp::redact(u)).collect();
+        urls.join(" ")
+    }
+
     /// This node's name as Ganeti knows it (override, else the FQDN).
     pub fn node_name(&self) -> String {
         self.node_name

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -19,7 +19,7 @@ use crate::amqp::direct::{deadline_in, Direct};
 use crate::amqp::spool::Spool;
 use crate::amqp::Message;
 use crate::ganeti::hookenv::{self, InstanceHook};
-use crate::ganeti::messages::prefix;
+use crate::ganeti::messages::{now, prefix};
 use crate::gtools::{self, Gtools, Overrides};
 
 pub const PROGRAM: &str = "snf-ganeti-hook";
@@ -50,13 +50,6 @@ pub fn main() -> ExitCode {
     let args = Args::parse();
     let vars: BTreeMap<String, String> = std::env::vars().collect();
     crate::cli::finish(PROGRAM, run(&args, &vars))
-}
-
-fn now() -> Value {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    json!([d.as_secs(), d.subsec_micros()])
 }
 
 /// The message Synnefo's hook published.

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::amqp::direct::{deadline_in, Direct};
 use crate::amqp::spool::Spool;
 use crate::amqp::Message;
-use crate::ganeti::messages::prefix;
+use crate::ganeti::messages::{now, prefix};
 use crate::gtools::{self, Gtools, Overrides};
 
 pub const PROGRAM: &str = "snf-progress-monitor";
@@ -117,13 +117,6 @@ impl Splitter {
         self.buf.drain(..n);
         self.base += n as u64;
     }
-}
-
-fn now() -> Value {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    json!([d.as_secs(), d.subsec_micros()])
 }
 
 pub fn run(args: &Args, mut input: impl Read) -> anyhow::Result<ExitCode> {

@@ -13,13 +13,9 @@ use common::*;
 use serde_json::{json, Value};
 
 fn hook_env(name: &str) -> BTreeMap<String, String> {
-    fs::read_to_string(fixture(&format!("ganeti/hook-env/{name}")))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    hostkit::ganeti::hookenv::parse_env_dump(
+        &fs::read_to_string(fixture(&format!("ganeti/hook-env/{name}"))).unwrap(),
+    )
 }
 
 /// Run the hook as Ganeti does: clean environment, cwd /, stdin /dev/null.

@@ -157,13 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             settings.queue_dir.display(),
             settings.gtools.spool_dir.display(),
             settings.gtools.exchange,
-            settings
-                .gtools
-                .amqp_urls
-                .iter()
-                .map(|u| crate::amqp::redact(u))
-                .collect::<Vec<_>>()
-                .join(" ")
+            settings.gtools.brokers_redacted()
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -238,13 +232,7 @@ async fn serve(
         env!("CARGO_PKG_VERSION"),
         settings.queue_dir.display(),
         settings.gtools.spool_dir.display(),
-        settings
-            .gtools
-            .amqp_urls
-            .iter()
-            .map(|u| crate::amqp::redact(u))
-            .collect::<Vec<_>>()
-            .join(" ")
+        settings.gtools.brokers_redacted()
     );
     let mut d = Daemon {
         args,

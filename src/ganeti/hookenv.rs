@@ -83,6 +83,16 @@ fn require<'a>(vars: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str,
         .ok_or_else(|| HookEnvError::Missing(key.to_string()))
 }
 
+/// Variables from an environment dump (`KEY=VALUE` lines, `#` comments), the form the
+/// captured hook environments in the test fixtures have; handy for replaying a hook.
+pub fn parse_env_dump(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Parse a MAC `aa:bb:cc:dd:ee:ff` (any case) into bytes.
 pub fn parse_mac(mac: &str) -> Option<[u8; 6]> {
     let parts: Vec<&str> = mac.split(':').collect();
@@ -221,13 +231,7 @@ mod tests {
             "{}/tests/fixtures/ganeti/hook-env/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        parse_env_dump(&std::fs::read_to_string(p).unwrap())
     }
 
     #[test]

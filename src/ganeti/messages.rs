@@ -41,6 +41,14 @@ pub fn prefix(name: &str) -> &str {
     name.split('-').next().unwrap_or(name)
 }
 
+/// `event_time` for a message about something happening now: `[sec, usec]`.
+pub fn now() -> Value {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    json!([d.as_secs(), d.subsec_micros()])
+}
+
 /// The message's `event_time`: the timestamp of the transition the op just made.
 pub fn event_time(job: &Job, op: &Op) -> Value {
     let ts = match op.status {
