@@ -12,4 +12,5 @@ pub mod ganeti;
 pub mod gtools;
 pub mod hook;
 pub mod logging;
+pub mod pgqd;
 pub mod progress;

@@ -1,0 +1,313 @@
+//! pgqd: the PgQ ticker and maintenance daemon, a drop-in for Skytools' C `pgqd`.
+//!
+//! The supervisor finds the databases (`database_list`, else `pg_database` every
+//! check_period), runs the [`db`] workers for each — ticker, retry, maintenance — and
+//! unregisters databases that disappear. Every stats_period it logs
+//! `{ticks: N, maint: N, retry: N}` and writes the [`status`] file that
+//! `pgqd --status` prints, so monitoring can tell a live but stuck ticker.
+
+pub mod config;
+pub mod db;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgAction, CommandFactory, Parser};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::daemon::{self, Pidfile, Signal, Signals, Startup};
+use crate::logging::Target;
+use config::PgqdConfig;
+use db::Shared;
+
+pub const PROGRAM: &str = "pgqd";
+
+/// PgQ ticker and maintenance daemon (drop-in for Skytools' pgqd).
+#[derive(Debug, Parser)]
+#[command(name = PROGRAM, version, about, long_about = None, disable_version_flag = true)]
+pub struct Args {
+    /// Configuration file
+    #[arg(value_name = "CONFIG", required_unless_present_any = ["ini", "version"])]
+    pub config: Option<PathBuf>,
+    /// No console output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// More verbose logging (repeatable)
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Detach and run in the background (needs pidfile)
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+    /// Stop the running pgqd cleanly (SIGINT)
+    #[arg(short = 's', long, group = "control")]
+    pub stop: bool,
+    /// Kill the running pgqd (SIGTERM)
+    #[arg(short = 'k', long, group = "control")]
+    pub kill: bool,
+    /// Make the running pgqd reload its config (SIGHUP)
+    #[arg(short = 'r', long, group = "control")]
+    pub reload: bool,
+    /// Print a sample configuration and exit
+    #[arg(long)]
+    pub ini: bool,
+    /// Print the running pgqd's per-database status and exit (non-zero if stale)
+    #[arg(long, group = "control")]
+    pub status: bool,
+    /// Print version
+    #[arg(short = 'V', long, action = ArgAction::SetTrue)]
+    pub version: bool,
+}
+
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    crate::cli::finish(PROGRAM, run(args))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.version {
+        println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.ini {
+        print!("{}", config::SAMPLE);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = args.config.clone().expect("clap requires CONFIG");
+    let cfg = PgqdConfig::load(&path)?;
+    let signal = if args.stop {
+        Some((nix::sys::signal::Signal::SIGINT, "SIGINT"))
+    } else if args.kill {
+        Some((nix::sys::signal::Signal::SIGTERM, "SIGTERM"))
+    } else if args.reload {
+        Some((nix::sys::signal::Signal::SIGHUP, "SIGHUP"))
+    } else {
+        None
+    };
+    if let Some((sig, name)) = signal {
+        return control(&cfg, sig, name);
+    }
+    if args.status {
+        let file = cfg
+            .status_file
+            .clone()
+            .context("no status_file (or pidfile) in the configuration")?;
+        return status::print(&file, cfg.stats_period);
+    }
+    if args.daemon && cfg.pidfile.is_none() {
+        anyhow::bail!("{}: [pgqd] pidfile is required with -d", cfg.path.display());
+    }
+    let startup = if args.daemon {
+        daemon::detach()?
+    } else {
+        Startup::foreground()
+    };
+    let (target, level) = log_target(&cfg, &args);
+    crate::logging::init(PROGRAM, &target, level)?;
+    let pidfile = match &cfg.pidfile {
+        Some(p) => Some(Pidfile::acquire(p).map_err(|e| match e {
+            daemon::DaemonError::Running { .. } | daemon::DaemonError::RunningUnlocked { .. } => {
+                anyhow::anyhow!("pidfile exists, another instance running? ({e})")
+            }
+            other => other.into(),
+        })?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = runtime.block_on(supervise(args, cfg, startup))?;
+    drop(pidfile);
+    Ok(code)
+}
+
+/// `-s/-k/-r`: signal the running daemon named by the pidfile.
+fn control(
+    cfg: &PgqdConfig,
+    sig: nix::sys::signal::Signal,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let pidfile = cfg.pidfile.as_ref().with_context(|| {
+        format!(
+            "{}: [pgqd] pidfile is required with -s/-k/-r",
+            cfg.path.display()
+        )
+    })?;
+    match daemon::running_pid(pidfile)? {
+        Some(pid) => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .with_context(|| format!("cannot signal pid {pid}"))?;
+            println!("{name} sent");
+        }
+        None => println!("Old process is not running"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Foreground without -q: stderr. Otherwise the logfile, else syslog (if enabled).
+fn log_target(cfg: &PgqdConfig, args: &Args) -> (Target, log::LevelFilter) {
+    let level = match args.verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let target = if !args.daemon && !args.quiet {
+        Target::Stderr
+    } else if let Some(f) = &cfg.logfile {
+        Target::File(f.clone())
+    } else if cfg.syslog {
+        Target::Syslog {
+            ident: cfg.syslog_ident.clone(),
+            facility: cfg.syslog_facility.clone(),
+            socket: None,
+        }
+    } else {
+        Target::File(PathBuf::from("/dev/null"))
+    };
+    (target, level)
+}
+
+struct Workers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The databases to serve now: the configured list, or every one that allows
+/// connections (asked through initial_database).
+async fn discover(cfg: &PgqdConfig) -> Result<BTreeSet<String>, String> {
+    if !cfg.database_list.is_empty() {
+        return Ok(cfg.database_list.iter().cloned().collect());
+    }
+    let (client, conn) =
+        tokio_postgres::connect(&cfg.connstr(&cfg.initial_database), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: connection failed: {}",
+                    cfg.initial_database,
+                    db::one_line(&e)
+                )
+            })?;
+    let conn = tokio::spawn(conn);
+    let rows = client
+        .query("select datname::text from pg_catalog.pg_database where not datistemplate and datallowconn", &[])
+        .await
+        .map_err(|e| format!("{}: {}", cfg.initial_database, db::one_line(&e)));
+    drop(client);
+    let _ = conn.await;
+    Ok(rows?.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+fn start_workers(shared: &Shared, db_name: &str) -> Workers {
+    let (stop, rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(db::ticker(shared.clone(), db_name.to_string(), rx.clone())),
+        tokio::spawn(db::retry(shared.clone(), db_name.to_string(), rx.clone())),
+        tokio::spawn(db::maint(shared.clone(), db_name.to_string(), rx)),
+    ];
+    Workers { stop, tasks }
+}
+
+async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let mut shared = Shared {
+        cfg: Arc::new(cfg),
+        stats: Arc::default(),
+        status: Arc::new(Mutex::new(BTreeMap::new())),
+    };
+    let mut workers: BTreeMap<String, Workers> = BTreeMap::new();
+    log::info!("{PROGRAM} {} starting", env!("CARGO_PKG_VERSION"));
+    startup.ready()?;
+    let mut last_discovery_error: Option<String> = None;
+    let mut check = tokio::time::interval(shared.cfg.check_period);
+    let mut stats = tokio::time::interval(shared.cfg.stats_period);
+    stats.tick().await;
+    let code = loop {
+        tokio::select! {
+            _ = check.tick() => {
+                match discover(&shared.cfg).await {
+                    Ok(dbs) => {
+                        last_discovery_error = None;
+                        for gone in workers.keys().filter(|d| !dbs.contains(*d)).cloned().collect::<Vec<_>>() {
+                            log::info!("Unregister database {gone}");
+                            if let Some(w) = workers.remove(&gone) {
+                                let _ = w.stop.send(true);
+                            }
+                            shared.status.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone);
+                        }
+                        for new in dbs {
+                            if let std::collections::btree_map::Entry::Vacant(slot) = workers.entry(new) {
+                                log::info!("Register database {}", slot.key());
+                                let w = start_workers(&shared, slot.key());
+                                slot.insert(w);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if last_discovery_error.as_deref() != Some(&e) {
+                            log::warn!("database discovery failed: {e}");
+                            last_discovery_error = Some(e);
+                        }
+                    }
+                }
+            }
+            _ = stats.tick() => {
+                let t = shared.stats.ticks.swap(0, Ordering::Relaxed);
+                let m = shared.stats.maint.swap(0, Ordering::Relaxed);
+                let r = shared.stats.retry.swap(0, Ordering::Relaxed);
+                log::info!("{{ticks: {t}, maint: {m}, retry: {r}}}");
+                if let Some(f) = &shared.cfg.status_file {
+                    if let Err(e) = status::write(f, &shared.status) {
+                        log::warn!("{e}");
+                    }
+                }
+            }
+            sig = signals.recv() => match sig {
+                Signal::Hup => {
+                    match PgqdConfig::load(&shared.cfg.path) {
+                        Ok(fresh) => {
+                            log::info!("configuration reloaded; rechecking databases");
+                            for (_, w) in std::mem::take(&mut workers) {
+                                let _ = w.stop.send(true);
+                            }
+                            shared.cfg = Arc::new(fresh);
+                            check = tokio::time::interval(shared.cfg.check_period);
+                            stats = tokio::time::interval(shared.cfg.stats_period);
+                            stats.tick().await;
+                            let _ = crate::logging::reopen();
+                        }
+                        Err(e) => log::error!("reload failed, keeping the running configuration: {e}"),
+                    }
+                }
+                Signal::Int => {
+                    log::info!("got SIGINT, shutting down");
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    for (_, w) in std::mem::take(&mut workers) {
+                        let _ = w.stop.send(true);
+                        for t in w.tasks {
+                            let _ = tokio::time::timeout_at(deadline, t).await;
+                        }
+                    }
+                    break ExitCode::SUCCESS;
+                }
+                Signal::Term => {
+                    log::info!("got SIGTERM, exiting");
+                    break ExitCode::SUCCESS;
+                }
+            }
+        }
+    };
+    drop(args);
+    Ok(code)
+}

@@ -1,0 +1,491 @@
+//! pgqd against the real PostgreSQL 15 with the pgq extension: batches delivered,
+//! retries returned, tables rotated, databases appearing and disappearing, connections
+//! cut, reload, the control flags, one ticker per database.
+//!
+//! Tests in this file run one at a time: a pgqd that discovers databases would tick
+//! (and lock) the databases of a test running beside it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+const BASE: &str = "host=127.0.0.1 user=postgres";
+
+async fn connect(db: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(&format!("{BASE} dbname={db}"), NoTls)
+        .await
+        .expect("PostgreSQL must be running (make check starts it)");
+    tokio::spawn(conn);
+    c
+}
+
+/// A fresh database with pgq and a queue `q` that ticks on every event.
+async fn pgq_db(with_pgq: bool) -> String {
+    let name = format!(
+        "hk_pgqd_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = connect("postgres").await;
+    // Separate statements: a multi-statement string runs as one transaction.
+    for sql in [
+        format!("drop database if exists {name} with (force)"),
+        format!("create database {name}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    if with_pgq {
+        let c = connect(&name).await;
+        c.batch_execute(
+            "create extension pgq;
+             select pgq.create_queue('q');
+             select pgq.set_queue_config('q', 'ticker_max_count', '1');
+             select pgq.set_queue_config('q', 'ticker_max_lag', '0');
+             select pgq.register_consumer('q', 'c');",
+        )
+        .await
+        .unwrap();
+    }
+    name
+}
+
+async fn drop_db(name: &str) {
+    let admin = connect("postgres").await;
+    let _ = admin
+        .batch_execute(&format!("drop database if exists {name} with (force)"))
+        .await;
+}
+
+/// Insert an event, then wait (up to `secs`) for a batch holding it; finish the batch.
+async fn event_delivered(db: &str, data: &str, secs: u64) -> bool {
+    let c = connect(db).await;
+    c.execute("select pgq.insert_event('q', 'test', $1)", &[&data])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let row = c
+            .query_one("select pgq.next_batch('q', 'c')", &[])
+            .await
+            .unwrap();
+        if let Some(batch) = row.get::<_, Option<i64>>(0) {
+            let evs = c
+                .query("select ev_data from pgq.get_batch_events($1)", &[&batch])
+                .await
+                .unwrap();
+            c.execute("select pgq.finish_batch($1)", &[&batch])
+                .await
+                .unwrap();
+            if evs
+                .iter()
+                .any(|r| r.get::<_, Option<String>>(0).as_deref() == Some(data))
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+struct Pgqd {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Pgqd {
+    fn new(extra: &str) -> Pgqd {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pgqd.ini");
+        let p = Pgqd {
+            dir,
+            config,
+            child: None,
+        };
+        p.write_config(extra);
+        p
+    }
+
+    fn write_config(&self, extra: &str) {
+        fs::write(
+            &self.config,
+            format!(
+                "[pgqd]\nbase_connstr = {BASE}\nlogfile = {}\npidfile = {}\nsyslog = 0\n\
+                 ticker_period = 0.2\ncheck_period = 1\nretry_period = 0.5\nmaint_period = 1\nstats_period = 1\n{extra}\n",
+                self.log().display(),
+                self.pidfile().display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("pgqd.log")
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.path().join("pgqd.pid")
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgqd"));
+        c.arg(&self.config);
+        c
+    }
+
+    /// Start in the background with -d, as scriptmgr does; logs go to the logfile.
+    fn start(&mut self) {
+        let out = self.cmd().arg("-d").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(wait(Duration::from_secs(5), || self.pidfile().exists()));
+    }
+
+    /// Start in the foreground with -q (logfile only).
+    fn spawn(&mut self) {
+        self.child = Some(self.cmd().arg("-q").stdin(Stdio::null()).spawn().unwrap());
+        assert!(wait(Duration::from_secs(5), || self
+            .log_text()
+            .contains("starting")));
+    }
+
+    fn control(&self, flag: &str) -> String {
+        let out = self.cmd().arg(flag).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn pid(&self) -> Option<i32> {
+        hostkit::daemon::running_pid(&self.pidfile()).unwrap()
+    }
+}
+
+impl Drop for Pgqd {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_deliver_batches_in_several_databases_and_report_status() {
+    let _g = SERIAL.lock().await;
+    let (a, b) = (pgq_db(true).await, pgq_db(true).await);
+    let mut p = Pgqd::new(&format!("database_list = {a}, {b}"));
+    p.start();
+    assert!(event_delivered(&a, "hello a", 10).await, "{}", p.log_text());
+    assert!(event_delivered(&b, "hello b", 10).await, "{}", p.log_text());
+    assert!(
+        wait(Duration::from_secs(5), || p.log_text().contains("{ticks: ")),
+        "{}",
+        p.log_text()
+    );
+    assert!(p
+        .log_text()
+        .contains(&format!("{a}: ticker: pgq version ok")));
+    // The status file names both databases as ticking, recently.
+    assert!(wait(Duration::from_secs(5), || {
+        let out = p.cmd().arg("--status").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        out.status.success()
+            && text.contains(&a)
+            && text.contains(&b)
+            && text.matches("ticking").count() == 2
+    }));
+    assert_eq!(p.control("-s"), "SIGINT sent");
+    assert!(wait(Duration::from_secs(10), || p.pid().is_none()
+        && !p.pidfile().exists()));
+    assert!(p.log_text().contains("got SIGINT, shutting down"));
+    // Once stopped, the status goes stale and --status says so (older than 3 stats periods).
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(!p.cmd().arg("--status").status().unwrap().success());
+    drop_db(&a).await;
+    drop_db(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_events_come_back_and_tables_rotate() {
+    let _g = SERIAL.lock().await;
+    let db = pgq_db(true).await;
+    let c = connect(&db).await;
+    c.batch_execute(
+        "update pgq.queue set queue_rotation_period = '2 seconds' where queue_name = 'q'",
+    )
+    .await
+    .unwrap();
+    let table0: i32 = c
+        .query_one(
+            "select queue_cur_table from pgq.queue where queue_name = 'q'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut p = Pgqd::new(&format!("database_list = {db}"));
+    p.start();
+    c.execute("select pgq.insert_event('q', 'test', 'again')", &[])
+        .await
+        .unwrap();
+    // Take the event, and ask for it again immediately.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut retried = false;
+    while Instant::now() < deadline && !retried {
+        if let Some(batch) = c
+            .query_one("select pgq.next_batch('q', 'c')", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+        {
+            for ev in c
+                .query(
+                    "select ev_id, ev_data from pgq.get_batch_events($1)",
+                    &[&batch],
+                )
+                .await
+                .unwrap()
+            {
+                if ev.get::<_, Option<String>>(1).as_deref() == Some("again") {
+                    let id: i64 = ev.get(0);
+                    c.execute("select pgq.event_retry($1, $2, 0)", &[&batch, &id])
+                        .await
+                        .unwrap();
+                    retried = true;
+                }
+            }
+            c.execute("select pgq.finish_batch($1)", &[&batch])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(retried);
+    // pgqd's retry worker puts it back in the queue; a later batch has it again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut back = false;
+    while Instant::now() < deadline && !back {
+        if let Some(batch) = c
+            .query_one("select pgq.next_batch('q', 'c')", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+        {
+            back = c
+                .query(
+                    "select ev_data, ev_retry from pgq.get_batch_events($1)",
+                    &[&batch],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| {
+                    r.get::<_, Option<String>>(0).as_deref() == Some("again")
+                        && r.get::<_, Option<i32>>(1) == Some(1)
+                });
+            c.execute("select pgq.finish_batch($1)", &[&batch])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "retried event came back; log:\n{}", p.log_text());
+    // Maintenance rotates the queue's tables once rotation_period has passed.
+    let rotated = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut r = false;
+        while Instant::now() < deadline && !r {
+            // Keep the consumer moving so rotation is not held back by it.
+            if let Some(batch) = c
+                .query_one("select pgq.next_batch('q', 'c')", &[])
+                .await
+                .unwrap()
+                .get::<_, Option<i64>>(0)
+            {
+                c.execute("select pgq.finish_batch($1)", &[&batch])
+                    .await
+                    .unwrap();
+            }
+            c.execute("select pgq.insert_event('q', 'test', 'tick')", &[])
+                .await
+                .unwrap();
+            let t: i32 = c
+                .query_one(
+                    "select queue_cur_table from pgq.queue where queue_name = 'q'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            r = t != table0;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        r
+    };
+    assert!(rotated, "queue_cur_table changed; log:\n{}", p.log_text());
+    drop(c);
+    p.control("-k");
+    drop_db(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_come_and_go_and_cut_connections_recover() {
+    let _g = SERIAL.lock().await;
+    let mut p = Pgqd::new("");
+    p.spawn();
+    // Discovered while running.
+    let db = pgq_db(true).await;
+    assert!(wait(Duration::from_secs(5), || p
+        .log_text()
+        .contains(&format!("Register database {db}"))));
+    assert!(event_delivered(&db, "found", 10).await, "{}", p.log_text());
+    // Every pgqd connection to it cut: ticking resumes.
+    let admin = connect("postgres").await;
+    let killed: i64 = admin
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1);
+    assert!(
+        event_delivered(&db, "after cut", 20).await,
+        "{}",
+        p.log_text()
+    );
+    // Dropped: unregistered, and pgqd keeps running.
+    drop_db(&db).await;
+    assert!(
+        wait(Duration::from_secs(5), || p
+            .log_text()
+            .contains(&format!("Unregister database {db}"))),
+        "{}",
+        p.log_text()
+    );
+    // A database without pgq is reported once, not on every check.
+    let plain = pgq_db(false).await;
+    std::thread::sleep(Duration::from_secs(4));
+    let no_pgq = format!("{plain}: ticker: no pgq installed");
+    assert_eq!(p.log_text().matches(&no_pgq).count(), 1, "{}", p.log_text());
+    assert!(
+        p.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "still running"
+    );
+    drop_db(&plain).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.child.as_ref().unwrap().id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(p.child.take().unwrap().wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_control_flags_and_one_ticker_per_database() {
+    let _g = SERIAL.lock().await;
+    let (a, b) = (pgq_db(true).await, pgq_db(true).await);
+    let mut p = Pgqd::new(&format!("database_list = {a}"));
+    p.start();
+    assert!(event_delivered(&a, "a1", 10).await);
+    assert!(
+        !event_delivered(&b, "b-not-yet", 3).await,
+        "b is not in database_list"
+    );
+    // SIGHUP with a changed database_list.
+    p.write_config(&format!("database_list = {a}, {b}"));
+    assert_eq!(p.control("-r"), "SIGHUP sent");
+    assert!(wait(Duration::from_secs(5), || p
+        .log_text()
+        .contains("configuration reloaded")));
+    assert!(event_delivered(&b, "b1", 10).await, "{}", p.log_text());
+
+    // A second pgqd with the same pidfile is refused.
+    let out = p.cmd().arg("-q").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("pgqd: pidfile exists, another instance running?"),
+        "{err}"
+    );
+
+    // A second ticker elsewhere (own pidfile) backs off on the advisory lock.
+    let mut other = Pgqd::new(&format!("database_list = {a}"));
+    other.spawn();
+    assert!(
+        wait(Duration::from_secs(5), || other.log_text().contains(
+            &format!("{a}: ticker: another ticker holds this database's lock")
+        )),
+        "{}",
+        other.log_text()
+    );
+    drop(other);
+
+    assert_eq!(p.control("-k"), "SIGTERM sent");
+    assert!(wait(Duration::from_secs(5), || p.pid().is_none()));
+    assert_eq!(p.control("-s"), "Old process is not running");
+    drop_db(&a).await;
+    drop_db(&b).await;
+}
+
+#[test]
+fn command_line_and_bad_config() {
+    let bin = env!("CARGO_BIN_EXE_pgqd");
+    let out = Command::new(bin).arg("--ini").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("[pgqd]"));
+    let out = Command::new(bin).arg("-V").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("pgqd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("bad.ini");
+    fs::write(&cfg, "[pgqd]\nticker_perod = 1\n").unwrap();
+    let out = Command::new(bin).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("pgqd: {}: [pgqd] ticker_perod: unknown key", cfg.display())
+    );
+    fs::write(&cfg, "[pgqd]\n").unwrap();
+    let out = Command::new(bin).arg(&cfg).arg("-d").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pidfile is required with -d"));
+    let out = Command::new(bin).arg(&cfg).arg("-s").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(Path::new(bin).exists());
+}
