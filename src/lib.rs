@@ -14,3 +14,4 @@ pub mod hook;
 pub mod logging;
 pub mod pgqd;
 pub mod progress;
+pub mod scriptmgr;
