@@ -36,6 +36,8 @@ e2e-deb: deb
 bench:
 	$(CARGO) bench --locked --bench eventd
 	$(CARGO) bench --locked --bench hook
+	$(CARGO) build --release --locked --bin pgqd
+	bash bench/pgqd.sh 10 100 500
 
 clean:
 	$(CARGO) clean

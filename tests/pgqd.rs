@@ -489,3 +489,69 @@ fn command_line_and_bad_config() {
     assert_eq!(out.status.code(), Some(1));
     assert!(Path::new(bin).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_servers_and_old_pgq_are_logged_once_and_survived() {
+    let _g = SERIAL.lock().await;
+    // A database whose pgq claims version 2: ignored, as the original does.
+    let old = pgq_db(false).await;
+    connect(&old)
+        .await
+        .batch_execute("create schema pgq; create function pgq.version() returns text language sql as $$ select '2.1.8'::text $$;")
+        .await
+        .unwrap();
+    let mut p = Pgqd::new(&format!("database_list = {old}"));
+    p.spawn();
+    // Unreachable server and wrong credentials, each its own pgqd.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut down = Pgqd::new("database_list = somedb");
+    fs::write(
+        &down.config,
+        fs::read_to_string(&down.config)
+            .unwrap()
+            .replace(BASE, &format!("host=127.0.0.1 port={port} user=postgres")),
+    )
+    .unwrap();
+    down.spawn();
+    let mut creds = Pgqd::new("database_list = postgres");
+    fs::write(
+        &creds.config,
+        fs::read_to_string(&creds.config)
+            .unwrap()
+            .replace(BASE, "host=127.0.0.1 user=no_such_role_hk"),
+    )
+    .unwrap();
+    creds.spawn();
+    // Several check periods (1 s) pass; each state is logged once per worker.
+    std::thread::sleep(Duration::from_secs(4));
+    let bad = format!("{old}: ticker: bad pgq version 2.1.8, ignoring");
+    assert_eq!(p.log_text().matches(&bad).count(), 1, "{}", p.log_text());
+    let refused = "somedb: ticker: connection failed";
+    assert_eq!(
+        down.log_text().matches(refused).count(),
+        1,
+        "{}",
+        down.log_text()
+    );
+    let denied = "postgres: ticker: connection failed";
+    assert_eq!(
+        creds.log_text().matches(denied).count(),
+        1,
+        "{}",
+        creds.log_text()
+    );
+    assert!(
+        creds.log_text().contains("no_such_role_hk"),
+        "the server's reason is logged: {}",
+        creds.log_text()
+    );
+    for q in [&mut p, &mut down, &mut creds] {
+        assert!(
+            q.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "still running"
+        );
+    }
+    drop_db(&old).await;
+}

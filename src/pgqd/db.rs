@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -202,7 +203,8 @@ pub async fn ticker(shared: Shared, db: String, mut stop: watch::Receiver<bool>)
         rep.state("pgq version ok".into(), false);
         let opened = Instant::now();
         loop {
-            match client.query("select pgq.ticker()", &[]).await {
+            // The simple protocol: one round trip, no statement prepared on every tick.
+            match client.simple_query("select pgq.ticker()").await {
                 Ok(_) => {
                     shared.stats.ticks.fetch_add(1, Ordering::Relaxed);
                     let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,16 +232,28 @@ pub async fn ticker(shared: Shared, db: String, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Retry: move due retry events back into their queues, then wait retry_period.
-pub async fn retry(shared: Shared, db: String, mut stop: watch::Receiver<bool>) {
+/// One round of a periodic worker, on its connection.
+type Round = for<'a> fn(&'a Client, &'a Stats) -> BoxFuture<'a, Result<(), tokio_postgres::Error>>;
+
+/// Retry and maintenance share one life: connect (waiting `connect_wait` on failure),
+/// run a round every `period`, and after a failed round wait 20 s and reconnect.
+async fn periodic(
+    shared: Shared,
+    db: String,
+    mut stop: watch::Receiver<bool>,
+    role: &'static str,
+    connect_wait: Duration,
+    period: fn(&PgqdConfig) -> Duration,
+    round: Round,
+) {
     let mut rep = Reporter {
         db: db.clone(),
-        role: "retry",
+        role,
         last: None,
         shared: shared.clone(),
     };
     loop {
-        let client = match open(&shared, &db, Duration::from_secs(30)).await {
+        let client = match open(&shared, &db, connect_wait).await {
             Ok(c) => c,
             Err((why, wait)) => {
                 rep.state(why, true);
@@ -251,36 +265,52 @@ pub async fn retry(shared: Shared, db: String, mut stop: watch::Receiver<bool>) 
         };
         rep.last = None;
         loop {
-            let mut failed = false;
-            loop {
-                match client
-                    .query_one("select pgq.maint_retry_events()", &[])
-                    .await
-                {
-                    Ok(r) => {
-                        shared.stats.retry.fetch_add(1, Ordering::Relaxed);
-                        if r.get::<_, i32>(0) == 0 {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        rep.state(format!("maint_retry_events failed: {}", one_line(&e)), true);
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed {
+            if let Err(e) = round(&client, &shared.stats).await {
+                rep.state(format!("{role} failed: {}", one_line(&e)), true);
                 if pause(&mut stop, Duration::from_secs(20)).await {
                     return;
                 }
                 break;
             }
-            if pause(&mut stop, shared.cfg.retry_period).await {
+            if pause(&mut stop, period(&shared.cfg)).await {
                 return;
             }
         }
     }
+}
+
+/// Move due retry events back into their queues: `pgq.maint_retry_events()` moves at
+/// most a few per call, so call it until it returns 0.
+fn retry_round<'a>(
+    client: &'a Client,
+    stats: &'a Stats,
+) -> BoxFuture<'a, Result<(), tokio_postgres::Error>> {
+    Box::pin(async move {
+        loop {
+            let moved: i32 = client
+                .query_one("select pgq.maint_retry_events()", &[])
+                .await?
+                .get(0);
+            stats.retry.fetch_add(1, Ordering::Relaxed);
+            if moved == 0 {
+                return Ok(());
+            }
+        }
+    })
+}
+
+/// Retry: every retry_period (a failed connect waits 30 s).
+pub async fn retry(shared: Shared, db: String, stop: watch::Receiver<bool>) {
+    periodic(
+        shared,
+        db,
+        stop,
+        "retry",
+        Duration::from_secs(30),
+        |c| c.retry_period,
+        retry_round,
+    )
+    .await
 }
 
 /// `"name"` quoting for an identifier that may be schema-qualified (`a.b`).
@@ -299,7 +329,14 @@ fn safe_func(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
-async fn maint_round(client: &Client) -> Result<(), tokio_postgres::Error> {
+fn maint_round<'a>(
+    client: &'a Client,
+    stats: &'a Stats,
+) -> BoxFuture<'a, Result<(), tokio_postgres::Error>> {
+    Box::pin(maint_ops(client, stats))
+}
+
+async fn maint_ops(client: &Client, stats: &Stats) -> Result<(), tokio_postgres::Error> {
     let has_ops = client
         .query_opt(
             "select 1 from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
@@ -372,47 +409,23 @@ async fn maint_round(client: &Client) -> Result<(), tokio_postgres::Error> {
                 .await?;
         }
     }
+    stats.maint.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
-/// Maintenance: rotate queue tables, vacuum, every maint_period.
-pub async fn maint(shared: Shared, db: String, mut stop: watch::Receiver<bool>) {
-    let mut rep = Reporter {
-        db: db.clone(),
-        role: "maint",
-        last: None,
-        shared: shared.clone(),
-    };
-    loop {
-        let client = match open(&shared, &db, Duration::from_secs(60)).await {
-            Ok(c) => c,
-            Err((why, wait)) => {
-                rep.state(why, true);
-                if pause(&mut stop, wait).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        rep.last = None;
-        loop {
-            match maint_round(&client).await {
-                Ok(()) => {
-                    shared.stats.maint.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    rep.state(format!("maintenance failed: {}", one_line(&e)), true);
-                    if pause(&mut stop, Duration::from_secs(20)).await {
-                        return;
-                    }
-                    break;
-                }
-            }
-            if pause(&mut stop, shared.cfg.maint_period).await {
-                return;
-            }
-        }
-    }
+/// Maintenance: rotate queue tables, vacuum, every maint_period (a failed connect
+/// waits 60 s).
+pub async fn maint(shared: Shared, db: String, stop: watch::Receiver<bool>) {
+    periodic(
+        shared,
+        db,
+        stop,
+        "maint",
+        Duration::from_secs(60),
+        |c| c.maint_period,
+        maint_round,
+    )
+    .await
 }
 
 #[cfg(test)]

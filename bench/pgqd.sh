@@ -1,0 +1,117 @@
+#!/bin/bash
+# hostkit pgqd beside Debian's C pgqd (3.5) on the same private PostgreSQL 15 cluster,
+# with the same configuration: N databases with pgq and one queue each, each ticker
+# run alone for a fixed time. Reports CPU seconds of the ticker process, its peak RSS,
+# ticks made (rows added to pgq.tick over all databases) and the lag from
+# pgq.insert_event to a batch being available (probed in one database while running).
+#
+# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30)
+# Needs root (runs the private cluster as postgres). Prints Markdown for BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZES=("${@:-10 100}")
+read -r -a SIZES <<<"${SIZES[*]}"
+RUN_SECS=${RUN_SECS:-30}
+PORT=${PORT:-55432}
+PGBIN=/usr/lib/postgresql/15/bin
+DIR=$(mktemp -d /tmp/hk-pgqd-bench.XXXXXX)
+chown postgres "$DIR"
+OURS=$(pwd)/target/release/pgqd
+C_PGQD=/usr/bin/pgqd
+
+dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q "install ok installed" ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pgqd >/dev/null
+[ -x "$OURS" ] || cargo build --release --locked --bin pgqd >/dev/null
+
+cleanup() {
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+runuser -u postgres -- "$PGBIN/initdb" -D "$DIR/data" -A trust >/dev/null
+cat >>"$DIR/data/postgresql.conf" <<EOF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$DIR'
+max_connections = 1700
+shared_buffers = 256MB
+EOF
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/pg.log" -w start >/dev/null
+PSQL=(psql -h "$DIR" -p "$PORT" -U postgres -X -q -tA)
+
+# Create databases up to $1, each with pgq and queue q.
+ensure_dbs() {
+    local have
+    have=$("${PSQL[@]}" -d postgres -c "select count(*) from pg_database where datname like 'bench_%'")
+    for i in $(seq $((have + 1)) "$1"); do
+        "${PSQL[@]}" -d postgres -c "create database bench_$i" >/dev/null
+        "${PSQL[@]}" -d "bench_$i" -c "create extension pgq; select pgq.create_queue('q'); select pgq.register_consumer('q','c');" >/dev/null
+    done
+}
+
+total_ticks() {
+    local n=0 t
+    for i in $(seq 1 "$1"); do
+        t=$("${PSQL[@]}" -d "bench_$i" -c "select count(*) from pgq.tick")
+        n=$((n + t))
+    done
+    echo "$n"
+}
+
+# Lag probe in bench_1: insert an event, poll next_batch until it has a batch.
+probe_lag() {
+    local out=$1 end=$(($(date +%s) + RUN_SECS - 8))
+    : >"$out"
+    sleep 3
+    while [ "$(date +%s)" -lt "$end" ]; do
+        "${PSQL[@]}" -d bench_1 -c "select pgq.finish_batch(b) from pgq.next_batch('q','c') b where b is not null" >/dev/null
+        local t0 t1
+        t0=$(date +%s%N)
+        "${PSQL[@]}" -d bench_1 -c "select pgq.insert_event('q','t','x')" >/dev/null
+        while :; do
+            b=$("${PSQL[@]}" -d bench_1 -c "select pgq.next_batch('q','c')")
+            [ -n "$b" ] && break
+            sleep 0.05
+        done
+        t1=$(date +%s%N)
+        "${PSQL[@]}" -d bench_1 -c "select pgq.finish_batch($b)" >/dev/null
+        echo $(((t1 - t0) / 1000000)) >>"$out"
+    done
+}
+
+# run NAME BINARY N: run one ticker alone for RUN_SECS, print a table row.
+run() {
+    local name=$1 bin=$2 n=$3 cfg=$DIR/pgqd-$1.ini
+    cat >"$cfg" <<EOF
+[pgqd]
+base_connstr = host=$DIR port=$PORT user=postgres
+initial_database = postgres
+logfile = $DIR/$name.log
+syslog = 0
+EOF
+    local before after pid cpu rss lag
+    before=$(total_ticks "$n")
+    "$bin" -q "$cfg" 2>/dev/null &
+    pid=$!
+    probe_lag "$DIR/lag-$name" &
+    local probe=$!
+    sleep "$RUN_SECS"
+    cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
+    rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+    kill -INT "$pid"
+    wait "$pid" 2>/dev/null || true
+    wait "$probe" 2>/dev/null || true
+    after=$(total_ticks "$n")
+    lag=$(sort -n "$DIR/lag-$name" | awk '{a[NR]=$1} END {if (NR) printf "%d ms (n=%d)", a[int((NR+1)/2)], NR; else print "-"}')
+    printf '| %s | %s | %s s | %s MB | %s | %s |\n' "$n" "$name" "$cpu" "$rss" "$((after - before))" "$lag"
+}
+
+echo "| databases | ticker | CPU (${RUN_SECS} s run) | peak RSS | ticks made | median insert→batch lag |"
+echo "|---|---|---|---|---|---|"
+for n in "${SIZES[@]}"; do
+    ensure_dbs "$n"
+    run "C pgqd 3.5" "$C_PGQD" "$n"
+    run "hostkit pgqd" "$OURS" "$n"
+done
