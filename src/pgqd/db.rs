@@ -235,8 +235,10 @@ pub async fn ticker(shared: Shared, db: String, mut stop: watch::Receiver<bool>)
 /// One round of a periodic worker, on its connection.
 type Round = for<'a> fn(&'a Client, &'a Stats) -> BoxFuture<'a, Result<(), tokio_postgres::Error>>;
 
-/// Retry and maintenance share one life: connect (waiting `connect_wait` on failure),
-/// run a round every `period`, and after a failed round wait 20 s and reconnect.
+/// Retry and maintenance share one life, the C daemon's: connect (waiting
+/// `connect_wait` on failure), run one round, disconnect, wait `period`; a failed
+/// round waits 20 s. Only the ticker keeps its connection, so a server with many
+/// databases carries one pgqd backend per database, not three.
 async fn periodic(
     shared: Shared,
     db: String,
@@ -253,28 +255,24 @@ async fn periodic(
         shared: shared.clone(),
     };
     loop {
-        let client = match open(&shared, &db, connect_wait).await {
-            Ok(c) => c,
+        let wait = match open(&shared, &db, connect_wait).await {
             Err((why, wait)) => {
                 rep.state(why, true);
-                if pause(&mut stop, wait).await {
-                    return;
-                }
-                continue;
+                wait
             }
+            Ok(client) => match round(&client, &shared.stats).await {
+                Ok(()) => {
+                    rep.last = None;
+                    period(&shared.cfg)
+                }
+                Err(e) => {
+                    rep.state(format!("{role} failed: {}", one_line(&e)), true);
+                    Duration::from_secs(20)
+                }
+            },
         };
-        rep.last = None;
-        loop {
-            if let Err(e) = round(&client, &shared.stats).await {
-                rep.state(format!("{role} failed: {}", one_line(&e)), true);
-                if pause(&mut stop, Duration::from_secs(20)).await {
-                    return;
-                }
-                break;
-            }
-            if pause(&mut stop, period(&shared.cfg)).await {
-                return;
-            }
+        if pause(&mut stop, wait).await {
+            return;
         }
     }
 }
