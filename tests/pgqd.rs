@@ -555,3 +555,55 @@ async fn bad_servers_and_old_pgq_are_logged_once_and_survived() {
     }
     drop_db(&old).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_maintenance_path_rotates_without_maint_operations() {
+    let _g = SERIAL.lock().await;
+    let db = pgq_db(false).await;
+    let c = connect(&db).await;
+    // pgq < 3.1 had no pgq.maint_operations(): hide it to take the legacy path.
+    c.batch_execute(
+        "create extension pgq;
+         select pgq.create_queue('q');
+         alter function pgq.maint_operations() rename to maint_operations_hidden;
+         update pgq.queue set queue_rotation_period = '2 seconds' where queue_name = 'q';",
+    )
+    .await
+    .unwrap();
+    let table0: i32 = c
+        .query_one(
+            "select queue_cur_table from pgq.queue where queue_name = 'q'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut p = Pgqd::new(&format!("database_list = {db}"));
+    p.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rotated = false;
+    while Instant::now() < deadline && !rotated {
+        c.execute("select pgq.insert_event('q', 'test', 'x')", &[])
+            .await
+            .unwrap();
+        let t: i32 = c
+            .query_one(
+                "select queue_cur_table from pgq.queue where queue_name = 'q'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        rotated = t != table0;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        rotated,
+        "rotated by the legacy path; log:\n{}",
+        p.log_text()
+    );
+    assert!(!p.log_text().contains("maint failed"), "{}", p.log_text());
+    drop(c);
+    p.control("-k");
+    drop_db(&db).await;
+}
