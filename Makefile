@@ -32,6 +32,7 @@ e2e: e2e-deb
 
 e2e-deb: deb
 	bash tests/e2e/deb-eventd.sh
+	bash tests/e2e/deb-skytools.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd

@@ -36,15 +36,28 @@ pub enum DaemonError {
     Detach(String),
 }
 
-/// True if a process with this pid exists (EPERM counts: it exists, just not ours).
+/// True if a process with this pid is running (EPERM counts: it exists, just not
+/// ours). A zombie is not running: a daemon that exited stays one until its parent, or
+/// init, reaps it, and some inits never do.
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
-    match kill(Pid::from_raw(pid), None) {
+    let exists = match kill(Pid::from_raw(pid), None) {
         Ok(()) => true,
         Err(e) => e == nix::errno::Errno::EPERM,
-    }
+    };
+    exists && !is_zombie(pid)
+}
+
+/// State Z (zombie) or X (dead) in /proc/<pid>/stat; the state follows the
+/// parenthesised command name, which may itself contain spaces or parentheses.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()))
+        .flatten()
+        .is_some_and(|state| state == 'Z' || state == 'X')
 }
 
 /// Read the pid recorded in a pidfile; `Ok(None)` if the file is missing or empty.
@@ -214,11 +227,14 @@ pub fn detach() -> Result<Startup, DaemonError> {
         nix::unistd::pipe().map_err(|e| DaemonError::Detach(format!("pipe: {e}")))?;
     // SAFETY: called before any other thread exists (documented contract of this fn).
     match unsafe { nix::unistd::fork() }.map_err(|e| DaemonError::Detach(format!("fork: {e}")))? {
-        ForkResult::Parent { .. } => {
+        ForkResult::Parent { child } => {
             drop(write_end);
             let mut buf = [0u8; 1];
             let mut f = File::from(read_end);
             let ok = matches!(f.read(&mut buf), Ok(1));
+            // Reap the intermediate child (it exits right after forking the daemon), so
+            // no zombie is left for an init that does not reap.
+            let _ = nix::sys::wait::waitpid(child, None);
             std::process::exit(if ok { 0 } else { 1 });
         }
         ForkResult::Child => {}
@@ -320,5 +336,11 @@ mod tests {
         assert!(pid_alive(std::process::id() as i32));
         assert!(!pid_alive(0));
         assert!(!pid_alive(-5));
+        // An exited child not yet reaped is a zombie: not alive.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!pid_alive(pid), "zombie counts as dead");
+        child.wait().unwrap();
     }
 }

@@ -38,8 +38,8 @@ pub fn write(path: &Path, status: &StatusMap) -> Result<(), PathError> {
     fsutil::write_atomic(path, &data, 0o644)
 }
 
-/// Print the status; exit 1 when it is missing or older than three stats periods
-/// (pgqd is not running or is stuck).
+/// Print the status; exit 1 when it is missing, its pgqd is gone, or it is older than
+/// three stats periods (pgqd is stuck).
 pub fn print(path: &Path, stats_period: Duration) -> anyhow::Result<ExitCode> {
     let data = std::fs::read(path)
         .map_err(|e| anyhow::anyhow!("{}: {e} (is pgqd running?)", path.display()))?;
@@ -60,6 +60,10 @@ pub fn print(path: &Path, stats_period: Duration) -> anyhow::Result<ExitCode> {
             s.state,
             s.last_error.as_deref().unwrap_or("-")
         );
+    }
+    if !crate::daemon::pid_alive(file.pid as i32) {
+        eprintln!("pgqd: pid {} is not running", file.pid);
+        return Ok(ExitCode::FAILURE);
     }
     let stale = age > 3 * stats_period.as_secs().max(1);
     if stale {
