@@ -63,6 +63,44 @@ async fn drop_db(name: &str) {
         .await;
 }
 
+async fn cur_table(c: &Client) -> i32 {
+    c.query_one(
+        "select queue_cur_table from pgq.queue where queue_name = 'q'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Wait (20 s) for queue q's current table to differ from `before`, inserting events
+/// (and, with a consumer, finishing its batches so it does not hold rotation back).
+async fn rotates(c: &Client, before: i32, with_consumer: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if with_consumer {
+            let batch: Option<i64> = c
+                .query_one("select pgq.next_batch('q', 'c')", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if let Some(b) = batch {
+                c.execute("select pgq.finish_batch($1)", &[&b])
+                    .await
+                    .unwrap();
+            }
+        }
+        c.execute("select pgq.insert_event('q', 'test', 'tick')", &[])
+            .await
+            .unwrap();
+        if cur_table(c).await != before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
 /// Insert an event, then wait (up to `secs`) for a batch holding it; finish the batch.
 async fn event_delivered(db: &str, data: &str, secs: u64) -> bool {
     let c = connect(db).await;
@@ -248,14 +286,7 @@ async fn retried_events_come_back_and_tables_rotate() {
     )
     .await
     .unwrap();
-    let table0: i32 = c
-        .query_one(
-            "select queue_cur_table from pgq.queue where queue_name = 'q'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let table0 = cur_table(&c).await;
     let mut p = Pgqd::new(&format!("database_list = {db}"));
     p.start();
     c.execute("select pgq.insert_event('q', 'test', 'again')", &[])
@@ -324,37 +355,7 @@ async fn retried_events_come_back_and_tables_rotate() {
     }
     assert!(back, "retried event came back; log:\n{}", p.log_text());
     // Maintenance rotates the queue's tables once rotation_period has passed.
-    let rotated = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut r = false;
-        while Instant::now() < deadline && !r {
-            // Keep the consumer moving so rotation is not held back by it.
-            if let Some(batch) = c
-                .query_one("select pgq.next_batch('q', 'c')", &[])
-                .await
-                .unwrap()
-                .get::<_, Option<i64>>(0)
-            {
-                c.execute("select pgq.finish_batch($1)", &[&batch])
-                    .await
-                    .unwrap();
-            }
-            c.execute("select pgq.insert_event('q', 'test', 'tick')", &[])
-                .await
-                .unwrap();
-            let t: i32 = c
-                .query_one(
-                    "select queue_cur_table from pgq.queue where queue_name = 'q'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            r = t != table0;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        r
-    };
+    let rotated = rotates(&c, table0, true).await;
     assert!(rotated, "queue_cur_table changed; log:\n{}", p.log_text());
     drop(c);
     p.control("-k");
@@ -571,33 +572,10 @@ async fn legacy_maintenance_path_rotates_without_maint_operations() {
     )
     .await
     .unwrap();
-    let table0: i32 = c
-        .query_one(
-            "select queue_cur_table from pgq.queue where queue_name = 'q'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let table0 = cur_table(&c).await;
     let mut p = Pgqd::new(&format!("database_list = {db}"));
     p.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut rotated = false;
-    while Instant::now() < deadline && !rotated {
-        c.execute("select pgq.insert_event('q', 'test', 'x')", &[])
-            .await
-            .unwrap();
-        let t: i32 = c
-            .query_one(
-                "select queue_cur_table from pgq.queue where queue_name = 'q'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        rotated = t != table0;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let rotated = rotates(&c, table0, false).await;
     assert!(
         rotated,
         "rotated by the legacy path; log:\n{}",

@@ -37,8 +37,6 @@ EXCHANGE=hk-e2e-$$
 QUEUE=hk-e2e-$$-q
 NODE=node1.hk-e2e.test
 
-pass=0
-fail=0
 installed=0
 started_rabbit=0
 exchange_declared=0
@@ -47,20 +45,9 @@ tmp=
 backup=
 finished=0
 
-say() { echo "deb-eventd: $*"; }
-ok() { pass=$((pass + 1)); echo "  ok   $*"; }
-nok() { fail=$((fail + 1)); echo "  FAIL $*"; }
-# check DESCRIPTION COMMAND...: one counted check.
-check() {
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else nok "$what"; fi
-}
-# abort MESSAGE: a failure that makes the remaining steps meaningless.
-abort() {
-    nok "$*"
-    exit 1
-}
+CHECKS_NAME=deb-eventd
+# shellcheck source=tests/e2e/checks.sh
+. tests/e2e/checks.sh
 
 rabbit_eval() { rabbitmqctl -q eval "$1" >/dev/null 2>&1; }
 exchange_resource() { printf 'rabbit_misc:r(<<"/">>, exchange, <<"%s">>)' "$EXCHANGE"; }

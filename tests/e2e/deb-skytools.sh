@@ -45,8 +45,6 @@ LOG=$LOGDIR/pgqd.log
 DB=hk_e2e_sky_$$
 PSQL=(psql -h 127.0.0.1 -U postgres -X -q -tA -v ON_ERROR_STOP=1)
 
-pass=0
-fail=0
 installed=0
 had_pgqd=0
 pgqd_auto=0
@@ -58,20 +56,9 @@ tmp=
 backup=
 finished=0
 
-say() { echo "deb-skytools: $*"; }
-ok() { pass=$((pass + 1)); echo "  ok   $*"; }
-nok() { fail=$((fail + 1)); echo "  FAIL $*"; }
-# check DESCRIPTION COMMAND...: one counted check.
-check() {
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else nok "$what"; fi
-}
-# abort MESSAGE: a failure that makes the remaining steps meaningless.
-abort() {
-    nok "$*"
-    exit 1
-}
+CHECKS_NAME=deb-skytools
+# shellcheck source=tests/e2e/checks.sh
+. tests/e2e/checks.sh
 
 # sql STATEMENT: run it in the test database, print the result unaligned.
 sql() { "${PSQL[@]}" -d "$DB" -c "$1"; }
