@@ -19,9 +19,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -136,17 +135,7 @@ async fn ceiling(exchange: &str, c: &mut Consumer, n: u64, window: usize) -> f64
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, exchange).await;
     // The same body the daemon sends for such a job.
     let sample = hostkit::ganeti::jobfile::parse(&body(1), None).unwrap();
     let m = hostkit::ganeti::messages::op_message(

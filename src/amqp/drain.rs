@@ -128,11 +128,9 @@ impl Drain {
     }
 
     fn rescan(&mut self) {
-        match self.spool.list() {
-            Ok(names) => {
-                self.names.extend(names);
-                let _ = self.spool.recount();
-            }
+        // One directory listing both finds new entries and refreshes the byte count.
+        match self.spool.recount() {
+            Ok(names) => self.names.extend(names),
             Err(e) => log::error!("{e}"),
         }
     }

@@ -117,16 +117,18 @@ impl Spool {
         self.cap
     }
 
-    /// Recount the bytes on disk (other processes add entries too).
-    pub fn recount(&self) -> Result<u64, SpoolError> {
+    /// Recount the bytes on disk (other processes add entries too); returns the
+    /// committed entries, oldest first, found while counting.
+    pub fn recount(&self) -> Result<Vec<String>, SpoolError> {
+        let names = self.list()?;
         let mut total = 0;
-        for name in self.list()? {
-            if let Ok(m) = fs::metadata(self.dir.join(&name)) {
+        for name in &names {
+            if let Ok(m) = fs::metadata(self.dir.join(name)) {
                 total += m.len();
             }
         }
         self.used.store(total, Ordering::Relaxed);
-        Ok(total)
+        Ok(names)
     }
 
     fn next_seq(&self) -> u64 {

@@ -103,6 +103,21 @@ pub struct Got {
     pub content_type: Option<String>,
 }
 
+/// Declare `exchange` as the daemons do: topic, durable.
+pub async fn declare_exchange(ch: &lapin::Channel, exchange: &str) {
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
 /// A consumer bound with `#` to a test's own exchange.
 pub struct Consumer {
     rx: tokio::sync::mpsc::UnboundedReceiver<Got>,
@@ -115,17 +130,7 @@ impl Consumer {
             .await
             .expect("RabbitMQ must be running (make check starts it)");
         let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_exchange(&ch, exchange).await;
         let q = ch
             .queue_declare(
                 "".into(),
@@ -401,7 +406,6 @@ impl Drop for Daemon {
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -410,7 +414,6 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let (u, c) = (up.clone(), conns.clone());
         tokio::spawn(async move {
@@ -430,12 +433,7 @@ impl Proxy {
                 c.lock().unwrap().push(task.abort_handle());
             }
         });
-        Proxy {
-            port,
-            up,
-            generation,
-            conns,
-        }
+        Proxy { port, up, conns }
     }
 
     pub fn url(&self) -> String {
@@ -444,7 +442,6 @@ impl Proxy {
 
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
         for h in self.conns.lock().unwrap().drain(..) {
             h.abort();
         }

@@ -18,3 +18,14 @@ abort() {
     nok "$*"
     exit 1
 }
+# finish_checks STATUS: print the closing line CI reads and exit; a script that
+# exited early before any check failed still reports a failure.
+finish_checks() {
+    if [ "$1" != 0 ] && [ "$fail" = 0 ]; then
+        echo "$CHECKS_NAME: exited early (status $1)" >&2
+        fail=1
+    fi
+    echo "$CHECKS_NAME: $pass passed, $fail failed"
+    [ "$fail" = 0 ] || exit 1
+    exit 0
+}

@@ -98,14 +98,7 @@ cleanup() {
         rabbitmqctl -q stop >/dev/null 2>&1
     fi
     [ -n "$tmp" ] && rm -rf "$tmp"
-    if [ $rc != 0 ] && [ $fail = 0 ]; then
-        # A precondition failed before any check did: still report a failure.
-        echo "deb-eventd: exited early (status $rc)" >&2
-        fail=1
-    fi
-    echo "deb-eventd: $pass passed, $fail failed"
-    [ $fail = 0 ] || exit 1
-    exit 0
+    finish_checks "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
