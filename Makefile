@@ -33,12 +33,15 @@ e2e: e2e-deb
 e2e-deb: deb
 	bash tests/e2e/deb-eventd.sh
 	bash tests/e2e/deb-skytools.sh
+	bash tests/e2e/deb-walmgr.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd
 	$(CARGO) bench --locked --bench hook
 	$(CARGO) build --release --locked --bin pgqd
 	bash bench/pgqd.sh 10 100 500
+	$(CARGO) build --release --locked --bin walmgr
+	bash bench/walmgr.sh
 
 clean:
 	$(CARGO) clean

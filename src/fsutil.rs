@@ -110,6 +110,55 @@ where
     Ok(())
 }
 
+/// A file writer that starts the kernel's writeback of every full megabyte as soon as it
+/// is written, so the fsync that makes the file durable has little left to wait for and
+/// the disk works while the caller computes the next megabyte (decompression, say).
+pub struct EarlyWriteback<'a> {
+    file: &'a mut File,
+    written: u64,
+    started: u64,
+}
+
+impl<'a> EarlyWriteback<'a> {
+    const CHUNK: u64 = 1 << 20;
+
+    pub fn new(file: &'a mut File) -> Self {
+        EarlyWriteback {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl Write for EarlyWriteback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= Self::CHUNK {
+            use std::os::fd::AsRawFd;
+            let len = self.written - self.started;
+            // SAFETY: a plain syscall on a descriptor we own, with no memory passed. It is
+            // only a hint (the later fsync is what makes the data durable), so its result
+            // is ignored; nix has no wrapper for it.
+            unsafe {
+                nix::libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as i64,
+                    len as i64,
+                    nix::libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Create a directory (and parents) with `mode` if missing.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), PathError> {
     use std::os::unix::fs::DirBuilderExt;

@@ -35,7 +35,7 @@ const REPORTED: [&str; 4] = [
 ///
 /// Reads everything from the GANETI_* environment Ganeti sets; takes no arguments.
 #[derive(Debug, Parser)]
-#[command(name = PROGRAM, version, about, long_about = None)]
+#[command(name = PROGRAM, version, long_about = None)]
 pub struct Args {
     /// Configuration file [default: /etc/synnefo/gtools.conf, if present]
     #[arg(short = 'c', long, value_name = "FILE", env = "SNF_GTOOLS_CONFIG")]

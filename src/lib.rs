@@ -15,3 +15,4 @@ pub mod logging;
 pub mod pgqd;
 pub mod progress;
 pub mod scriptmgr;
+pub mod walmgr;

@@ -139,6 +139,17 @@ pub fn init(program: &str, target: &Target, level: LevelFilter) -> Result<(), Lo
     Ok(())
 }
 
+/// True while log records go to stderr (or no logger is installed yet), so a caller that
+/// also prints an error to stderr does not print it twice.
+pub fn logs_to_stderr() -> bool {
+    LOGGER.get().is_none_or(|l| {
+        matches!(
+            *l.sink.lock().unwrap_or_else(|e| e.into_inner()),
+            Sink::Stderr
+        )
+    })
+}
+
 /// Reopen a log file after logrotate moved it away (no-op for stderr and syslog).
 pub fn reopen() -> Result<(), LogError> {
     if let Some(logger) = LOGGER.get() {

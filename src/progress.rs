@@ -26,7 +26,7 @@ pub const SECTION: &str = "progress-monitor";
 
 /// Publish snf-image's progress messages (JSON objects on stdin) for an instance.
 #[derive(Debug, Parser)]
-#[command(name = PROGRAM, version, about, long_about = None)]
+#[command(name = PROGRAM, version, long_about = None)]
 pub struct Args {
     /// The instance being deployed (its name prefix picks the routing key)
     pub instance: String,

@@ -36,7 +36,7 @@ pub enum Action {
 
 /// Manage the Skytools services registered in a scriptmgr configuration.
 #[derive(Debug, Parser)]
-#[command(name = PROGRAM, version, about, long_about = None)]
+#[command(name = PROGRAM, version, long_about = None)]
 pub struct Args {
     /// scriptmgr configuration (/etc/skytools.ini)
     pub config: PathBuf,

@@ -21,6 +21,10 @@ packages=(
     postgresql-15 postgresql-15-pgq3 postgresql-contrib
     rabbitmq-server
     socat iproute2 util-linux procps
+    # tests/walmgr.rs: its own sshd on 127.0.0.1 (a remote store), ssh-keygen, mount
+    # (tmpfs), sha256sum/dd; PostgreSQL 15 binaries (initdb, pg_ctl, pgbench) come with
+    # postgresql-15 / postgresql-contrib above.
+    openssh-server openssh-client coreutils
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -57,3 +61,14 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
     rabbitmqctl -q await_startup
 fi
 say "PostgreSQL and RabbitMQ are up"
+
+# tests/walmgr.rs starts a private sshd (never the system one); sshd needs its
+# privilege-separation directory, which only the ssh service creates at boot.
+if [ ! -d /run/sshd ]; then
+    install -d -m 0755 /run/sshd
+fi
+# walmgr's tests run clusters and walmgr as the postgres user.
+if ! id postgres >/dev/null 2>&1; then
+    echo "setup-host: no postgres user after installing postgresql-15" >&2
+    exit 1
+fi

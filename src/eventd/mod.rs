@@ -41,7 +41,7 @@ const SECTION_KEYS: &[&str] = &["queue_dir", "pid_file"];
 
 /// Watch Ganeti's job queue and publish every op status change to AMQP.
 #[derive(Debug, Parser)]
-#[command(name = PROGRAM, version, about, long_about = None)]
+#[command(name = PROGRAM, version, long_about = None)]
 pub struct Args {
     /// Configuration file [default: /etc/synnefo/gtools.conf, if present]
     #[arg(short = 'c', long, value_name = "FILE")]

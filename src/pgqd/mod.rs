@@ -31,7 +31,7 @@ pub const PROGRAM: &str = "pgqd";
 
 /// PgQ ticker and maintenance daemon (drop-in for Skytools' pgqd).
 #[derive(Debug, Parser)]
-#[command(name = PROGRAM, version, about, long_about = None, disable_version_flag = true)]
+#[command(name = PROGRAM, version, long_about = None, disable_version_flag = true)]
 pub struct Args {
     /// Configuration file
     #[arg(value_name = "CONFIG", required_unless_present_any = ["ini", "version"])]

@@ -1,0 +1,123 @@
+//! `xarchive %p %f` (PostgreSQL's archive_command) and its remote counterpart
+//! `xreceive-wal`. Exit 0 means the segment is durably stored: PostgreSQL recycles it
+//! right after.
+
+use std::path::Path;
+
+use super::codec::Compression;
+use super::config::{Master, Slave, SlaveLocation};
+use super::error::{Result, WalmgrError};
+use super::store::{Incoming, Meta, PutOutcome, WalStore};
+use super::walheader;
+use super::walname::WalName;
+use crate::fsutil::PathError;
+
+pub fn xarchive(m: &Master, path: &Path, name: &str) -> Result<()> {
+    let wal = WalName::parse(name)?;
+    let data = std::fs::read(path).map_err(|e| PathError::new("read", path, e))?;
+    let mut sysid = None;
+    if wal.is_segment() && m.check_wal_header {
+        let id = walheader::cluster_sysid(&m.master_data)?;
+        walheader::check(path, &data, &wal, Some(id))?;
+        sysid = Some(id);
+    }
+    let (meta, stored) = Meta::build(name, &data, m.compression, m.compression_level, sysid)
+        .map_err(|e| WalmgrError::Other(format!("{name}: compressing: {e}")))?;
+    let outcome = match &m.slave {
+        SlaveLocation::Local(_) => {
+            WalStore::new(&m.store.paths).put(&meta, Incoming::Local(&stored))?
+        }
+        SlaveLocation::Remote { .. } => {
+            let remote = m.remote().expect("remote slave");
+            let size = meta.size.to_string();
+            let stored_size = meta.stored_size.to_string();
+            let sysid = meta
+                .system_identifier
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let out = remote.run(
+                &[
+                    "xreceive-wal",
+                    name,
+                    &size,
+                    &meta.sha256,
+                    meta.compression.name(),
+                    &stored_size,
+                    &meta.stored_sha256,
+                    &sysid,
+                ],
+                &mut &stored[..],
+            )?;
+            parse_outcome(&out)
+        }
+    };
+    report(name, outcome, &meta);
+    Ok(())
+}
+
+fn report(name: &str, outcome: PutOutcome, meta: &Meta) {
+    match outcome {
+        PutOutcome::Stored => log::debug!(
+            "{name}: archived ({} bytes, {} {} bytes)",
+            meta.size,
+            meta.compression.name(),
+            meta.stored_size
+        ),
+        PutOutcome::AlreadyStored => log::warn!(
+            "{name}: already archived with the same contents (sha256 {}); nothing to do",
+            meta.sha256
+        ),
+        PutOutcome::Repaired => log::warn!("{name}: stored copy was damaged; rewritten"),
+    }
+}
+
+fn outcome_word(o: PutOutcome) -> &'static str {
+    match o {
+        PutOutcome::Stored => "stored",
+        PutOutcome::AlreadyStored => "already-stored",
+        PutOutcome::Repaired => "repaired",
+    }
+}
+
+fn parse_outcome(out: &str) -> PutOutcome {
+    match out.trim() {
+        "already-stored" => PutOutcome::AlreadyStored,
+        "repaired" => PutOutcome::Repaired,
+        _ => PutOutcome::Stored,
+    }
+}
+
+/// `xreceive-wal <name> <size> <sha256> <compression> <stored_size> <stored_sha256> [sysid]`,
+/// stored bytes on stdin. Prints the outcome word for the sending side.
+pub fn xreceive_wal(s: &Slave, args: &[String]) -> Result<()> {
+    let usage = || {
+        WalmgrError::Other(
+            "xreceive-wal: usage: <name> <size> <sha256> <compression> <stored_size> <stored_sha256> [sysid]"
+                .into(),
+        )
+    };
+    if args.len() < 6 {
+        return Err(usage());
+    }
+    let num = |v: &str| v.parse::<u64>().map_err(|_| usage());
+    let compression = Compression::parse(&args[3]).ok_or_else(usage)?;
+    let meta = Meta {
+        name: args[0].clone(),
+        size: num(&args[1])?,
+        sha256: args[2].clone(),
+        compression,
+        stored_size: num(&args[4])?,
+        stored_sha256: args[5].clone(),
+        system_identifier: args
+            .get(6)
+            .filter(|v| !v.is_empty())
+            .map(|v| num(v))
+            .transpose()?,
+        archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let store = WalStore::new(&s.store.paths);
+    let outcome = store.put(&meta, Incoming::Remote(&mut std::io::stdin().lock()))?;
+    report(&meta.name, outcome, &meta);
+    println!("{}", outcome_word(outcome));
+    Ok(())
+}

@@ -1,0 +1,763 @@
+//! Base backup sets in `full_backup`: staging, commit, listing, rotation.
+//!
+//! ```text
+//! <full_backup>/<set>/base.tar[.gz|.zst]   the uncompressed tar stream, compressed
+//! <full_backup>/<set>/backup_label         from pg_backup_stop (also the tar's last entries)
+//! <full_backup>/<set>/tablespace_map       only when the cluster has tablespaces
+//! <full_backup>/<set>/backup.json          BackupInfo; written last: a set is committed
+//!                                           iff its directory has a non-dot name
+//! <full_backup>/.tmp-<set>.<pid>/          staging (the receiver's pid: stale once dead)
+//! ```
+//!
+//! One receiver serves local and remote backups: it reads the uncompressed tar stream,
+//! hashes and compresses it into `base.tar*`, and parses it on the way to pick up
+//! `backup_label` and `tablespace_map`. The sender appends those two as the last tar
+//! entries (they only exist after pg_backup_stop), so the stream alone carries everything
+//! and no second channel is needed. The sender's sha256 of what it sent is compared with
+//! the receiver's before the set is committed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::codec::{hex, Compression, HashWriter};
+use super::error::{Result, WalmgrError};
+use crate::fsutil::{self, PathError, TEMP_PREFIX};
+
+pub const BASE: &str = "base.tar";
+pub const LABEL: &str = "backup_label";
+pub const TABLESPACE_MAP: &str = "tablespace_map";
+pub const INFO: &str = "backup.json";
+/// Written into a remote staging dir by `xreceive-backup`, read by `xcommit-backup`.
+const RECEIVED: &str = "received.json";
+/// A received, uncommitted remote set is waited for this long before `cleanup` may
+/// remove it (the commit follows the receive within seconds).
+const RECEIVED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// backup_label and tablespace_map are small; anything bigger is not theirs.
+const MAX_LABEL: u64 = 1 << 20;
+
+/// backup.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    pub set: String,
+    pub start_lsn: String,
+    /// First WAL segment the backup needs ("START WAL LOCATION: ... (file <seg>)").
+    pub start_segment: String,
+    pub stop_lsn: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub compression: Compression,
+    /// `base.tar` + the compression's suffix.
+    pub file: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    /// The uncompressed tar stream.
+    pub size: u64,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    #[serde(default)]
+    pub tablespaces: bool,
+}
+
+/// What the sender knows that the stream does not.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    pub stop_lsn: String,
+    pub started_at: String,
+    pub pg_version: Option<String>,
+    pub system_identifier: Option<String>,
+}
+
+/// What the receiver saw in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    pub sha256: String,
+    pub bytes: u64,
+    pub stored_sha256: String,
+    pub stored_size: u64,
+    pub label: String,
+    #[serde(default)]
+    pub tablespace_map: Option<String>,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalmgrError + 'a {
+    move |e| PathError::new(op, path, e).into()
+}
+
+/// `YYYYmmddTHHMMSSZ` (UTC) of `t`.
+pub fn stamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+/// A set name as this module makes them: a stamp, optionally `-<n>`. Anything else
+/// (path separators, dots) is refused before it is joined to a path.
+pub fn valid_set_name(set: &str) -> bool {
+    let (base, n) = match set.split_once('-') {
+        Some((b, n)) => (b, Some(n)),
+        None => (set, None),
+    };
+    let b = base.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+        && n.is_none_or(|n| !n.is_empty() && n.len() < 6 && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// Sort key: the stamp, then the numeric suffix (`-10` after `-9`).
+fn order_key(set: &str) -> (String, u32) {
+    match set.split_once('-') {
+        Some((b, n)) => (b.to_string(), n.parse().unwrap_or(0)),
+        None => (set.to_string(), 0),
+    }
+}
+
+/// "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)" → (lsn, segment)
+pub fn parse_label(label: &str) -> Option<(String, String)> {
+    let line = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION:"))?;
+    let mut words = line.split_whitespace();
+    let lsn = words.next()?.to_string();
+    let seg = line
+        .split_once("(file ")?
+        .1
+        .split(')')
+        .next()?
+        .trim()
+        .to_string();
+    super::walname::WalName::parse(&seg).ok()?;
+    Some((lsn, seg))
+}
+
+/// A set being received: removed on drop unless committed or parked for a remote commit.
+pub struct Staging {
+    pub full_backup: PathBuf,
+    pub set: String,
+    pub dir: PathBuf,
+    compression: Compression,
+    level: i32,
+    keep: bool,
+}
+
+impl Staging {
+    /// Stage `set` (or the next free `set-<n>`) in `full_backup`.
+    pub fn create(
+        full_backup: &Path,
+        set: &str,
+        compression: Compression,
+        level: i32,
+    ) -> Result<Staging> {
+        if !valid_set_name(set) {
+            return Err(WalmgrError::Other(format!(
+                "{set:?}: not a backup set name (YYYYmmddTHHMMSSZ)"
+            )));
+        }
+        fsutil::ensure_dir(full_backup, 0o700)?;
+        let mut name = set.to_string();
+        let mut n = 1;
+        while full_backup.join(&name).exists() {
+            n += 1;
+            name = format!("{set}-{n}");
+        }
+        let dir = full_backup.join(format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("create directory", &dir))?;
+        Ok(Staging {
+            full_backup: full_backup.to_path_buf(),
+            set: name,
+            dir,
+            compression,
+            level,
+            keep: false,
+        })
+    }
+
+    fn base_path(&self) -> PathBuf {
+        self.dir.join(format!("{BASE}{}", self.compression.ext()))
+    }
+
+    /// Read the whole uncompressed tar stream from `input` into `base.tar*` (fsynced).
+    pub fn receive(&mut self, input: &mut dyn Read) -> Result<Received> {
+        let path = self.base_path();
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        let stored = HashWriter::new(io::BufWriter::with_capacity(1 << 20, f));
+        let enc = self
+            .compression
+            .encoder(self.level, stored)
+            .map_err(io_err("create", &path))?;
+        let mut tee = Tee {
+            input,
+            out: enc,
+            hasher: Sha256::new(),
+            bytes: 0,
+            write_err: None,
+        };
+        let parsed = scan_tar(&mut tee);
+        if let Some(e) = tee.write_err.take() {
+            return Err(PathError::new("write", &path, e).into());
+        }
+        let (label, tablespace_map) = parsed.map_err(|reason| WalmgrError::Corrupt {
+            path: path.clone(),
+            reason: format!("received tar stream: {reason}"),
+        })?;
+        let sha256 = hex(&tee.hasher.finalize());
+        let bytes = tee.bytes;
+        let stored = tee.out.finish().map_err(io_err("write", &path))?;
+        let (stored_sha256, stored_size, bw) = stored.finish();
+        let f = bw
+            .into_inner()
+            .map_err(|e| PathError::new("write", &path, e.into_error()))?;
+        f.sync_all().map_err(io_err("fsync", &path))?;
+        let label = label.ok_or_else(|| WalmgrError::Corrupt {
+            path: path.clone(),
+            reason: "received tar stream has no backup_label (the sender did not finish)".into(),
+        })?;
+        Ok(Received {
+            sha256,
+            bytes,
+            stored_sha256,
+            stored_size,
+            label,
+            tablespace_map,
+        })
+    }
+
+    /// Remote protocol: keep the received set for `xcommit-backup` (another process).
+    pub fn park(mut self, r: &Received) -> Result<()> {
+        let json = serde_json::to_vec(r).expect("serializes");
+        fsutil::write_atomic(&self.dir.join(RECEIVED), &json, 0o600)?;
+        self.keep = true;
+        Ok(())
+    }
+
+    /// Find the parked staging dir of `set`.
+    pub fn resume(full_backup: &Path, set: &str) -> Result<(Staging, Received)> {
+        if !valid_set_name(set) {
+            return Err(WalmgrError::Other(format!(
+                "{set:?}: not a backup set name (YYYYmmddTHHMMSSZ)"
+            )));
+        }
+        let prefix = format!("{TEMP_PREFIX}{set}.");
+        let rd = fs::read_dir(full_backup).map_err(io_err("list", full_backup))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_err() {
+                continue;
+            }
+            let rp = e.path().join(RECEIVED);
+            let Ok(text) = fs::read(&rp) else { continue };
+            let r: Received =
+                serde_json::from_slice(&text).map_err(|err| WalmgrError::Corrupt {
+                    path: rp.clone(),
+                    reason: err.to_string(),
+                })?;
+            let compression = [Compression::None, Compression::Gzip, Compression::Zstd]
+                .into_iter()
+                .find(|c| e.path().join(format!("{BASE}{}", c.ext())).exists())
+                .ok_or_else(|| WalmgrError::Corrupt {
+                    path: e.path(),
+                    reason: format!("no {BASE} file"),
+                })?;
+            return Ok((
+                Staging {
+                    full_backup: full_backup.to_path_buf(),
+                    set: set.to_string(),
+                    dir: e.path(),
+                    compression,
+                    level: 0,
+                    keep: false,
+                },
+                r,
+            ));
+        }
+        Err(WalmgrError::Other(format!(
+            "{}: no received backup {set} to commit",
+            full_backup.display()
+        )))
+    }
+
+    /// Write the small files, fsync, and rename the staging dir to its final name.
+    pub fn commit(mut self, r: &Received, c: &CommitInfo) -> Result<BackupInfo> {
+        let (start_lsn, start_segment) =
+            parse_label(&r.label).ok_or_else(|| WalmgrError::Corrupt {
+                path: self.dir.join(LABEL),
+                reason: "no START WAL LOCATION line with a segment name".into(),
+            })?;
+        fsutil::write_atomic_with(&self.dir.join(LABEL), 0o600, false, |f| {
+            f.write_all(r.label.as_bytes())
+        })?;
+        let has_map = r
+            .tablespace_map
+            .as_deref()
+            .is_some_and(|m| !m.trim().is_empty());
+        if let (true, Some(map)) = (has_map, &r.tablespace_map) {
+            fsutil::write_atomic_with(&self.dir.join(TABLESPACE_MAP), 0o600, false, |f| {
+                f.write_all(map.as_bytes())
+            })?;
+        }
+        let _ = fs::remove_file(self.dir.join(RECEIVED));
+        let info = BackupInfo {
+            set: self.set.clone(),
+            start_lsn,
+            start_segment,
+            stop_lsn: c.stop_lsn.clone(),
+            started_at: c.started_at.clone(),
+            finished_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+            compression: self.compression,
+            file: format!("{BASE}{}", self.compression.ext()),
+            stored_size: r.stored_size,
+            stored_sha256: r.stored_sha256.clone(),
+            size: r.bytes,
+            sha256: r.sha256.clone(),
+            pg_version: c.pg_version.clone(),
+            system_identifier: c.system_identifier.clone(),
+            tablespaces: has_map,
+        };
+        let json = serde_json::to_vec_pretty(&info).expect("serializes");
+        fsutil::write_atomic_with(&self.dir.join(INFO), 0o600, false, |f| f.write_all(&json))?;
+        fsutil::sync_dir(&self.dir)?;
+        let dst = self.full_backup.join(&self.set);
+        if dst.exists() {
+            return Err(WalmgrError::Other(format!(
+                "{}: already exists; backup not committed",
+                dst.display()
+            )));
+        }
+        fs::rename(&self.dir, &dst).map_err(io_err("rename into", &dst))?;
+        self.keep = true;
+        fsutil::sync_dir(&self.full_backup)?;
+        Ok(info)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("{}: cannot remove: {e}", self.dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// Passes the input through to the compressor and the hash; a write failure is kept
+/// aside so it is reported as the store's error, not as a bad stream.
+struct Tee<'a, W: Write> {
+    input: &'a mut dyn Read,
+    out: W,
+    hasher: Sha256,
+    bytes: u64,
+    write_err: Option<io::Error>,
+}
+
+impl<W: Write> Read for Tee<'_, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.input.read(buf)?;
+        if let Err(e) = self.out.write_all(&buf[..n]) {
+            let msg = e.to_string();
+            self.write_err = Some(e);
+            return Err(io::Error::other(msg));
+        }
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Walk the tar stream to its end (consuming everything, padding included) and return
+/// the top-level backup_label and tablespace_map.
+fn scan_tar(input: &mut dyn Read) -> std::result::Result<(Option<String>, Option<String>), String> {
+    let mut label = None;
+    let mut map = None;
+    {
+        let mut a = tar::Archive::new(&mut *input);
+        let entries = a.entries().map_err(|e| e.to_string())?;
+        for e in entries {
+            let mut e = e.map_err(|e| e.to_string())?;
+            let path = e.path().map_err(|e| e.to_string())?.into_owned();
+            let slot = match path.to_str() {
+                Some(LABEL) => &mut label,
+                Some(TABLESPACE_MAP) => &mut map,
+                _ => continue,
+            };
+            if e.size() > MAX_LABEL {
+                return Err(format!("{} of {} bytes", path.display(), e.size()));
+            }
+            let mut s = String::new();
+            e.read_to_string(&mut s)
+                .map_err(|err| format!("{}: {err}", path.display()))?;
+            *slot = Some(s);
+        }
+    }
+    // Whatever follows the end-of-archive blocks is part of the stream too.
+    io::copy(input, &mut io::sink()).map_err(|e| e.to_string())?;
+    Ok((label, map))
+}
+
+/// A committed set.
+#[derive(Debug, Clone)]
+pub struct Set {
+    pub dir: PathBuf,
+    pub info: BackupInfo,
+}
+
+/// Committed sets, oldest first. Directories without a readable backup.json are not
+/// sets (logged), dot directories are staging.
+pub fn list(full_backup: &Path) -> Result<Vec<Set>> {
+    let rd = match fs::read_dir(full_backup) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("list", full_backup, e).into()),
+    };
+    let mut sets = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("list", full_backup))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !valid_set_name(&name) {
+            continue;
+        }
+        let ip = e.path().join(INFO);
+        let info = fs::read(&ip)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_slice::<BackupInfo>(&t).map_err(|e| e.to_string()));
+        match info {
+            Ok(info) => sets.push(Set {
+                dir: e.path(),
+                info,
+            }),
+            Err(err) => log::warn!("{}: not a usable backup set: {err}", ip.display()),
+        }
+    }
+    sets.sort_by_key(|s| order_key(&s.info.set));
+    Ok(sets)
+}
+
+/// Keep the newest `keep` sets (0 = all). Each older set is offered to
+/// `archive_command` first; if that fails, the set stays and the error is returned
+/// after the others were handled. Returns the removed set names.
+pub fn rotate(
+    full_backup: &Path,
+    keep: usize,
+    archive_command: Option<&str>,
+) -> Result<Vec<String>> {
+    let sets = list(full_backup)?;
+    if keep == 0 || sets.len() <= keep {
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    let mut failed = None;
+    for s in &sets[..sets.len() - keep] {
+        if let Some(cmd) = archive_command {
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .env("WALMGR_BACKUP", &s.dir)
+                .status();
+            let why = match st {
+                Ok(st) if st.success() => None,
+                Ok(st) => Some(format!("exited with {st}")),
+                Err(e) => Some(format!("cannot run sh: {e}")),
+            };
+            if let Some(why) = why {
+                log::error!("archive_command for {}: {why}; set kept", s.dir.display());
+                failed.get_or_insert(WalmgrError::command(
+                    format!(
+                        "archive_command {cmd:?} (WALMGR_BACKUP={})",
+                        s.dir.display()
+                    ),
+                    format!("{why}; set {} kept", s.info.set),
+                ));
+                continue;
+            }
+        }
+        // Rename first: a removal cut short leaves a stale staging name, not a broken set.
+        let doomed = full_backup.join(format!(
+            "{TEMP_PREFIX}{}.{}",
+            s.info.set,
+            std::process::id()
+        ));
+        fs::rename(&s.dir, &doomed).map_err(io_err("rename", &s.dir))?;
+        fsutil::sync_dir(full_backup)?;
+        fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
+        log::info!("removed backup {} (keep_backups = {keep})", s.info.set);
+        removed.push(s.info.set.clone());
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}
+
+/// True when `full_backup` holds at least one committed set.
+pub fn has_backups(full_backup: &Path) -> bool {
+    list(full_backup).map(|l| !l.is_empty()).unwrap_or(true)
+}
+
+/// Start segment name of the oldest committed set (from its backup_label), if any.
+pub fn oldest_start_segment(full_backup: &Path) -> Result<Option<String>> {
+    Ok(list(full_backup)?
+        .into_iter()
+        .next()
+        .map(|s| s.info.start_segment))
+}
+
+/// Start segment name of the newest committed set, if any.
+pub fn newest_start_segment(full_backup: &Path) -> Result<Option<String>> {
+    Ok(list(full_backup)?.pop().map(|s| s.info.start_segment))
+}
+
+/// Remove staging directories of backups whose writer is gone (a parked remote set
+/// only after [`RECEIVED_GRACE`]).
+pub fn cleanup_staging(full_backup: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match fs::read_dir(full_backup) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("list", full_backup, e).into()),
+    };
+    let mut removed = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("list", full_backup))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(TEMP_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Some(pid) = name.rsplit('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if crate::daemon::pid_alive(pid) {
+            continue;
+        }
+        let parked_recently = fs::metadata(e.path().join(RECEIVED))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < RECEIVED_GRACE);
+        if parked_recently {
+            continue;
+        }
+        fs::remove_dir_all(e.path()).map_err(io_err("remove", &e.path()))?;
+        removed.push(e.path());
+    }
+    if !removed.is_empty() {
+        fsutil::sync_dir(full_backup)?;
+    }
+    Ok(removed)
+}
+
+/// Open a committed set's base.tar* for reading, as stored.
+pub fn open_base(set: &Set) -> Result<File> {
+    let p = set.dir.join(&set.info.file);
+    File::open(&p).map_err(io_err("open", &p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LABEL_TEXT: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+        CHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+        START TIME: 2026-11-22 20:00:00 UTC\nLABEL: walmgr\nSTART TIMELINE: 1\n";
+
+    fn tar_stream(label: bool, map: Option<&str>) -> Vec<u8> {
+        let mut w = super::super::basebackup::TarWriter::new(Vec::new());
+        w.add_bytes("PG_VERSION", b"15\n", 0o600).unwrap();
+        w.add_bytes("base/1/1259", &vec![9u8; 70_000], 0o600)
+            .unwrap();
+        if label {
+            w.add_bytes(LABEL, LABEL_TEXT.as_bytes(), 0o600).unwrap();
+        }
+        if let Some(m) = map {
+            w.add_bytes(TABLESPACE_MAP, m.as_bytes(), 0o600).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn commit_one(fb: &Path, set: &str, c: Compression) -> BackupInfo {
+        let tar = tar_stream(true, Some("16400 /srv/ts1\n"));
+        let mut st = Staging::create(fb, set, c, c.default_level()).unwrap();
+        let r = st.receive(&mut &tar[..]).unwrap();
+        assert_eq!(r.sha256, super::super::codec::sha256_hex(&tar));
+        assert_eq!(r.bytes, tar.len() as u64);
+        assert_eq!(r.tablespace_map.as_deref(), Some("16400 /srv/ts1\n"));
+        st.commit(
+            &r,
+            &CommitInfo {
+                stop_lsn: "0/2000138".into(),
+                started_at: "2026-11-22T20:00:00Z".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_and_labels() {
+        assert!(valid_set_name("20261122T205854Z"));
+        assert!(valid_set_name("20261122T205854Z-12"));
+        for bad in [
+            "",
+            "../x",
+            "20261122T205854",
+            "20261122T205854Z-",
+            "2026112xT205854Z",
+            "20261122T205854Z-1/",
+        ] {
+            assert!(!valid_set_name(bad), "{bad}");
+        }
+        assert_eq!(stamp(std::time::UNIX_EPOCH), "19700101T000000Z");
+        assert_eq!(
+            parse_label(LABEL_TEXT),
+            Some(("0/2000028".into(), "000000010000000000000002".into()))
+        );
+        assert_eq!(parse_label("START WAL LOCATION: 0/1 (file ../../x)"), None);
+    }
+
+    #[test]
+    fn receive_commit_list_and_duplicate_names() {
+        let d = tempfile::tempdir().unwrap();
+        let fb = d.path().join("full");
+        let a = commit_one(&fb, "20261122T200000Z", Compression::Zstd);
+        let b = commit_one(&fb, "20261122T200000Z", Compression::Gzip);
+        assert_eq!(b.set, "20261122T200000Z-2");
+        assert_eq!(a.start_segment, "000000010000000000000002");
+        assert!(a.tablespaces);
+        let sets = list(&fb).unwrap();
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0].info, a);
+        let dir = &sets[1].dir;
+        assert!(dir.join("base.tar.gz").exists() && dir.join(LABEL).exists());
+        assert_eq!(
+            fs::read_to_string(dir.join(TABLESPACE_MAP)).unwrap(),
+            "16400 /srv/ts1\n"
+        );
+        // The stored file decompresses to exactly the stream that was sent.
+        let mut raw = Vec::new();
+        Compression::Gzip
+            .decoder(open_base(&sets[1]).unwrap())
+            .unwrap()
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(super::super::codec::sha256_hex(&raw), b.sha256);
+        assert!(has_backups(&fb));
+        assert_eq!(
+            oldest_start_segment(&fb).unwrap().as_deref(),
+            Some("000000010000000000000002")
+        );
+        // Nothing left in staging.
+        let dots = fs::read_dir(&fb)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count();
+        assert_eq!(dots, 0);
+    }
+
+    #[test]
+    fn bad_streams_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let fb = d.path().join("full");
+        for input in [
+            tar_stream(false, None),
+            b"not a tar at all, definitely not".repeat(40),
+            tar_stream(true, None)[..700].to_vec(),
+        ] {
+            let mut st = Staging::create(&fb, "20261122T200000Z", Compression::None, 0).unwrap();
+            let e = st.receive(&mut &input[..]).unwrap_err();
+            assert!(e.to_string().contains("base.tar"), "{e}");
+            drop(st);
+        }
+        assert_eq!(fs::read_dir(&fb).unwrap().count(), 0);
+        assert!(!has_backups(&fb));
+        assert!(Staging::create(&fb, "../etc", Compression::None, 0).is_err());
+    }
+
+    #[test]
+    fn park_and_resume_like_the_remote_protocol() {
+        let d = tempfile::tempdir().unwrap();
+        let fb = d.path().join("full");
+        let tar = tar_stream(true, None);
+        let mut st = Staging::create(&fb, "20261122T200000Z", Compression::Zstd, 3).unwrap();
+        let r = st.receive(&mut &tar[..]).unwrap();
+        st.park(&r).unwrap();
+        // Our own pid is alive, and a parked set is kept for a grace period anyway.
+        assert!(cleanup_staging(&fb).unwrap().is_empty());
+        let (st, r2) = Staging::resume(&fb, "20261122T200000Z").unwrap();
+        assert_eq!(r, r2);
+        let info = st.commit(&r2, &CommitInfo::default()).unwrap();
+        assert_eq!(info.compression, Compression::Zstd);
+        assert!(!info.tablespaces);
+        assert_eq!(list(&fb).unwrap().len(), 1);
+        assert!(Staging::resume(&fb, "20261122T200000Z").is_err());
+    }
+
+    #[test]
+    fn rotate_keeps_newest_and_respects_archive_command() {
+        let d = tempfile::tempdir().unwrap();
+        let fb = d.path().join("full");
+        for s in [
+            "20261122T200000Z",
+            "20261122T200000Z-2",
+            "20261122T200000Z-10",
+            "20261123T000000Z",
+        ] {
+            commit_one(&fb, s, Compression::None);
+        }
+        let log = d.path().join("archived");
+        let cmd = format!(
+            "case \"$WALMGR_BACKUP\" in *-2) exit 3;; esac; echo \"$WALMGR_BACKUP\" >> {}",
+            log.display()
+        );
+        let e = rotate(&fb, 1, Some(&cmd)).unwrap_err();
+        assert!(e.to_string().contains("20261122T200000Z-2 kept"), "{e}");
+        let left: Vec<String> = list(&fb).unwrap().into_iter().map(|s| s.info.set).collect();
+        assert_eq!(left, ["20261122T200000Z-2", "20261123T000000Z"]);
+        let archived = fs::read_to_string(&log).unwrap();
+        assert!(
+            archived.contains("20261122T200000Z\n") && archived.contains("-10\n"),
+            "{archived}"
+        );
+        assert_eq!(rotate(&fb, 1, None).unwrap(), ["20261122T200000Z-2"]);
+        assert_eq!(rotate(&fb, 0, None).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn dead_staging_is_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let fb = d.path().join("full");
+        fs::create_dir_all(fb.join(".tmp-20261122T200000Z.999999999")).unwrap();
+        fs::create_dir_all(fb.join(format!(".tmp-20261122T200001Z.{}", std::process::id())))
+            .unwrap();
+        let got = cleanup_staging(&fb).unwrap();
+        assert_eq!(got, [fb.join(".tmp-20261122T200000Z.999999999")]);
+        assert_eq!(fs::read_dir(&fb).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,283 @@
+//! Compression of stored files and the checksums recorded for them. The checksum is
+//! always of the uncompressed bytes (what PostgreSQL handed us and gets back), plus one
+//! of the stored bytes so `verify` can tell storage rot from a bad decompressor.
+
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// `none|gzip|zstd`, and Skytools' `0`/`1` (its rsync -z switch).
+    pub fn parse(v: &str) -> Option<Compression> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "none" | "0" | "no" | "off" => Some(Compression::None),
+            "gzip" | "gz" | "1" => Some(Compression::Gzip),
+            "zstd" | "zst" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// File name suffix of a stored file.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
+    /// pgBackRest's defaults, so the two compare at equal settings.
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+        }
+    }
+
+    pub fn level_range(self) -> (i32, i32) {
+        match self {
+            Compression::None => (0, 0),
+            Compression::Gzip => (1, 9),
+            Compression::Zstd => (1, 19),
+        }
+    }
+
+    /// Compress a whole buffer (a WAL segment is at most 1 GiB and usually 16 MiB);
+    /// `none` borrows it rather than copying 16 MiB.
+    pub fn compress(self, level: i32, data: &[u8]) -> io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Owned(match self {
+            Compression::None => return Ok(Cow::Borrowed(data)),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(data.len() / 2),
+                    flate2::Compression::new(level as u32),
+                );
+                e.write_all(data)?;
+                e.finish()?
+            }
+            Compression::Zstd => zstd::bulk::compress(data, level)?,
+        }))
+    }
+
+    /// Decompress a whole stored file whose uncompressed size is known.
+    pub fn decompress(self, stored: &[u8], size: u64) -> io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Owned(match self {
+            Compression::None => return Ok(Cow::Borrowed(stored)),
+            Compression::Gzip => {
+                let mut out = Vec::with_capacity(size as usize);
+                flate2::read::GzDecoder::new(stored).read_to_end(&mut out)?;
+                out
+            }
+            Compression::Zstd => zstd::bulk::decompress(stored, size as usize)?,
+        }))
+    }
+
+    /// A writer that compresses into `out`; `finish` returns `out`.
+    pub fn encoder<W: Write>(self, level: i32, out: W) -> io::Result<Encoder<W>> {
+        Ok(match self {
+            Compression::None => Encoder::None(out),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::new(level as u32),
+            )),
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, level)?),
+        })
+    }
+
+    /// A reader of the uncompressed bytes of `input`.
+    pub fn decoder<'a, R: Read + 'a>(self, input: R) -> io::Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(input),
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(input)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+        })
+    }
+}
+
+pub enum Encoder<W: Write> {
+    None(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::None(w) => Ok(w),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// Counts and hashes what passes through on the way to `inner`.
+pub struct HashWriter<W> {
+    pub inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// (sha256 hex, byte count, inner writer)
+    pub fn finish(self) -> (String, u64, W) {
+        (hex(&self.hasher.finalize()), self.bytes, self.inner)
+    }
+
+    /// The wrapped writer, bypassing the hash (for bytes hashed elsewhere).
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+/// Counts and hashes what is read through it.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// (sha256 hex, byte count)
+    pub fn finish(self) -> (String, u64) {
+        (hex(&self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_every_codec() {
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let z = c.compress(c.default_level(), &data).unwrap();
+            let mut back = Vec::new();
+            c.decoder(&z[..]).unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back, data, "{c:?}");
+            assert_eq!(c.decompress(&z, data.len() as u64).unwrap(), &data[..]);
+            let mut enc = c.encoder(c.default_level(), Vec::new()).unwrap();
+            enc.write_all(&data).unwrap();
+            let z2 = enc.finish().unwrap();
+            let mut back = Vec::new();
+            c.decoder(&z2[..]).unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back, data, "{c:?} stream");
+        }
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error() {
+        let z = Compression::Zstd.compress(3, &[7u8; 100_000]).unwrap();
+        let mut bad = z.to_vec();
+        bad.truncate(z.len() / 2);
+        let mut out = Vec::new();
+        assert!(Compression::Zstd
+            .decoder(&bad[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .is_err());
+    }
+
+    #[test]
+    fn sha256_known_value() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let mut w = HashWriter::new(Vec::new());
+        w.write_all(b"abc").unwrap();
+        let (h, n, v) = w.finish();
+        assert_eq!(
+            (h.as_str(), n, v.as_slice()),
+            (sha256_hex(b"abc").as_str(), 3, &b"abc"[..])
+        );
+    }
+}

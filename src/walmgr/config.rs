@@ -1,0 +1,598 @@
+//! walmgr's ini: one section (the file's first, as Skytools read it), a master ini when
+//! it has `master_data`, a slave ini otherwise. Everything is validated here, once, into
+//! [`Settings`]; the error names the file, section, key and value.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+
+use super::codec::Compression;
+use super::error::{Result, WalmgrError};
+
+/// Skytools keys that old inis carry and that mean nothing here (record-based shipping,
+/// skylog, rsync options): accepted so a drop-in upgrade does not fail, otherwise ignored.
+const IGNORED_KEYS: &[&str] = &[
+    "use_skylog",
+    "use_xlog_functions",
+    "loop_delay",
+    "command_interval",
+    "periodic_command",
+    "keep_symlinks",
+    "slave_config_dir",
+];
+
+const COMMON_KEYS: &[&str] = &[
+    "job_name",
+    "logfile",
+    "pidfile",
+    "slave",
+    "walmgr_data",
+    "completed_wals",
+    "partial_wals",
+    "full_backup",
+    "config_backup",
+    "keep_backups",
+    "archive_command",
+];
+
+const MASTER_KEYS: &[&str] = &[
+    "master_db",
+    "master_data",
+    "master_config",
+    "master_bin",
+    "master_restart_cmd",
+    "slave_config",
+    "compression",
+    "compression_level",
+    "check_wal_header",
+    "hot_standby",
+    "setup_method",
+    "ssh",
+    "remote_walmgr",
+    "backup_lock",
+];
+
+const SLAVE_KEYS: &[&str] = &[
+    "slave_data",
+    "slave_bin",
+    "slave_stop_cmd",
+    "slave_start_cmd",
+    "backup_datadir",
+    "primary_conninfo",
+    "restore_command",
+    "tablespace_dir",
+    "standby_wait",
+];
+
+/// Where the store lives, seen from the side that reads this ini.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePaths {
+    /// `walmgr_data` (default: the `slave` path).
+    pub root: PathBuf,
+    pub completed_wals: PathBuf,
+    pub partial_wals: PathBuf,
+    pub full_backup: PathBuf,
+    pub config_backup: PathBuf,
+}
+
+/// What the store side needs: paths plus the retention rules.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub paths: StorePaths,
+    /// 0 = keep every backup.
+    pub keep_backups: usize,
+    /// Run (sh -c, WALMGR_BACKUP=<set dir>) before a set is rotated away.
+    pub archive_command: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlaveLocation {
+    Local(PathBuf),
+    Remote { host: String, path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupMethod {
+    AlterSystem,
+    ConfigFile,
+}
+
+#[derive(Debug, Clone)]
+pub struct Master {
+    pub ini: PathBuf,
+    pub job_name: String,
+    pub logfile: Option<PathBuf>,
+    pub master_db: String,
+    pub master_data: PathBuf,
+    pub master_config: Option<PathBuf>,
+    pub master_bin: Option<PathBuf>,
+    pub master_restart_cmd: Option<String>,
+    pub slave: SlaveLocation,
+    pub slave_config: Option<PathBuf>,
+    pub store: StoreSettings,
+    pub compression: Compression,
+    pub compression_level: i32,
+    pub check_wal_header: bool,
+    pub hot_standby: bool,
+    pub setup_method: SetupMethod,
+    pub ssh: Vec<String>,
+    pub remote_walmgr: String,
+    pub backup_lock: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Slave {
+    pub ini: PathBuf,
+    pub job_name: String,
+    pub logfile: Option<PathBuf>,
+    pub slave_data: Option<PathBuf>,
+    pub slave_bin: Option<PathBuf>,
+    pub slave_stop_cmd: Option<String>,
+    pub slave_start_cmd: Option<String>,
+    pub store: StoreSettings,
+    pub backup_datadir: bool,
+    pub primary_conninfo: Option<String>,
+    pub restore_command: Option<String>,
+    pub tablespace_dir: Option<PathBuf>,
+    pub standby_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Settings {
+    Master(Box<Master>),
+    Slave(Box<Slave>),
+}
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Settings> {
+        let cfg = Config::load(path)?;
+        // Commands written into PostgreSQL's settings must still work from another cwd.
+        let ini = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Settings::from_config(&cfg, ini)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Settings> {
+        Settings::from_config(&Config::parse(text, path)?, path.to_path_buf())
+    }
+
+    fn from_config(cfg: &Config, ini: PathBuf) -> Result<Settings> {
+        let section = cfg
+            .sections()
+            .next()
+            .ok_or_else(|| ConfigError::Syntax {
+                path: cfg.path().to_path_buf(),
+                line: 1,
+                reason: "no section (walmgr reads the first section, e.g. [walmgr])".into(),
+            })?
+            .to_string();
+        let r = Reader { cfg, section };
+        if cfg.get(&r.section, "master_data")?.is_some() {
+            r.known(MASTER_KEYS)?;
+            Ok(Settings::Master(Box::new(r.master(ini)?)))
+        } else {
+            r.known(SLAVE_KEYS)?;
+            Ok(Settings::Slave(Box::new(r.slave(ini)?)))
+        }
+    }
+
+    pub fn ini(&self) -> &Path {
+        match self {
+            Settings::Master(m) => &m.ini,
+            Settings::Slave(s) => &s.ini,
+        }
+    }
+
+    pub fn logfile(&self) -> Option<&Path> {
+        match self {
+            Settings::Master(m) => m.logfile.as_deref(),
+            Settings::Slave(s) => s.logfile.as_deref(),
+        }
+    }
+
+    /// The store as a local directory, if this side can reach it without ssh.
+    pub fn local_store(&self) -> Option<&StoreSettings> {
+        match self {
+            Settings::Master(m) => match m.slave {
+                SlaveLocation::Local(_) => Some(&m.store),
+                SlaveLocation::Remote { .. } => None,
+            },
+            Settings::Slave(s) => Some(&s.store),
+        }
+    }
+}
+
+impl Master {
+    /// The ssh transport to the slave, when the store is remote.
+    pub fn remote(&self) -> Option<super::remote::Remote> {
+        match &self.slave {
+            SlaveLocation::Local(_) => None,
+            SlaveLocation::Remote { host, .. } => Some(super::remote::Remote {
+                ssh: self.ssh.clone(),
+                host: host.clone(),
+                walmgr: self.remote_walmgr.clone(),
+                // Checked at load time: a remote slave needs slave_config.
+                ini: self.slave_config.clone().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Directory of pg_ctl and friends: `master_bin`, else the Debian layout for the
+    /// data directory's PG_VERSION.
+    pub fn bin_dir(&self) -> Result<PathBuf> {
+        bin_dir(self.master_bin.as_deref(), &self.master_data)
+    }
+}
+
+impl Slave {
+    pub fn require_data(&self) -> Result<&Path> {
+        self.slave_data.as_deref().ok_or_else(|| {
+            WalmgrError::Config(ConfigError::MissingKey {
+                path: self.ini.clone(),
+                section: "walmgr".into(),
+                key: "slave_data".into(),
+            })
+        })
+    }
+
+    pub fn bin_dir(&self) -> Result<PathBuf> {
+        bin_dir(self.slave_bin.as_deref(), self.require_data()?)
+    }
+}
+
+fn bin_dir(configured: Option<&Path>, data: &Path) -> Result<PathBuf> {
+    if let Some(b) = configured {
+        return Ok(b.to_path_buf());
+    }
+    let vfile = data.join("PG_VERSION");
+    let v = std::fs::read_to_string(&vfile)
+        .map_err(|e| crate::fsutil::PathError::new("read", &vfile, e))?;
+    Ok(PathBuf::from(format!(
+        "/usr/lib/postgresql/{}/bin",
+        v.trim()
+    )))
+}
+
+struct Reader<'a> {
+    cfg: &'a Config,
+    section: String,
+}
+
+impl Reader<'_> {
+    fn known(&self, side: &[&str]) -> Result<()> {
+        let all: Vec<&str> = COMMON_KEYS
+            .iter()
+            .chain(side)
+            .chain(IGNORED_KEYS)
+            .copied()
+            .collect();
+        Ok(self.cfg.reject_unknown(&self.section, &all)?)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .cfg
+            .get(&self.section, key)?
+            .filter(|v| !v.trim().is_empty()))
+    }
+
+    fn require(&self, key: &str) -> Result<String> {
+        match self.get(key)? {
+            Some(v) => Ok(v),
+            None => Err(ConfigError::MissingKey {
+                path: self.cfg.path().to_path_buf(),
+                section: self.section.clone(),
+                key: key.into(),
+            }
+            .into()),
+        }
+    }
+
+    fn bad(&self, key: &str, value: &str, reason: impl Into<String>) -> WalmgrError {
+        let mut e = self.cfg.bad_value(&self.section, key, value, reason.into());
+        if let ConfigError::BadValue { section, .. } = &mut e {
+            section.clone_from(&self.section);
+        }
+        e.into()
+    }
+
+    fn path(&self, key: &str) -> Result<Option<PathBuf>> {
+        Ok(self.get(key)?.map(|v| expand_home(&v)))
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        Ok(self.cfg.get_bool(&self.section, key)?.unwrap_or(default))
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
+        match self.get(key)? {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| self.bad(key, &v, "not a non-negative whole number")),
+        }
+    }
+
+    /// A store path key; Skytools master inis write them as `host:/path` (from
+    /// `%(slave)s/...`), of which only the path is meant.
+    fn store_path(&self, key: &str, root: &Path, default: &str) -> Result<PathBuf> {
+        match self.get(key)? {
+            None => Ok(root.join(default)),
+            Some(v) => match split_remote(&v) {
+                Some((_, p)) => Ok(expand_home(p)),
+                None => Ok(expand_home(&v)),
+            },
+        }
+    }
+
+    fn store(&self, slave_path: &Path) -> Result<StoreSettings> {
+        let root = match self.get("walmgr_data")? {
+            Some(v) => expand_home(split_remote(&v).map(|(_, p)| p).unwrap_or(&v)),
+            None => slave_path.to_path_buf(),
+        };
+        let paths = StorePaths {
+            completed_wals: self.store_path("completed_wals", &root, "logs.complete")?,
+            partial_wals: self.store_path("partial_wals", &root, "logs.partial")?,
+            full_backup: self.store_path("full_backup", &root, "data.master")?,
+            config_backup: self.store_path("config_backup", &root, "config.backup")?,
+            root,
+        };
+        Ok(StoreSettings {
+            paths,
+            keep_backups: self.number("keep_backups", 0usize)?,
+            archive_command: self.get("archive_command")?,
+        })
+    }
+
+    fn job_name(&self) -> Result<String> {
+        Ok(self
+            .get("job_name")?
+            .unwrap_or_else(|| self.section.clone()))
+    }
+
+    fn master(&self, ini: PathBuf) -> Result<Master> {
+        let slave_raw = self.require("slave")?;
+        let slave = match split_remote(&slave_raw) {
+            Some((host, path)) if !path.is_empty() => SlaveLocation::Remote {
+                host: host.to_string(),
+                path: expand_home(path),
+            },
+            Some(_) => return Err(self.bad("slave", &slave_raw, "expected /path or host:/path")),
+            None => SlaveLocation::Local(expand_home(&slave_raw)),
+        };
+        let slave_path = match &slave {
+            SlaveLocation::Local(p) | SlaveLocation::Remote { path: p, .. } => p.clone(),
+        };
+        let slave_config = self.path("slave_config")?;
+        if matches!(slave, SlaveLocation::Remote { .. }) && slave_config.is_none() {
+            return Err(self.bad(
+                "slave",
+                &slave_raw,
+                "a remote slave needs slave_config (the slave's ini on that host)",
+            ));
+        }
+        let compression = match self.get("compression")? {
+            None => Compression::None,
+            Some(v) => Compression::parse(&v).ok_or_else(|| {
+                self.bad("compression", &v, "expected none, gzip or zstd (or 0/1)")
+            })?,
+        };
+        let level = match self.get("compression_level")? {
+            None => compression.default_level(),
+            Some(v) => {
+                let (lo, hi) = compression.level_range();
+                match v.trim().parse::<i32>() {
+                    Ok(n) if (lo..=hi).contains(&n) => n,
+                    _ => {
+                        return Err(self.bad(
+                            "compression_level",
+                            &v,
+                            format!("expected {lo}..{hi} for compression {}", compression.name()),
+                        ))
+                    }
+                }
+            }
+        };
+        let setup_method = match self.get("setup_method")?.as_deref().map(str::trim) {
+            None | Some("alter_system") => SetupMethod::AlterSystem,
+            Some("config_file") => SetupMethod::ConfigFile,
+            Some(v) => {
+                return Err(self.bad("setup_method", v, "expected alter_system or config_file"))
+            }
+        };
+        let master_config = self.path("master_config")?;
+        if setup_method == SetupMethod::ConfigFile && master_config.is_none() {
+            return Err(self.bad(
+                "setup_method",
+                "config_file",
+                "needs master_config (the postgresql.conf to edit)",
+            ));
+        }
+        let ssh_raw = self
+            .get("ssh")?
+            .unwrap_or_else(|| "ssh -o BatchMode=yes".into());
+        let ssh = shlex::split(&ssh_raw)
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| self.bad("ssh", &ssh_raw, "not a command line"))?;
+        let master_data = self.path("master_data")?.unwrap_or_default();
+        let backup_lock = match self.path("backup_lock")? {
+            Some(p) => p,
+            None => crate::fsutil::parent_dir(&master_data).join("walmgr-backup.lock"),
+        };
+        Ok(Master {
+            job_name: self.job_name()?,
+            logfile: self.path("logfile")?,
+            master_db: self
+                .get("master_db")?
+                .unwrap_or_else(|| "dbname=template1".into()),
+            master_data,
+            master_config,
+            master_bin: self.path("master_bin")?,
+            master_restart_cmd: self.get("master_restart_cmd")?,
+            store: self.store(&slave_path)?,
+            slave,
+            slave_config,
+            compression,
+            compression_level: level,
+            check_wal_header: self.bool("check_wal_header", true)?,
+            hot_standby: self.bool("hot_standby", false)?,
+            setup_method,
+            ssh,
+            remote_walmgr: self
+                .get("remote_walmgr")?
+                .unwrap_or_else(|| "walmgr".into()),
+            backup_lock,
+            ini,
+        })
+    }
+
+    fn slave(&self, ini: PathBuf) -> Result<Slave> {
+        let slave_raw = self.require("slave")?;
+        if split_remote(&slave_raw).is_some() {
+            return Err(self.bad(
+                "slave",
+                &slave_raw,
+                "a slave ini names its own local walshipping directory (no host:)",
+            ));
+        }
+        let wait = match self.get("standby_wait")? {
+            None => Duration::from_secs(1),
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(s) if s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
+                _ => return Err(self.bad("standby_wait", &v, "expected seconds, > 0")),
+            },
+        };
+        Ok(Slave {
+            job_name: self.job_name()?,
+            logfile: self.path("logfile")?,
+            slave_data: self.path("slave_data")?,
+            slave_bin: self.path("slave_bin")?,
+            slave_stop_cmd: self.get("slave_stop_cmd")?,
+            slave_start_cmd: self.get("slave_start_cmd")?,
+            store: self.store(&expand_home(&slave_raw))?,
+            backup_datadir: self.bool("backup_datadir", true)?,
+            primary_conninfo: self.get("primary_conninfo")?,
+            restore_command: self.get("restore_command")?,
+            tablespace_dir: self.path("tablespace_dir")?,
+            standby_wait: wait,
+            ini,
+        })
+    }
+}
+
+/// `host:/path` → (host, path). A plain path (or one whose colon comes after a slash)
+/// is local.
+pub fn split_remote(v: &str) -> Option<(&str, &str)> {
+    let (host, path) = v.split_once(':')?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host, path))
+}
+
+/// `~/x` → `$HOME/x`, as Skytools' getfile did.
+fn expand_home(v: &str) -> PathBuf {
+    let v = v.trim();
+    match v.strip_prefix("~/") {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(rest),
+            None => PathBuf::from(v),
+        },
+        None => PathBuf::from(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings> {
+        Settings::parse(text, Path::new("/etc/wal.ini"))
+    }
+
+    #[test]
+    fn skytools_master_ini_with_remote_slave() {
+        let s = parse(
+            "[wal-master]\nmaster_data = /pg/main\nslave = standby1:/var/lib/walshipping\n\
+             slave_config = /etc/wal-slave.ini\ncompleted_wals = %(slave)s/logs.complete\n\
+             use_skylog = 1\nloop_delay = 10.0\ncompression = 1\n",
+        )
+        .unwrap();
+        let Settings::Master(m) = s else { panic!() };
+        assert_eq!(
+            m.slave,
+            SlaveLocation::Remote {
+                host: "standby1".into(),
+                path: "/var/lib/walshipping".into()
+            }
+        );
+        assert_eq!(
+            m.store.paths.completed_wals,
+            PathBuf::from("/var/lib/walshipping/logs.complete")
+        );
+        assert_eq!(
+            m.store.paths.full_backup,
+            PathBuf::from("/var/lib/walshipping/data.master")
+        );
+        assert_eq!(m.compression, Compression::Gzip);
+        assert_eq!(m.compression_level, 6);
+        assert_eq!(m.master_db, "dbname=template1");
+        assert_eq!(m.backup_lock, PathBuf::from("/pg/walmgr-backup.lock"));
+        assert_eq!(m.job_name, "wal-master");
+        assert!(m.remote().is_some());
+    }
+
+    #[test]
+    fn slave_ini_defaults() {
+        let s =
+            parse("[walmgr]\nslave = /ws\nslave_data = /pg/standby\nkeep_backups = 3\n").unwrap();
+        let Settings::Slave(sl) = s else { panic!() };
+        assert_eq!(
+            sl.store.paths.partial_wals,
+            PathBuf::from("/ws/logs.partial")
+        );
+        assert_eq!(sl.store.keep_backups, 3);
+        assert!(sl.backup_datadir);
+        assert_eq!(sl.standby_wait, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                "[w]\nmaster_data=/d\nslave=/s\ncompression=lz4\n",
+                "compression",
+            ),
+            (
+                "[w]\nmaster_data=/d\nslave=/s\ncompression=zstd\ncompression_level=30\n",
+                "compression_level",
+            ),
+            ("[w]\nmaster_data=/d\nslave=h:/s\n", "slave"),
+            ("[w]\nmaster_data=/d\n", "slave"),
+            ("[w]\nmaster_data=/d\nslave=/s\nslave_dta=/x\n", "slave_dta"),
+            ("[w]\nslave=/s\nkeep_backups=-1\n", "keep_backups"),
+            ("[w]\nslave=/s\nstandby_wait=0\n", "standby_wait"),
+            (
+                "[w]\nmaster_data=/d\nslave=/s\nsetup_method=config_file\n",
+                "setup_method",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains("/etc/wal.ini"),
+                "{text:?}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(parse("").unwrap_err().to_string().contains("no section"));
+    }
+
+    #[test]
+    fn remote_split() {
+        assert_eq!(split_remote("h:/p"), Some(("h", "/p")));
+        assert_eq!(split_remote("/p:x"), None);
+        assert_eq!(split_remote("/p"), None);
+    }
+}

@@ -1,0 +1,678 @@
+//! `restore [set [dst]]` and `listbackups`.
+//!
+//! The set is extracted into `<dst>.tmp-restore` while both checksums (stored file and
+//! tar stream) are computed, and renamed to `<dst>` only when everything checked out,
+//! so `<dst>` is either the old directory or a complete restore. Tablespaces go to their
+//! original paths (which must be absent or empty) or `<tablespace_dir>/<oid>`, linked from
+//! `pg_tblspc/<oid>`; `tablespace_map` is not restored because the links already exist
+//! (PostgreSQL would otherwise remove and recreate them from the map).
+//!
+//! The restored cluster gets `archive_mode = 'off'` in postgresql.auto.conf: it carries
+//! the master's archive_command (`walmgr master.ini xarchive`), and a promoted copy must
+//! not archive its new timeline into the master's store. Run `walmgr setup` with an ini
+//! of its own once it is to be a master. A standby also gets `recovery_prefetch = 'off'`
+//! (see `recovery_settings`).
+//!
+//! Run as root, the restored files are given to the owner of the store's `full_backup`
+//! directory (the account walmgr and PostgreSQL run as); otherwise they belong to the
+//! user running the restore, as tar extraction by that user would leave them.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::backupset::{self, Set};
+use super::codec::HashReader;
+use super::config::{Slave, StoreSettings};
+use super::control::{remove_control, running_postmaster};
+use super::error::{Result, WalmgrError};
+use super::store::{self, WalStore};
+use crate::fsutil::{self, PathError};
+
+/// `walmgr <ini> listbackups` (the store is local here).
+pub fn listbackups(st: &StoreSettings) -> Result<()> {
+    let sets = backupset::list(&st.paths.full_backup)?;
+    if sets.is_empty() {
+        println!("no backups in {}", st.paths.full_backup.display());
+        return Ok(());
+    }
+    for s in sets {
+        let i = &s.info;
+        println!(
+            "{}  started {}  start WAL {}  stop LSN {}  {} bytes stored ({} raw)  {}{}",
+            i.set,
+            i.started_at,
+            i.start_segment,
+            i.stop_lsn,
+            i.stored_size,
+            i.size,
+            i.compression.name(),
+            if i.tablespaces {
+                "  with tablespaces"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalmgrError + 'a {
+    move |e| PathError::new(op, path, e).into()
+}
+
+/// `value` as a single-quoted postgresql.conf string.
+pub fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// tablespace_map: `<oid> <path>` per line (the path may contain spaces).
+fn parse_tablespace_map(text: &str, path: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    let mut v = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed = line
+            .split_once(' ')
+            .and_then(|(oid, p)| Some((oid.parse::<u32>().ok()?, PathBuf::from(p))));
+        match parsed {
+            Some((oid, p)) if p.is_absolute() => v.push((oid, p)),
+            _ => {
+                return Err(WalmgrError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("bad line {line:?}"),
+                })
+            }
+        }
+    }
+    Ok(v)
+}
+
+fn is_empty_dir(p: &Path) -> Result<Option<bool>> {
+    match fs::read_dir(p) {
+        Ok(mut rd) => Ok(Some(rd.next().is_none())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PathError::new("list", p, e).into()),
+    }
+}
+
+/// A tablespace's destination and whether this restore created it (for the cleanup).
+struct TsTarget {
+    oid: u32,
+    dir: PathBuf,
+    created: bool,
+}
+
+/// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of standby.signal.
+pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) -> Result<()> {
+    let fb = &s.store.paths.full_backup;
+    let sets = backupset::list(fb)?;
+    let set = match set {
+        Some(name) => sets.iter().find(|x| x.info.set == name).ok_or_else(|| {
+            WalmgrError::Other(format!(
+                "restore: no backup set {name:?} in {}",
+                fb.display()
+            ))
+        })?,
+        None => sets.last().ok_or_else(|| {
+            WalmgrError::Other(format!("restore: no backups in {}", fb.display()))
+        })?,
+    };
+    let dst = match dst {
+        Some(d) => std::path::absolute(d).map_err(io_err("resolve", Path::new(d)))?,
+        None => s.require_data()?.to_path_buf(),
+    };
+    if dst.file_name().is_none() {
+        return Err(WalmgrError::Other(format!(
+            "restore: {}: not a directory name to restore into",
+            dst.display()
+        )));
+    }
+    let is_slave_data = s.slave_data.as_deref() == Some(dst.as_path());
+    if running_postmaster(&dst).is_some() && is_slave_data {
+        // Skytools' restore stopped the standby with slave_stop_cmd first.
+        if let Some(cmd) = &s.slave_stop_cmd {
+            super::setup::run_shell("slave_stop_cmd", cmd)?;
+        }
+    }
+    if let Some(pid) = running_postmaster(&dst) {
+        return Err(WalmgrError::Other(format!(
+            "restore: {}: PostgreSQL (pid {pid}) is running there; stop it first (or set slave_stop_cmd)",
+            dst.display()
+        )));
+    }
+    let move_aside = match is_empty_dir(&dst) {
+        Ok(Some(false)) => {
+            if !s.backup_datadir {
+                return Err(WalmgrError::Other(format!(
+                    "restore: {} is not empty (backup_datadir = no)",
+                    dst.display()
+                )));
+            }
+            true
+        }
+        Ok(_) => false,
+        // Not a directory (a file): treat it like a non-empty destination.
+        Err(_) if dst.exists() && s.backup_datadir => true,
+        Err(e) => return Err(e),
+    };
+
+    let mut targets = Vec::new();
+    let map_path = set.dir.join(backupset::TABLESPACE_MAP);
+    if map_path.exists() {
+        let text = fs::read_to_string(&map_path).map_err(io_err("read", &map_path))?;
+        for (oid, orig) in parse_tablespace_map(&text, &map_path)? {
+            let dir = match &s.tablespace_dir {
+                Some(d) => d.join(oid.to_string()),
+                None => orig,
+            };
+            let created = match is_empty_dir(&dir)? {
+                None => true,
+                Some(true) => false,
+                Some(false) => {
+                    return Err(WalmgrError::Other(format!(
+                        "restore: tablespace {oid}: {} is not empty",
+                        dir.display()
+                    )))
+                }
+            };
+            targets.push(TsTarget { oid, dir, created });
+        }
+    }
+
+    let tmp = sibling(&dst, ".tmp-restore");
+    if tmp.exists() {
+        log::warn!(
+            "{}: left over from an interrupted restore, removing it",
+            tmp.display()
+        );
+        fs::remove_dir_all(&tmp).map_err(io_err("remove", &tmp))?;
+    }
+    let owner = if nix::unistd::geteuid().is_root() {
+        fs::metadata(fb).ok().map(|m| (m.uid(), m.gid()))
+    } else {
+        None
+    };
+    let r = lay_out(s, set, &tmp, &targets, recovery, owner);
+    if let Err(e) = r {
+        let _ = fs::remove_dir_all(&tmp);
+        for t in &targets {
+            if t.created {
+                let _ = fs::remove_dir_all(&t.dir);
+            } else if let Ok(rd) = fs::read_dir(&t.dir) {
+                for e in rd.flatten() {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
+            }
+        }
+        return Err(e);
+    }
+
+    if move_aside {
+        let stamp = backupset::stamp(std::time::SystemTime::now());
+        let aside = sibling(&dst, &format!(".{}", stamp.trim_end_matches('Z')));
+        fs::rename(&dst, &aside).map_err(io_err("move aside", &dst))?;
+        log::info!("moved the old {} to {}", dst.display(), aside.display());
+    }
+    fs::rename(&tmp, &dst).map_err(io_err("rename into", &dst))?;
+    fsutil::sync_dir(fsutil::parent_dir(&dst))?;
+    log::info!(
+        "{}: restore_command set, archive_mode = 'off' (the master's archive_command must not run here)",
+        dst.join("postgresql.auto.conf").display()
+    );
+
+    let wal = WalStore::new(&s.store.paths);
+    remove_control(&wal, store::PAUSE)?;
+    remove_control(&wal, store::STOP)?;
+    if is_slave_data {
+        if let Some(cmd) = &s.slave_start_cmd {
+            super::setup::run_shell("slave_start_cmd", cmd)?;
+        }
+    }
+    println!(
+        "restored {} into {} ({}); start it to {}",
+        set.info.set,
+        dst.display(),
+        if recovery {
+            "recovery.signal"
+        } else {
+            "standby.signal"
+        },
+        if recovery {
+            "replay the archive and promote"
+        } else {
+            "run as a standby following the archive"
+        }
+    );
+    Ok(())
+}
+
+fn sibling(p: &Path, suffix: &str) -> PathBuf {
+    let mut name = p.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    p.with_file_name(name)
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+        Err(e) => Err(PathError::new("create directory", p, e).into()),
+    }
+}
+
+/// Everything under `tmp` (and the tablespace dirs) up to, not including, the rename.
+fn lay_out(
+    s: &Slave,
+    set: &Set,
+    tmp: &Path,
+    targets: &[TsTarget],
+    recovery: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    mkdir(tmp)?;
+    for t in targets {
+        fsutil::ensure_dir(&t.dir, 0o700)?;
+    }
+    extract(set, tmp, targets)?;
+
+    let label = tmp.join(backupset::LABEL);
+    if !label.exists() {
+        let from = set.dir.join(backupset::LABEL);
+        fs::copy(&from, &label).map_err(io_err("copy", &from))?;
+    }
+    let _ = fs::remove_file(tmp.join(backupset::TABLESPACE_MAP));
+    for d in ["pg_wal", "pg_wal/archive_status", "pg_tblspc"] {
+        mkdir(&tmp.join(d))?;
+    }
+    for t in targets {
+        let link = tmp.join("pg_tblspc").join(t.oid.to_string());
+        if link.symlink_metadata().is_ok() {
+            fs::remove_dir_all(&link)
+                .or_else(|_| fs::remove_file(&link))
+                .map_err(io_err("remove", &link))?;
+        }
+        std::os::unix::fs::symlink(&t.dir, &link).map_err(io_err("symlink", &link))?;
+        fs::set_permissions(&t.dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", &t.dir))?;
+    }
+    fs::set_permissions(tmp, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", tmp))?;
+
+    let (signal, other) = if recovery {
+        ("recovery.signal", "standby.signal")
+    } else {
+        ("standby.signal", "recovery.signal")
+    };
+    // A backup of a standby carries its signal file; only the one asked for may remain.
+    let _ = fs::remove_file(tmp.join(other));
+    fs::write(tmp.join(signal), b"").map_err(io_err("write", &tmp.join(signal)))?;
+
+    let auto = tmp.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&auto)
+        .map_err(io_err("open", &auto))?;
+    f.write_all(recovery_settings(s, &set.info.set, recovery).as_bytes())
+        .map_err(io_err("write", &auto))?;
+    drop(f);
+
+    if let Some((uid, gid)) = owner {
+        chown_tree(tmp, uid, gid)?;
+        for t in targets {
+            chown_tree(&t.dir, uid, gid)?;
+        }
+    }
+    // One syncfs per file system instead of an fsync per restored file.
+    for d in std::iter::once(tmp).chain(targets.iter().map(|t| t.dir.as_path())) {
+        let f = File::open(d).map_err(io_err("open", d))?;
+        nix::unistd::syncfs(&f).map_err(|e| PathError::new("syncfs", d, e.into()))?;
+    }
+    Ok(())
+}
+
+fn recovery_settings(s: &Slave, set: &str, recovery: bool) -> String {
+    let restore_command = match &s.restore_command {
+        Some(c) => c.clone(),
+        None => super::self_command(&s.ini, "xrestore %f %p %r"),
+    };
+    let mut out = format!(
+        "\n# walmgr restore of backup {set}\nrestore_command = {}\n",
+        conf_quote(&restore_command)
+    );
+    if let Some(pc) = &s.primary_conninfo {
+        out.push_str(&format!("primary_conninfo = {}\n", conf_quote(pc)));
+    }
+    out.push_str("archive_mode = 'off'\n");
+    if !recovery {
+        // A standby's xrestore waits for the next segment; PostgreSQL 15 decodes ahead
+        // (recovery_prefetch) and would not replay the records it already has, the end
+        // of the previous segment included, until that wait ends.
+        out.push_str("recovery_prefetch = 'off'\n");
+    }
+    out
+}
+
+fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(io_err("chown", p))?;
+    let md = p.symlink_metadata().map_err(io_err("stat", p))?;
+    if md.is_dir() {
+        for e in fs::read_dir(p).map_err(io_err("list", p))? {
+            let e = e.map_err(io_err("list", p))?;
+            chown_tree(&e.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpack the set's tar into `tmp` and the tablespace dirs, then check both checksums
+/// over every byte of the stored file.
+fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
+    let base = set.dir.join(&set.info.file);
+    let corrupt = |reason: String| WalmgrError::Corrupt {
+        path: base.clone(),
+        reason,
+    };
+    let mut stored = HashReader::new(BufReader::with_capacity(
+        1 << 20,
+        backupset::open_base(set)?,
+    ));
+    let (raw_sha, raw_bytes) = {
+        let dec = set
+            .info
+            .compression
+            .decoder(&mut stored)
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+        let raw = HashReader::new(dec);
+        let mut a = tar::Archive::new(raw);
+        a.set_preserve_permissions(true);
+        a.set_preserve_mtime(true);
+        a.set_overwrite(true);
+        a.set_unpack_xattrs(false);
+        for e in a.entries().map_err(|e| corrupt(e.to_string()))? {
+            let mut e = e.map_err(|e| corrupt(e.to_string()))?;
+            unpack_entry(&mut e, tmp, targets).map_err(corrupt)?;
+        }
+        let mut raw = a.into_inner();
+        io::copy(&mut raw, &mut io::sink())
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+        raw.finish()
+    };
+    io::copy(&mut stored, &mut io::sink()).map_err(io_err("read", &base))?;
+    let (stored_sha, stored_bytes) = stored.finish();
+    let i = &set.info;
+    if stored_sha != i.stored_sha256 || stored_bytes != i.stored_size {
+        return Err(corrupt(format!(
+            "stored file has sha256 {stored_sha} ({stored_bytes} bytes), backup.json says {} ({} bytes)",
+            i.stored_sha256, i.stored_size
+        )));
+    }
+    if raw_sha != i.sha256 || raw_bytes != i.size {
+        return Err(corrupt(format!(
+            "tar stream has sha256 {raw_sha} ({raw_bytes} bytes), backup.json says {} ({} bytes)",
+            i.sha256, i.size
+        )));
+    }
+    Ok(())
+}
+
+fn unpack_entry<R: Read>(
+    e: &mut tar::Entry<R>,
+    tmp: &Path,
+    targets: &[TsTarget],
+) -> std::result::Result<(), String> {
+    let path = e.path().map_err(|err| err.to_string())?.into_owned();
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_os_string()),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "entry {} leaves the data directory",
+                    path.display()
+                ))
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    if parts.len() == 1 && parts[0] == backupset::TABLESPACE_MAP {
+        return Ok(());
+    }
+    if parts.len() >= 2 && parts[0] == "pg_tblspc" {
+        let oid = parts[1].to_str().and_then(|o| o.parse::<u32>().ok());
+        if let Some(t) = oid.and_then(|o| targets.iter().find(|t| t.oid == o)) {
+            if parts.len() == 2 {
+                return Ok(());
+            }
+            let kind = e.header().entry_type();
+            if !(kind.is_file() || kind.is_dir()) {
+                return Err(format!(
+                    "entry {}: unexpected {kind:?} in a tablespace",
+                    path.display()
+                ));
+            }
+            let mut target = t.dir.clone();
+            target.extend(&parts[2..]);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|err| format!("{}: {err}", parent.display()))?;
+            }
+            e.unpack(&target).map_err(|err| {
+                format!(
+                    "unpacking {} to {}: {err}",
+                    path.display(),
+                    target.display()
+                )
+            })?;
+            return Ok(());
+        }
+    }
+    match e.unpack_in(tmp) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "entry {} leaves the data directory",
+            path.display()
+        )),
+        Err(err) => Err(format!("unpacking {}: {err}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::walmgr::backupset::{CommitInfo, Staging};
+    use crate::walmgr::basebackup::{Tablespace, TarWriter};
+    use crate::walmgr::codec::Compression;
+    use crate::walmgr::config::Settings;
+
+    const LABEL: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n";
+
+    fn slave(root: &Path, extra: &str) -> Slave {
+        let text = format!(
+            "[walmgr]\nslave = {}\nslave_data = {}\n{extra}",
+            root.join("store").display(),
+            root.join("data").display()
+        );
+        match Settings::parse(&text, &root.join("slave.ini")).unwrap() {
+            Settings::Slave(s) => *s,
+            _ => unreachable!(),
+        }
+    }
+
+    /// A fake cluster with one tablespace, backed up into the slave's store.
+    fn backup(root: &Path, s: &Slave, c: Compression) -> String {
+        let src = root.join("src");
+        let ts = root.join("ts-src");
+        fs::create_dir_all(src.join("base/1")).unwrap();
+        fs::create_dir_all(src.join("pg_wal")).unwrap();
+        fs::write(src.join("PG_VERSION"), "15\n").unwrap();
+        fs::write(src.join("base/1/1259"), vec![4u8; 50_000]).unwrap();
+        fs::write(src.join("postgresql.auto.conf"), "archive_command = 'x'\n").unwrap();
+        fs::write(src.join("standby.signal"), "").unwrap();
+        fs::create_dir_all(ts.join("PG_15_1/5")).unwrap();
+        fs::write(ts.join("PG_15_1/5/16385"), b"tablespace data").unwrap();
+        fs::create_dir_all(src.join("pg_tblspc")).unwrap();
+        std::os::unix::fs::symlink(&ts, src.join("pg_tblspc/16400")).unwrap();
+        let mut w = TarWriter::new(Vec::new());
+        w.data_dir(
+            &src,
+            &[Tablespace {
+                oid: 16400,
+                location: ts.clone(),
+            }],
+        )
+        .unwrap();
+        w.add_bytes("backup_label", LABEL.as_bytes(), 0o600)
+            .unwrap();
+        let map = format!("16400 {}\n", ts.display());
+        w.add_bytes("tablespace_map", map.as_bytes(), 0o600)
+            .unwrap();
+        let tar = w.finish().unwrap();
+        let mut st = Staging::create(
+            &s.store.paths.full_backup,
+            "20261122T200000Z",
+            c,
+            c.default_level(),
+        )
+        .unwrap();
+        let r = st.receive(&mut &tar[..]).unwrap();
+        st.commit(
+            &r,
+            &CommitInfo {
+                stop_lsn: "0/3000000".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .set
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(conf_quote("a 'b' c\\d"), "'a ''b'' c\\\\d'");
+    }
+
+    #[test]
+    fn restore_with_tablespace_dir_and_move_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let s = slave(
+            root,
+            &format!(
+                "tablespace_dir = {}\nprimary_conninfo = host=m user='x'\n",
+                root.join("tbs").display()
+            ),
+        );
+        let set = backup(root, &s, Compression::Zstd);
+        let data = root.join("data");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("old"), "old").unwrap();
+        fs::create_dir_all(&s.store.paths.completed_wals).unwrap();
+        fs::write(s.store.paths.completed_wals.join("STOP"), "").unwrap();
+
+        restore(&s, None, None, true).unwrap();
+        assert_eq!(
+            fs::read(data.join("base/1/1259")).unwrap(),
+            vec![4u8; 50_000]
+        );
+        assert_eq!(
+            fs::read_to_string(data.join("backup_label")).unwrap(),
+            LABEL
+        );
+        assert!(data.join("recovery.signal").exists() && !data.join("standby.signal").exists());
+        assert!(!data.join("tablespace_map").exists());
+        assert!(data.join("pg_wal/archive_status").is_dir());
+        let link = fs::read_link(data.join("pg_tblspc/16400")).unwrap();
+        assert_eq!(link, root.join("tbs/16400"));
+        assert_eq!(
+            fs::read(root.join("tbs/16400/PG_15_1/5/16385")).unwrap(),
+            b"tablespace data"
+        );
+        assert_eq!(
+            fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+        assert!(auto.starts_with("archive_command = 'x'\n"), "{auto}");
+        assert!(
+            auto.contains(&format!("# walmgr restore of backup {set}")),
+            "{auto}"
+        );
+        assert!(auto.contains(" xrestore %f %p %r'\n"), "{auto}");
+        assert!(
+            auto.contains("primary_conninfo = 'host=m user=''x'''\n"),
+            "{auto}"
+        );
+        assert!(auto.ends_with("archive_mode = 'off'\n"), "{auto}");
+        assert!(!auto.contains("recovery_prefetch"), "{auto}");
+        let standby = recovery_settings(&s, &set, false);
+        assert!(
+            standby.ends_with("recovery_prefetch = 'off'\n"),
+            "{standby}"
+        );
+        assert!(!s.store.paths.completed_wals.join("STOP").exists());
+        let aside: Vec<_> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("data."))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            fs::read_to_string(root.join(&aside[0]).join("old")).unwrap(),
+            "old"
+        );
+        assert!(!root.join("data.tmp-restore").exists());
+
+        // Tablespace directory now not empty: refused before anything is touched.
+        let e = restore(
+            &s,
+            Some(&set),
+            Some(root.join("d2").to_str().unwrap()),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("16400") && e.to_string().contains("not empty"),
+            "{e}"
+        );
+        assert!(!root.join("d2").exists());
+    }
+
+    #[test]
+    fn refusals_and_corruption() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let s = slave(root, "backup_datadir = no\n");
+        assert!(restore(&s, None, None, false)
+            .unwrap_err()
+            .to_string()
+            .contains("no backups"));
+        let set = backup(root, &s, Compression::Gzip);
+        // As on another host: the original tablespace path exists, empty.
+        fs::remove_dir_all(root.join("ts-src")).unwrap();
+        fs::create_dir(root.join("ts-src")).unwrap();
+        let e = restore(&s, Some("20261122T200000Z-9"), None, false).unwrap_err();
+        assert!(e.to_string().contains("20261122T200000Z-9"), "{e}");
+        assert!(restore(&s, Some("../../etc"), None, false).is_err());
+
+        let data = root.join("data");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("x"), "x").unwrap();
+        let e = restore(&s, None, None, false).unwrap_err();
+        assert!(e.to_string().contains("backup_datadir"), "{e}");
+
+        // Flip a byte in the stored file: nothing may appear at the destination.
+        let base = s.store.paths.full_backup.join(&set).join("base.tar.gz");
+        let mut b = fs::read(&base).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x55;
+        fs::write(&base, &b).unwrap();
+        let dst = root.join("fresh");
+        let e = restore(&s, None, Some(dst.to_str().unwrap()), false).unwrap_err();
+        assert!(e.to_string().contains("base.tar.gz"), "{e}");
+        assert!(!dst.exists() && !root.join("fresh.tmp-restore").exists());
+        // The tablespace went back to its original path, which the failure emptied again.
+        assert_eq!(fs::read_dir(root.join("ts-src")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,607 @@
+//! The WAL half of the store: `completed_wals/<name>[.gz|.zst]` plus `<name>.meta`.
+//!
+//! A file counts as archived only when its `.meta` exists and the data file beside it
+//! has the size the meta records. The data file is renamed into place first and the
+//! meta second, and the directory is fsynced once after both, before anyone is told
+//! "stored": a crash at any point leaves either a complete, acknowledged pair, or
+//! something that is not acknowledged and may be written again.
+
+use std::borrow::Cow;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{Compression, HashReader, HashWriter};
+use super::error::{Result, WalmgrError};
+use super::walname::{Kind, WalName};
+use crate::fsutil::{self, PathError, TEMP_PREFIX};
+
+pub const META_EXT: &str = ".meta";
+pub const PAUSE: &str = "PAUSE";
+pub const STOP: &str = "STOP";
+
+/// What the store records beside each stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub name: String,
+    /// Uncompressed size and sha256: the identity of the file PostgreSQL archived.
+    pub size: u64,
+    pub sha256: String,
+    pub compression: Compression,
+    /// Size and sha256 of the stored (compressed) file.
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<u64>,
+    pub archived_at: String,
+}
+
+impl Meta {
+    /// Compress `data` and describe it; returns the meta and the bytes to store.
+    pub fn build<'a>(
+        name: &str,
+        data: &'a [u8],
+        compression: Compression,
+        level: i32,
+        system_identifier: Option<u64>,
+    ) -> io::Result<(Meta, Cow<'a, [u8]>)> {
+        let stored = compression.compress(level, data)?;
+        let sha256 = super::codec::sha256_hex(data);
+        let stored_sha256 = match stored {
+            Cow::Borrowed(_) => sha256.clone(),
+            Cow::Owned(ref z) => super::codec::sha256_hex(z),
+        };
+        let meta = Meta {
+            name: name.to_string(),
+            size: data.len() as u64,
+            sha256,
+            compression,
+            stored_size: stored.len() as u64,
+            stored_sha256,
+            system_identifier,
+            archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+        };
+        Ok((meta, stored))
+    }
+}
+
+/// The bytes to store: built in this process by [`Meta::build`] (already hashed), or
+/// arriving from elsewhere (hashed on the way in and checked against the meta).
+pub enum Incoming<'a> {
+    Local(&'a [u8]),
+    Remote(&'a mut dyn Read),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    /// The same contents were already stored (a retry after a crash): nothing written.
+    AlreadyStored,
+    /// The same contents were stored but the stored file was damaged: rewritten.
+    Repaired,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalStore {
+    pub dir: PathBuf,
+    pub partial_dir: PathBuf,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalmgrError + 'a {
+    move |e| PathError::new(op, path, e).into()
+}
+
+impl WalStore {
+    pub fn new(paths: &super::config::StorePaths) -> WalStore {
+        WalStore {
+            dir: paths.completed_wals.clone(),
+            partial_dir: paths.partial_wals.clone(),
+        }
+    }
+
+    pub fn data_path(&self, name: &str, c: Compression) -> PathBuf {
+        self.dir.join(format!("{name}{}", c.ext()))
+    }
+
+    pub fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{META_EXT}"))
+    }
+
+    pub fn control_path(&self, which: &str) -> PathBuf {
+        self.dir.join(which)
+    }
+
+    /// The committed meta of `name`, if it is stored. A meta whose data file is missing or
+    /// short was never acknowledged (crash between the renames and the directory fsync).
+    pub fn lookup(&self, name: &str) -> Result<Option<Meta>> {
+        let mp = self.meta_path(name);
+        let text = match fs::read(&mp) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &mp)(e)),
+        };
+        let meta: Meta = serde_json::from_slice(&text).map_err(|e| WalmgrError::Corrupt {
+            path: mp.clone(),
+            reason: format!("unreadable meta: {e}"),
+        })?;
+        let dp = self.data_path(name, meta.compression);
+        match fs::metadata(&dp) {
+            Ok(m) if m.len() == meta.stored_size => Ok(Some(meta)),
+            Ok(m) => {
+                log::warn!(
+                    "{}: {} bytes, meta says {}: not counted as archived",
+                    dp.display(),
+                    m.len(),
+                    meta.stored_size
+                );
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                log::warn!(
+                    "{}: missing, meta without data: not counted as archived",
+                    dp.display()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(io_err("stat", &dp)(e)),
+        }
+    }
+
+    pub fn ensure_dirs(&self) -> Result<()> {
+        fsutil::ensure_dir(&self.dir, 0o700)?;
+        fsutil::ensure_dir(&self.partial_dir, 0o700)?;
+        Ok(())
+    }
+
+    /// Store `stored` (already compressed as `meta` says). Refuses to replace different
+    /// contents; verifies the bytes received against the meta before committing.
+    pub fn put(&self, meta: &Meta, stored: Incoming) -> Result<PutOutcome> {
+        WalName::parse(&meta.name)?;
+        let mut outcome = PutOutcome::Stored;
+        if let Some(old) = self.lookup(&meta.name)? {
+            if old.sha256 != meta.sha256 || old.size != meta.size {
+                return Err(WalmgrError::Conflict {
+                    name: meta.name.clone(),
+                    stored: old.sha256,
+                    stored_size: old.size,
+                    new: meta.sha256.clone(),
+                    new_size: meta.size,
+                });
+            }
+            match self.check_stored(&old) {
+                Ok(()) => {
+                    if let Incoming::Remote(r) = stored {
+                        io::copy(r, &mut io::sink()).ok();
+                    }
+                    return Ok(PutOutcome::AlreadyStored);
+                }
+                Err(e) => {
+                    log::warn!("{e}; rewriting it from the identical new copy");
+                    outcome = PutOutcome::Repaired;
+                }
+            }
+        }
+        if !self.dir.is_dir() {
+            return Err(io_err("open store directory", &self.dir)(io::Error::from(
+                io::ErrorKind::NotFound,
+            )));
+        }
+        let dp = self.data_path(&meta.name, meta.compression);
+        let mut received = None;
+        fsutil::write_atomic_with(&dp, 0o600, false, |f| {
+            let r = match stored {
+                Incoming::Local(bytes) => return fsutil::EarlyWriteback::new(f).write_all(bytes),
+                Incoming::Remote(r) => r,
+            };
+            let mut w = HashWriter::new(io::BufWriter::with_capacity(
+                1 << 20,
+                fsutil::EarlyWriteback::new(f),
+            ));
+            io::copy(r, &mut w)?;
+            let (sha, n, mut inner) = w.finish();
+            inner.flush()?;
+            if sha != meta.stored_sha256 || n != meta.stored_size {
+                received = Some((sha, n));
+                return Err(io::Error::other(
+                    "received data does not match its checksum",
+                ));
+            }
+            Ok(())
+        })
+        .map_err(|e| match received.take() {
+            Some((sha, n)) => WalmgrError::Corrupt {
+                path: dp.clone(),
+                reason: format!(
+                    "received {n} bytes with sha256 {sha}, sender said {} bytes with sha256 {}",
+                    meta.stored_size, meta.stored_sha256
+                ),
+            },
+            None => e.into(),
+        })?;
+        let mp = self.meta_path(&meta.name);
+        let json = serde_json::to_vec(meta).expect("meta serializes");
+        fsutil::write_atomic_with(&mp, 0o600, false, |f| f.write_all(&json))?;
+        fsutil::sync_dir(&self.dir)?;
+        Ok(outcome)
+    }
+
+    /// Check the stored file's own checksum (cheap: the compressed bytes).
+    pub fn check_stored(&self, meta: &Meta) -> Result<()> {
+        let dp = self.data_path(&meta.name, meta.compression);
+        let mut w = HashWriter::new(io::sink());
+        let mut f = File::open(&dp).map_err(io_err("open", &dp))?;
+        io::copy(&mut f, &mut w).map_err(io_err("read", &dp))?;
+        let (sha, n, _) = w.finish();
+        if sha != meta.stored_sha256 || n != meta.stored_size {
+            return Err(WalmgrError::Corrupt {
+                path: dp,
+                reason: format!(
+                    "stored file has sha256 {sha} ({n} bytes), its meta says {} ({} bytes)",
+                    meta.stored_sha256, meta.stored_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decompress a stored file into `out`, checking both checksums. One streaming
+    /// pass in small buffers: the stored bytes are hashed as they are read, the original
+    /// ones as they are written, and the caller discards `out` unless this returns Ok.
+    pub fn read_verified(&self, meta: &Meta, out: &mut dyn Write) -> Result<()> {
+        let dp = self.data_path(&meta.name, meta.compression);
+        let f = File::open(&dp).map_err(io_err("open", &dp))?;
+        let mut stored = HashReader::new(io::BufReader::with_capacity(1 << 18, f));
+        let mut out = TrackWrites {
+            inner: out,
+            failed: false,
+        };
+        let mut w = HashWriter::new(&mut out);
+        let copied = match meta.compression {
+            // The stored bytes are the original ones: hashing them once is enough.
+            Compression::None => io::copy(&mut stored, w.inner_mut()).map(|_| ()),
+            c => c
+                .decoder(&mut stored)
+                .and_then(|mut dec| io::copy(&mut dec, &mut w))
+                .map(|_| ()),
+        };
+        let (stored_sha, stored_n) = stored.finish();
+        let (mut sha, mut n, _) = w.finish();
+        if meta.compression == Compression::None {
+            (sha, n) = (stored_sha.clone(), stored_n);
+        }
+        if let Err(e) = copied {
+            if out.failed {
+                return Err(WalmgrError::Other(format!(
+                    "{}: writing the restored file: {e}",
+                    meta.name
+                )));
+            }
+            return Err(WalmgrError::Corrupt {
+                path: dp,
+                reason: format!("cannot read or decompress it: {e}"),
+            });
+        }
+        let corrupt = |reason: String| WalmgrError::Corrupt {
+            path: dp.clone(),
+            reason,
+        };
+        if stored_sha != meta.stored_sha256 || stored_n != meta.stored_size {
+            return Err(corrupt(format!(
+                "stored file has sha256 {stored_sha} ({stored_n} bytes), its meta says {} ({} bytes)",
+                meta.stored_sha256, meta.stored_size
+            )));
+        }
+        if sha != meta.sha256 || n != meta.size {
+            return Err(corrupt(format!(
+                "decompressed to {n} bytes with sha256 {sha}, meta says {} bytes with sha256 {}",
+                meta.size, meta.sha256
+            )));
+        }
+        Ok(())
+    }
+
+    /// Write `name`'s original bytes durably to `dst` (temp beside it, fsync, rename,
+    /// fsync dir); nothing appears under `dst` unless every check passed.
+    pub fn fetch(&self, meta: &Meta, dst: &Path) -> Result<()> {
+        let mut failure = None;
+        let r = fsutil::write_atomic_with(dst, 0o600, true, |f| {
+            let mut bw = io::BufWriter::with_capacity(1 << 20, fsutil::EarlyWriteback::new(f));
+            if let Err(e) = self.read_verified(meta, &mut bw) {
+                failure = Some(e);
+                return Err(io::Error::other("verification failed"));
+            }
+            bw.flush()
+        });
+        match (r, failure) {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// Names with a `.meta` (committed or not: `lookup` decides), sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(io_err("list", &self.dir)(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io_err("list", &self.dir))?;
+            let fname = ent.file_name();
+            let fname = fname.to_string_lossy();
+            if let Some(n) = fname.strip_suffix(META_EXT) {
+                if !n.starts_with(TEMP_PREFIX) {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Remove every file older than `cutoff` (segments, partials, backup history files;
+    /// never timeline history files, which recovery needs to follow timelines). The meta
+    /// goes first, so an interrupted purge leaves files that are simply not archived.
+    pub fn purge_before(&self, cutoff: &WalName) -> Result<usize> {
+        let mut removed = 0;
+        for name in self.list()? {
+            let Ok(w) = WalName::parse(&name) else {
+                continue;
+            };
+            if w.kind == Kind::History || w.position() >= cutoff.position() {
+                continue;
+            }
+            self.remove(&name)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            fsutil::sync_dir(&self.dir)?;
+            log::info!(
+                "removed {removed} archived files older than {}",
+                cutoff.name
+            );
+        }
+        Ok(removed)
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        let mp = self.meta_path(name);
+        let rm = |p: &Path| match fs::remove_file(p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", p)(e)),
+        };
+        rm(&mp)?;
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            rm(&self.data_path(name, c))?;
+        }
+        Ok(())
+    }
+
+    /// Leftovers: temp files whose writer is gone, and data files never acknowledged
+    /// (no meta). Returns what was removed.
+    pub fn cleanup(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for dir in [&self.dir, &self.partial_dir] {
+            let rd = match fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("list", dir)(e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(io_err("list", dir))?;
+                let fname = ent.file_name().to_string_lossy().into_owned();
+                let path = ent.path();
+                let stale = if fname.starts_with(TEMP_PREFIX) {
+                    temp_writer_gone(&fname)
+                } else if dir == &self.dir {
+                    let base = [".gz", ".zst"]
+                        .iter()
+                        .find_map(|e| fname.strip_suffix(e))
+                        .unwrap_or(&fname);
+                    WalName::parse(base).is_ok()
+                        && fname != format!("{base}{META_EXT}")
+                        && !self.meta_path(base).exists()
+                } else {
+                    false
+                };
+                if stale {
+                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                    removed.push(path);
+                }
+            }
+            if !removed.is_empty() {
+                fsutil::sync_dir(dir)?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Remembers whether an error came from the destination (disk full) rather than from
+/// reading or decompressing the stored file.
+struct TrackWrites<'a> {
+    inner: &'a mut dyn Write,
+    failed: bool,
+}
+
+impl Write for TrackWrites<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|_| self.failed = true)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+/// Temp names carry the writer's pid (`.tmp-<name>.<pid>.<n>`): stale once it is dead.
+pub fn temp_writer_gone(fname: &str) -> bool {
+    let mut parts = fname.rsplit('.');
+    let _n = parts.next();
+    match parts.next().and_then(|p| p.parse::<i32>().ok()) {
+        Some(pid) => !crate::daemon::pid_alive(pid),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: &str = "000000010000000000000003";
+
+    fn store() -> (tempfile::TempDir, WalStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = WalStore {
+            dir: d.path().join("c"),
+            partial_dir: d.path().join("p"),
+        };
+        s.ensure_dirs().unwrap();
+        (d, s)
+    }
+
+    fn put(s: &WalStore, name: &str, data: &[u8], c: Compression) -> Result<PutOutcome> {
+        let (m, z) = Meta::build(name, data, c, c.default_level(), None).unwrap();
+        s.put(&m, Incoming::Local(&z))
+    }
+
+    #[test]
+    fn put_is_idempotent_and_refuses_different_contents() {
+        let (_d, s) = store();
+        let data = vec![5u8; 100_000];
+        assert_eq!(
+            put(&s, SEG, &data, Compression::Zstd).unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            put(&s, SEG, &data, Compression::Gzip).unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        let e = put(&s, SEG, &[6u8; 100_000], Compression::Zstd).unwrap_err();
+        assert!(matches!(e, WalmgrError::Conflict { .. }), "{e}");
+        let m = s.lookup(SEG).unwrap().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dst = out.path().join("RECOVERYXLOG");
+        s.fetch(&m, &dst).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), data);
+    }
+
+    #[test]
+    fn corruption_is_detected_and_nothing_is_written() {
+        let (_d, s) = store();
+        put(&s, SEG, &[1u8; 50_000], Compression::Gzip).unwrap();
+        let m = s.lookup(SEG).unwrap().unwrap();
+        let dp = s.data_path(SEG, Compression::Gzip);
+        let mut bytes = fs::read(&dp).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        fs::write(&dp, &bytes).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dst = out.path().join("x");
+        let e = s.fetch(&m, &dst).unwrap_err();
+        assert!(matches!(e, WalmgrError::Corrupt { .. }), "{e}");
+        assert!(!dst.exists());
+        assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+        // The identical segment archived again repairs the damaged copy.
+        assert_eq!(
+            put(&s, SEG, &[1u8; 50_000], Compression::Gzip).unwrap(),
+            PutOutcome::Repaired
+        );
+        s.fetch(&s.lookup(SEG).unwrap().unwrap(), &dst).unwrap();
+    }
+
+    #[test]
+    fn a_failing_destination_is_not_called_corruption() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(nix::libc::ENOSPC))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (_d, s) = store();
+        for c in [Compression::None, Compression::Zstd] {
+            put(&s, SEG, &[4u8; 70_000], c).unwrap();
+            let m = s.lookup(SEG).unwrap().unwrap();
+            let e = s.read_verified(&m, &mut Full).unwrap_err().to_string();
+            assert!(
+                e.contains("writing the restored file") && e.contains(SEG),
+                "{e}"
+            );
+            s.remove(SEG).unwrap();
+        }
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_the_sender_are_not_committed() {
+        let (_d, s) = store();
+        let (m, z) = Meta::build(SEG, &[3u8; 1000], Compression::None, 0, None).unwrap();
+        let mut z = z.into_owned();
+        z[10] = 9;
+        assert!(matches!(
+            s.put(&m, Incoming::Remote(&mut &z[..])).unwrap_err(),
+            WalmgrError::Corrupt { .. }
+        ));
+        assert!(s.lookup(SEG).unwrap().is_none());
+        assert_eq!(fs::read_dir(&s.dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn meta_without_data_is_not_archived_and_may_be_rewritten() {
+        let (_d, s) = store();
+        put(&s, SEG, &[1u8; 1000], Compression::None).unwrap();
+        fs::remove_file(s.data_path(SEG, Compression::None)).unwrap();
+        assert!(s.lookup(SEG).unwrap().is_none());
+        assert_eq!(
+            put(&s, SEG, &[2u8; 1000], Compression::None).unwrap(),
+            PutOutcome::Stored
+        );
+    }
+
+    #[test]
+    fn purge_keeps_history_and_newer() {
+        let (_d, s) = store();
+        for n in [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000002.00000028.backup",
+            "000000020000000000000003",
+            "00000002.history",
+        ] {
+            put(&s, n, n.as_bytes(), Compression::None).unwrap();
+        }
+        let cut = WalName::parse("000000020000000000000003").unwrap();
+        assert_eq!(s.purge_before(&cut).unwrap(), 3);
+        assert_eq!(
+            s.list().unwrap(),
+            ["00000002.history", "000000020000000000000003"]
+        );
+    }
+
+    #[test]
+    fn cleanup_removes_unacknowledged_and_dead_temps() {
+        let (_d, s) = store();
+        put(&s, SEG, &[1u8; 10], Compression::None).unwrap();
+        let orphan = s.dir.join("000000010000000000000009.zst");
+        fs::write(&orphan, b"x").unwrap();
+        let dead = s.dir.join(".tmp-000000010000000000000004.999999999.0");
+        fs::write(&dead, b"x").unwrap();
+        let live = s.dir.join(format!(
+            ".tmp-000000010000000000000005.{}.0",
+            std::process::id()
+        ));
+        fs::write(&live, b"x").unwrap();
+        let mut got = s.cleanup().unwrap();
+        got.sort();
+        assert_eq!(got, vec![dead, orphan]);
+        assert!(live.exists());
+        assert!(s.lookup(SEG).unwrap().is_some());
+    }
+}

@@ -1,0 +1,227 @@
+//! `xrestore %f %p [%r]` (PostgreSQL's restore_command) as a small state machine: each
+//! poll observes the store and the control files, [`decide`] says what to do, and the
+//! loop only performs it. In standby mode a missing segment is waited for (Skytools'
+//! behaviour); `PAUSE` holds replay; `STOP` ends the wait (delivering a partial segment
+//! when there is one) so recovery can finish.
+
+use std::path::Path;
+
+use super::backupset;
+use super::config::StoreSettings;
+use super::error::{Result, WalmgrError};
+use super::store::{self, WalStore};
+use super::walname::{Kind, WalName};
+use crate::fsutil::PathError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observation {
+    pub stored: bool,
+    pub partial: bool,
+    pub stop: bool,
+    pub pause: bool,
+    pub standby: bool,
+    pub history: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Deliver,
+    DeliverPartial,
+    /// Exit non-zero now (PostgreSQL takes it as "not available").
+    Fail(&'static str),
+    Wait(&'static str),
+}
+
+pub fn decide(o: &Observation) -> Step {
+    if o.stop {
+        return if o.stored {
+            Step::Deliver
+        } else if o.partial && !o.history {
+            Step::DeliverPartial
+        } else {
+            Step::Fail("not in the archive and STOP is set")
+        };
+    }
+    if o.history && !o.stored {
+        // Asked for every timeline PostgreSQL might switch to: never worth waiting for.
+        return Step::Fail("not in the archive");
+    }
+    if o.pause {
+        return Step::Wait("PAUSE is set");
+    }
+    if o.stored {
+        return Step::Deliver;
+    }
+    if o.standby {
+        Step::Wait("waiting for it to be archived")
+    } else {
+        Step::Fail("not in the archive")
+    }
+}
+
+/// Where a partial segment for `name` may be: archived by PostgreSQL as `<name>.partial`,
+/// or left in partial_wals.
+fn partial_source(store: &WalStore, name: &str) -> Result<Option<PartialSource>> {
+    let archived = format!("{name}.partial");
+    if let Some(m) = store.lookup(&archived)? {
+        return Ok(Some(PartialSource::Archived(m)));
+    }
+    for cand in [
+        store.partial_dir.join(name),
+        store.partial_dir.join(&archived),
+    ] {
+        if cand.is_file() {
+            return Ok(Some(PartialSource::Raw(cand)));
+        }
+    }
+    Ok(None)
+}
+
+enum PartialSource {
+    Archived(store::Meta),
+    Raw(std::path::PathBuf),
+}
+
+pub fn xrestore(
+    st: &StoreSettings,
+    wait: std::time::Duration,
+    name: &str,
+    dst: &Path,
+    restartpoint: Option<&str>,
+) -> Result<()> {
+    let wal = WalName::parse(name)?;
+    let store = WalStore::new(&st.paths);
+    // restore_command runs in the data directory.
+    let standby = Path::new("standby.signal").exists();
+    let mut last_reason = "";
+    loop {
+        let meta = store.lookup(name)?;
+        let stop = store.control_path(store::STOP).exists();
+        let partial = if stop && meta.is_none() {
+            partial_source(&store, name)?
+        } else {
+            None
+        };
+        let o = Observation {
+            stored: meta.is_some(),
+            partial: partial.is_some(),
+            stop,
+            pause: store.control_path(store::PAUSE).exists(),
+            standby,
+            history: wal.kind == Kind::History,
+        };
+        match decide(&o) {
+            Step::Deliver => {
+                store.fetch(meta.as_ref().expect("stored"), dst)?;
+                log::debug!("{name}: restored to {}", dst.display());
+                if let Some(r) = restartpoint {
+                    cleanup_before(st, &store, r)?;
+                }
+                return Ok(());
+            }
+            Step::DeliverPartial => {
+                match partial.expect("partial") {
+                    PartialSource::Archived(m) => store.fetch(&m, dst)?,
+                    PartialSource::Raw(p) => {
+                        let data = std::fs::read(&p).map_err(|e| PathError::new("read", &p, e))?;
+                        crate::fsutil::write_atomic(dst, &data, 0o600)?;
+                    }
+                }
+                log::info!("{name}: STOP set; restored its partial segment");
+                return Ok(());
+            }
+            Step::Fail(reason) => {
+                return Err(WalmgrError::Missing {
+                    name: name.to_string(),
+                    reason: reason.to_string(),
+                    dir: store.dir.clone(),
+                })
+            }
+            Step::Wait(reason) => {
+                // PostgreSQL signals our process group at shutdown; should we miss it,
+                // being re-parented means the startup process is gone: stop waiting.
+                if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+                    return Err(WalmgrError::Other(format!(
+                        "{name}: the process that asked for it is gone; giving up"
+                    )));
+                }
+                if reason != last_reason {
+                    log::info!("{name}: {reason}");
+                    last_reason = reason;
+                }
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// After a restartpoint, WAL before `%r` is needed by nobody when the store keeps no
+/// base backups (the archive only feeds this standby).
+fn cleanup_before(st: &StoreSettings, store: &WalStore, restartpoint: &str) -> Result<()> {
+    let Ok(r) = WalName::parse(restartpoint) else {
+        return Ok(());
+    };
+    if backupset::has_backups(&st.paths.full_backup) {
+        return Ok(());
+    }
+    store.purge_before(&r)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(f: impl FnOnce(&mut Observation)) -> Observation {
+        let mut o = Observation::default();
+        f(&mut o);
+        o
+    }
+
+    #[test]
+    fn decisions() {
+        assert_eq!(decide(&o(|o| o.stored = true)), Step::Deliver);
+        assert!(matches!(decide(&o(|_| {})), Step::Fail(_)));
+        assert!(matches!(decide(&o(|o| o.standby = true)), Step::Wait(_)));
+        // History files are never waited for, even in standby mode.
+        assert!(matches!(
+            decide(&o(|o| {
+                o.standby = true;
+                o.history = true
+            })),
+            Step::Fail(_)
+        ));
+        // PAUSE holds even a segment that is there.
+        assert!(matches!(
+            decide(&o(|o| {
+                o.stored = true;
+                o.pause = true
+            })),
+            Step::Wait(_)
+        ));
+        // STOP wins over PAUSE, delivers what there is, else fails so recovery ends.
+        assert_eq!(
+            decide(&o(|o| {
+                o.stop = true;
+                o.pause = true;
+                o.stored = true
+            })),
+            Step::Deliver
+        );
+        assert_eq!(
+            decide(&o(|o| {
+                o.stop = true;
+                o.partial = true;
+                o.standby = true
+            })),
+            Step::DeliverPartial
+        );
+        assert!(matches!(
+            decide(&o(|o| {
+                o.stop = true;
+                o.standby = true
+            })),
+            Step::Fail(_)
+        ));
+    }
+}
