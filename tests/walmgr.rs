@@ -1229,8 +1229,16 @@ fn xarchive_kill9_midcopy() {
         String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
     assert!(verr.contains(SEG1), "verify names {SEG1}: {verr:?}");
     fs::remove_file(out.join("RECOVERYXLOG")).unwrap();
-    let err = fails(&mut xrestore(&slave, &out, SEG1, out.join("RECOVERYXLOG")));
-    assert_one_line_error(&err, SEG1);
+    // Exit > 125: PostgreSQL stops recovery instead of taking it as the archive's end.
+    let mut c = xrestore(&slave, &out, SEG1, out.join("RECOVERYXLOG"));
+    let o = run(&mut c);
+    assert_eq!(
+        o.status.code(),
+        Some(255),
+        "damaged segment: {}",
+        show(&c, &o)
+    );
+    assert_one_line_error(&String::from_utf8_lossy(&o.stderr), SEG1);
     assert!(
         !out.join("RECOVERYXLOG").exists(),
         "damaged segment delivered"
@@ -1392,7 +1400,11 @@ fn xrestore_missing() {
 
     let prompt_failure = |name: &str| {
         let t0 = Instant::now();
-        let err = fails(&mut xrestore(&slave, &cwd, name, &target));
+        let mut c = xrestore(&slave, &cwd, name, &target);
+        let o = run(&mut c);
+        // Exactly 1: "not there", which PostgreSQL takes as such (not > 125: fatal).
+        assert_eq!(o.status.code(), Some(1), "missing {name}: {}", show(&c, &o));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(
             t0.elapsed() < Duration::from_secs(2),
             "xrestore {name} took {:?}",

@@ -48,7 +48,15 @@ pub fn xarchive(m: &Master, path: &Path, name: &str) -> Result<()> {
                 ],
                 &mut &stored[..],
             )?;
-            parse_outcome(&out)
+            parse_outcome(&out).ok_or_else(|| {
+                WalmgrError::command(
+                    format!("ssh {} {} xreceive-wal {name}", remote.host, remote.walmgr),
+                    format!(
+                        "unexpected answer {:?} (is remote_walmgr this walmgr?); not archived",
+                        out.trim()
+                    ),
+                )
+            })?
         }
     };
     report(name, outcome, &meta);
@@ -79,11 +87,13 @@ fn outcome_word(o: PutOutcome) -> &'static str {
     }
 }
 
-fn parse_outcome(out: &str) -> PutOutcome {
-    match out.trim() {
-        "already-stored" => PutOutcome::AlreadyStored,
-        "repaired" => PutOutcome::Repaired,
-        _ => PutOutcome::Stored,
+/// The receiver's last line; anything else means it was not our xreceive-wal.
+pub fn parse_outcome(out: &str) -> Option<PutOutcome> {
+    match out.lines().last().map(str::trim) {
+        Some("stored") => Some(PutOutcome::Stored),
+        Some("already-stored") => Some(PutOutcome::AlreadyStored),
+        Some("repaired") => Some(PutOutcome::Repaired),
+        _ => None,
     }
 }
 
@@ -120,4 +130,20 @@ pub fn xreceive_wal(s: &Slave, args: &[String]) -> Result<()> {
     report(&meta.name, outcome, &meta);
     println!("{}", outcome_word(outcome));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_receivers_answers_count() {
+        assert_eq!(parse_outcome("stored\n"), Some(PutOutcome::Stored));
+        assert_eq!(
+            parse_outcome("motd\nalready-stored\n"),
+            Some(PutOutcome::AlreadyStored)
+        );
+        assert_eq!(parse_outcome(""), None);
+        assert_eq!(parse_outcome("ok\n"), None);
+    }
 }

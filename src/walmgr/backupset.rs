@@ -428,15 +428,36 @@ pub struct Set {
 /// Committed sets, oldest first. Directories without a readable backup.json are not
 /// sets (logged), dot directories are staging.
 pub fn list(full_backup: &Path) -> Result<Vec<Set>> {
+    Ok(scan(full_backup)?.sets)
+}
+
+/// What `full_backup` holds, including what must stop WAL from being purged: sets whose
+/// backup.json cannot be read, and backups still being written (staging).
+pub struct Scan {
+    pub sets: Vec<Set>,
+    pub unusable: Vec<PathBuf>,
+    pub staging: bool,
+}
+
+pub fn scan(full_backup: &Path) -> Result<Scan> {
+    let mut out = Scan {
+        sets: Vec::new(),
+        unusable: Vec::new(),
+        staging: false,
+    };
     let rd = match fs::read_dir(full_backup) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(PathError::new("list", full_backup, e).into()),
     };
-    let mut sets = Vec::new();
+    let sets = &mut out.sets;
     for e in rd {
         let e = e.map_err(io_err("list", full_backup))?;
         let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TEMP_PREFIX) {
+            out.staging = true;
+            continue;
+        }
         if name.starts_with('.') || !valid_set_name(&name) {
             continue;
         }
@@ -449,11 +470,14 @@ pub fn list(full_backup: &Path) -> Result<Vec<Set>> {
                 dir: e.path(),
                 info,
             }),
-            Err(err) => log::warn!("{}: not a usable backup set: {err}", ip.display()),
+            Err(err) => {
+                log::warn!("{}: not a usable backup set: {err}", ip.display());
+                out.unusable.push(ip);
+            }
         }
     }
     sets.sort_by_key(|s| order_key(&s.info.set));
-    Ok(sets)
+    Ok(out)
 }
 
 /// Keep the newest `keep` sets (0 = all). Each older set is offered to
@@ -514,15 +538,34 @@ pub fn rotate(
 
 /// True when `full_backup` holds at least one committed set.
 pub fn has_backups(full_backup: &Path) -> bool {
-    list(full_backup).map(|l| !l.is_empty()).unwrap_or(true)
+    scan(full_backup)
+        .map(|s| !s.sets.is_empty() || !s.unusable.is_empty() || s.staging)
+        .unwrap_or(true)
 }
 
-/// Start segment name of the oldest committed set (from its backup_label), if any.
+/// The earliest start segment over every committed set (by WAL position, not by set name:
+/// a clock step can make names lie), or an error when a set cannot be read, so that
+/// nothing is purged on a partial view of what the backups need.
 pub fn oldest_start_segment(full_backup: &Path) -> Result<Option<String>> {
-    Ok(list(full_backup)?
-        .into_iter()
-        .next()
-        .map(|s| s.info.start_segment))
+    let s = scan(full_backup)?;
+    if let Some(p) = s.unusable.first() {
+        return Err(WalmgrError::Other(format!(
+            "{}: unreadable backup set; not removing any WAL until it is fixed or removed",
+            p.display()
+        )));
+    }
+    let mut best: Option<(super::walname::WalName, String)> = None;
+    for set in s.sets {
+        let seg = set.info.start_segment;
+        let w = super::walname::WalName::parse(&seg)?;
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| w.position() < b.position())
+        {
+            best = Some((w, seg));
+        }
+    }
+    Ok(best.map(|(_, seg)| seg))
 }
 
 /// Start segment name of the newest committed set, if any.

@@ -354,6 +354,10 @@ impl Reader<'_> {
     fn master(&self, ini: PathBuf) -> Result<Master> {
         let slave_raw = self.require("slave")?;
         let slave = match split_remote(&slave_raw) {
+            // ssh would take a host starting with '-' for an option.
+            Some((host, _)) if host.starts_with('-') => {
+                return Err(self.bad("slave", &slave_raw, "a host name cannot start with '-'"))
+            }
             Some((host, path)) if !path.is_empty() => SlaveLocation::Remote {
                 host: host.to_string(),
                 path: expand_home(path),
@@ -570,6 +574,10 @@ mod tests {
             ),
             ("[w]\nmaster_data=/d\nslave=h:/s\n", "slave"),
             ("[w]\nmaster_data=/d\n", "slave"),
+            (
+                "[w]\nmaster_data=/d\nslave=-oProxyCommand=x:/p\nslave_config=/s.ini\n",
+                "slave",
+            ),
             ("[w]\nmaster_data=/d\nslave=/s\nslave_dta=/x\n", "slave_dta"),
             ("[w]\nslave=/s\nkeep_backups=-1\n", "keep_backups"),
             ("[w]\nslave=/s\nstandby_wait=0\n", "standby_wait"),

@@ -82,7 +82,25 @@ pub fn command() -> clap::Command {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    crate::cli::finish(PROGRAM, run(&args).map_err(anyhow::Error::from))
+    let result = run(&args);
+    let fatal = matches!(&result, Err(e) if restore_must_abort(&args.command, e));
+    let code = crate::cli::finish(PROGRAM, result.map_err(anyhow::Error::from));
+    if fatal {
+        ExitCode::from(RESTORE_ABORT)
+    } else {
+        code
+    }
+}
+
+/// restore_command's exit status for "stop recovery": PostgreSQL takes exit 1 as "no such
+/// file" (and, replaying an archive to its end, promotes right there), but an exit status
+/// above 125 as fatal.
+pub const RESTORE_ABORT: u8 = 255;
+
+/// xrestore failures other than "not in the archive" (a corrupt stored file, an I/O error,
+/// a full disk under %p) must not look like the end of the archive.
+pub fn restore_must_abort(command: &str, e: &WalmgrError) -> bool {
+    command == "xrestore" && !matches!(e, WalmgrError::Missing { .. })
 }
 
 fn level(args: &Args) -> LevelFilter {
@@ -117,9 +135,10 @@ pub fn self_command(ini: &Path, tail: &str) -> String {
     let exe = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| PROGRAM.into());
+    // PostgreSQL substitutes every %x in the command, so a literal % is written %%.
     let q = |w: &str| {
         shlex::try_quote(w)
-            .map(|c| c.into_owned())
+            .map(|c| c.replace('%', "%%"))
             .unwrap_or_default()
     };
     format!("{} {} {tail}", q(&exe), q(&ini.to_string_lossy()))

@@ -312,7 +312,12 @@ fn lay_out(
         .create(true)
         .open(&auto)
         .map_err(io_err("open", &auto))?;
-    f.write_all(recovery_settings(s, &set.info.set, recovery).as_bytes())
+    // recovery_prefetch is new in 15: an unknown setting would stop an older server.
+    let pg_major = fs::read_to_string(tmp.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().split('.').next()?.parse().ok())
+        .unwrap_or(15);
+    f.write_all(recovery_settings(s, &set.info.set, recovery, pg_major).as_bytes())
         .map_err(io_err("write", &auto))?;
     drop(f);
 
@@ -330,7 +335,7 @@ fn lay_out(
     Ok(())
 }
 
-fn recovery_settings(s: &Slave, set: &str, recovery: bool) -> String {
+fn recovery_settings(s: &Slave, set: &str, recovery: bool, pg_major: u32) -> String {
     let restore_command = match &s.restore_command {
         Some(c) => c.clone(),
         None => super::self_command(&s.ini, "xrestore %f %p %r"),
@@ -343,7 +348,7 @@ fn recovery_settings(s: &Slave, set: &str, recovery: bool) -> String {
         out.push_str(&format!("primary_conninfo = {}\n", conf_quote(pc)));
     }
     out.push_str("archive_mode = 'off'\n");
-    if !recovery {
+    if !recovery && pg_major >= 15 {
         // A standby's xrestore waits for the next segment; PostgreSQL 15 decodes ahead
         // (recovery_prefetch) and would not replay the records it already has, the end
         // of the previous segment included, until that wait ends.
@@ -384,7 +389,8 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
             .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
         let raw = HashReader::new(dec);
         let mut a = tar::Archive::new(raw);
-        a.set_preserve_permissions(true);
+        // Plain modes only: no setuid/setgid bits from a tar whoever can write the store made.
+        a.set_preserve_permissions(false);
         a.set_preserve_mtime(true);
         a.set_overwrite(true);
         a.set_unpack_xattrs(false);
@@ -467,6 +473,21 @@ fn unpack_entry<R: Read>(
             })?;
             return Ok(());
         }
+    }
+    let kind = e.header().entry_type();
+    if !(kind.is_file() || kind.is_dir()) {
+        // A link would let the tar (or whoever can write the store) aim our later writes
+        // (standby.signal, postgresql.auto.conf), made as root perhaps, anywhere. A
+        // pg_wal link (initdb -X) points at the master's disk: a plain directory instead.
+        if parts.len() == 1 && parts[0] == "pg_wal" {
+            return fs::create_dir_all(tmp.join("pg_wal"))
+                .map_err(|err| format!("{}: {err}", tmp.join("pg_wal").display()));
+        }
+        log::warn!(
+            "{}: {kind:?} entry in the backup not restored",
+            path.display()
+        );
+        return Ok(());
     }
     match e.unpack_in(tmp) {
         Ok(true) => Ok(()),
@@ -606,7 +627,8 @@ mod tests {
         );
         assert!(auto.ends_with("archive_mode = 'off'\n"), "{auto}");
         assert!(!auto.contains("recovery_prefetch"), "{auto}");
-        let standby = recovery_settings(&s, &set, false);
+        let standby = recovery_settings(&s, &set, false, 15);
+        assert!(!recovery_settings(&s, &set, false, 14).contains("recovery_prefetch"));
         assert!(
             standby.ends_with("recovery_prefetch = 'off'\n"),
             "{standby}"

@@ -101,7 +101,11 @@ fn apply(m: &Master, mut settings: Vec<(&'static str, String)>, dry_run: bool) -
                 continue;
             }
             if m.setup_method == SetupMethod::AlterSystem {
-                let sql = format!("ALTER SYSTEM SET {k} = '{}'", v.replace('\'', "''"));
+                // An E'' literal reads the same whatever standard_conforming_strings is.
+                let sql = format!(
+                    "ALTER SYSTEM SET {k} = E'{}'",
+                    v.replace('\\', "\\\\").replace('\'', "''")
+                );
                 c.batch_execute(&sql)
                     .await
                     .map_err(|e| pg::error(&conninfo, &e))?;
@@ -173,8 +177,8 @@ pub fn rewrite_config(text: &str, settings: &[(&str, String)]) -> String {
     }
     for (k, v) in settings {
         out.push_str(&format!(
-            "{k} = '{}'\t# set by walmgr\n",
-            v.replace('\'', "''")
+            "{k} = {}\t# set by walmgr\n",
+            super::restore::conf_quote(v)
         ));
     }
     out

@@ -160,6 +160,9 @@ impl WalStore {
     /// contents; verifies the bytes received against the meta before committing.
     pub fn put(&self, meta: &Meta, stored: Incoming) -> Result<PutOutcome> {
         WalName::parse(&meta.name)?;
+        // From the check to the commit nobody else may write or remove this name (two
+        // archivers sharing a store, a hung remote receiver beside its retry, a purge).
+        let _lock = self.lock()?;
         let mut outcome = PutOutcome::Stored;
         if let Some(old) = self.lookup(&meta.name)? {
             if old.sha256 != meta.sha256 || old.size != meta.size {
@@ -226,6 +229,13 @@ impl WalStore {
         fsutil::write_atomic_with(&mp, 0o600, false, |f| f.write_all(&json))?;
         fsutil::sync_dir(&self.dir)?;
         Ok(outcome)
+    }
+
+    /// The store's writer lock: an exclusive flock on the directory itself.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
+        let d = File::open(&self.dir).map_err(io_err("open store directory", &self.dir))?;
+        nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("lock", &self.dir)(e.into()))
     }
 
     /// Check the stored file's own checksum (cheap: the compressed bytes).
@@ -322,6 +332,33 @@ impl WalStore {
         }
     }
 
+    /// An uncompressed file under `name` with no meta: a Skytools archive taken over by
+    /// walmgr (or a write of ours interrupted before its meta, complete since it was fsynced
+    /// before its rename). Served without a checksum.
+    pub fn legacy(&self, name: &str) -> Option<PathBuf> {
+        let p = self.data_path(name, Compression::None);
+        (p.is_file() && !self.meta_path(name).exists()).then_some(p)
+    }
+
+    /// WAL-named files without a meta, sorted.
+    pub fn list_legacy(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(io_err("list", &self.dir)(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io_err("list", &self.dir))?;
+            let n = ent.file_name().to_string_lossy().into_owned();
+            if WalName::parse(&n).is_ok() && !self.meta_path(&n).exists() {
+                names.push(n);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Names with a `.meta` (committed or not: `lookup` decides), sorted.
     pub fn list(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
@@ -348,6 +385,7 @@ impl WalStore {
     /// never timeline history files, which recovery needs to follow timelines). The meta
     /// goes first, so an interrupted purge leaves files that are simply not archived.
     pub fn purge_before(&self, cutoff: &WalName) -> Result<usize> {
+        let _lock = self.lock()?;
         let mut removed = 0;
         for name in self.list()? {
             let Ok(w) = WalName::parse(&name) else {
@@ -383,9 +421,10 @@ impl WalStore {
         Ok(())
     }
 
-    /// Leftovers: temp files whose writer is gone, and data files never acknowledged
-    /// (no meta). Returns what was removed.
+    /// Leftovers: temp files whose writer is gone. Files without a meta stay: they may be
+    /// a Skytools archive walmgr took over (xrestore still serves those).
     pub fn cleanup(&self) -> Result<Vec<PathBuf>> {
+        let _lock = self.lock()?;
         let mut removed = Vec::new();
         for dir in [&self.dir, &self.partial_dir] {
             let rd = match fs::read_dir(dir) {
@@ -397,19 +436,7 @@ impl WalStore {
                 let ent = ent.map_err(io_err("list", dir))?;
                 let fname = ent.file_name().to_string_lossy().into_owned();
                 let path = ent.path();
-                let stale = if fname.starts_with(TEMP_PREFIX) {
-                    temp_writer_gone(&fname)
-                } else if dir == &self.dir {
-                    let base = [".gz", ".zst"]
-                        .iter()
-                        .find_map(|e| fname.strip_suffix(e))
-                        .unwrap_or(&fname);
-                    WalName::parse(base).is_ok()
-                        && fname != format!("{base}{META_EXT}")
-                        && !self.meta_path(base).exists()
-                } else {
-                    false
-                };
+                let stale = fname.starts_with(TEMP_PREFIX) && temp_writer_gone(&fname);
                 if stale {
                     fs::remove_file(&path).map_err(io_err("remove", &path))?;
                     removed.push(path);
@@ -586,11 +613,11 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_removes_unacknowledged_and_dead_temps() {
+    fn cleanup_removes_dead_temps_only() {
         let (_d, s) = store();
         put(&s, SEG, &[1u8; 10], Compression::None).unwrap();
-        let orphan = s.dir.join("000000010000000000000009.zst");
-        fs::write(&orphan, b"x").unwrap();
+        let legacy = s.dir.join("000000010000000000000009");
+        fs::write(&legacy, b"x").unwrap();
         let dead = s.dir.join(".tmp-000000010000000000000004.999999999.0");
         fs::write(&dead, b"x").unwrap();
         let live = s.dir.join(format!(
@@ -598,10 +625,9 @@ mod tests {
             std::process::id()
         ));
         fs::write(&live, b"x").unwrap();
-        let mut got = s.cleanup().unwrap();
-        got.sort();
-        assert_eq!(got, vec![dead, orphan]);
-        assert!(live.exists());
+        let got = s.cleanup().unwrap();
+        assert_eq!(got, vec![dead]);
+        assert!(live.exists() && legacy.exists());
         assert!(s.lookup(SEG).unwrap().is_some());
     }
 }

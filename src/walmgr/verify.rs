@@ -51,7 +51,12 @@ pub fn verify(st: &StoreSettings) -> Result<Report> {
         }
         r.files += 1;
         r.bytes += meta.size;
-        if wal.kind == Kind::Segment && meta.size.is_power_of_two() {
+        // PostgreSQL's segment sizes: powers of two from 1 MiB to 1 GiB.
+        if wal.kind == Kind::Segment
+            && meta.size.is_power_of_two()
+            && (1 << 20..=1 << 30).contains(&meta.size)
+            && wal.start_address(meta.size).is_some()
+        {
             seg_size.get_or_insert(meta.size);
             let n = wal.segno(meta.size);
             segnos.insert(n);
@@ -98,6 +103,14 @@ pub fn verify_command(st: &StoreSettings) -> Result<()> {
         _ => String::new(),
     };
     println!("{} files, {} bytes verified{range}", r.files, r.bytes);
+    let legacy = WalStore::new(&st.paths).list_legacy()?;
+    if let (Some(a), Some(b)) = (legacy.first(), legacy.last()) {
+        println!(
+            "{} files without .meta ({a} .. {b}): a Skytools archive or interrupted writes; \
+             xrestore serves them after a header check, without a checksum",
+            legacy.len()
+        );
+    }
     if r.problems.is_empty() {
         Ok(())
     } else {

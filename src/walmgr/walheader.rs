@@ -78,7 +78,12 @@ pub fn check(path: &Path, data: &[u8], name: &WalName, sysid: Option<u64>) -> Re
             h.seg_size
         )));
     }
-    let want = name.segno(h.seg_size as u64) * h.seg_size as u64;
+    let want = name.start_address(h.seg_size as u64).ok_or_else(|| {
+        bad(format!(
+            "{} is not a segment name for {}-byte segments",
+            name.name, h.seg_size
+        ))
+    })?;
     if h.pageaddr != want {
         return Err(bad(format!(
             "header address {:X}/{:X} is not where segment {} starts ({:X}/{:X})",

@@ -84,6 +84,16 @@ impl WalName {
         self.log as u64 * per_log + self.seg as u64
     }
 
+    /// Where this segment starts in the WAL stream, or None when the name cannot be a
+    /// segment of that size (its segment field too large).
+    pub fn start_address(&self, seg_size: u64) -> Option<u64> {
+        let per_log = 0x1_0000_0000u64.checked_div(seg_size)?;
+        if self.seg as u64 >= per_log {
+            return None;
+        }
+        self.segno(seg_size).checked_mul(seg_size)
+    }
+
     /// True for names whose content is a whole WAL segment with a long page header.
     pub fn is_segment(&self) -> bool {
         self.kind == Kind::Segment
@@ -106,6 +116,11 @@ mod tests {
         assert_eq!((s.kind, s.tli, s.log, s.seg), (Kind::Segment, 1, 2, 0x3F));
         assert_eq!(s.segno(16 << 20), 2 * 256 + 0x3F);
         assert_eq!(WalName::segment_name(1, 2 * 256 + 0x3F, 16 << 20), s.name);
+        assert_eq!(s.start_address(16 << 20), Some((2 << 32) + (0x3F << 24)));
+        // 16 MiB segments number 0..=0xFF within a log file.
+        let too_far = WalName::parse("000000010000000000000100").unwrap();
+        assert_eq!(too_far.start_address(16 << 20), None);
+        assert_eq!(s.start_address(0), None);
         assert_eq!(
             WalName::parse("00000002.history").unwrap().kind,
             Kind::History

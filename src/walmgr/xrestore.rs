@@ -96,14 +96,20 @@ pub fn xrestore(
     let mut last_reason = "";
     loop {
         let meta = store.lookup(name)?;
+        let legacy = if meta.is_none() {
+            store.legacy(name)
+        } else {
+            None
+        };
+        let found = meta.is_some() || legacy.is_some();
         let stop = store.control_path(store::STOP).exists();
-        let partial = if stop && meta.is_none() {
+        let partial = if stop && !found {
             partial_source(&store, name)?
         } else {
             None
         };
         let o = Observation {
-            stored: meta.is_some(),
+            stored: found,
             partial: partial.is_some(),
             stop,
             pause: store.control_path(store::PAUSE).exists(),
@@ -112,7 +118,11 @@ pub fn xrestore(
         };
         match decide(&o) {
             Step::Deliver => {
-                store.fetch(meta.as_ref().expect("stored"), dst)?;
+                match (&meta, legacy) {
+                    (Some(m), _) => store.fetch(m, dst)?,
+                    (None, Some(p)) => deliver_unchecked(&p, &wal, dst)?,
+                    (None, None) => unreachable!("decide delivers only what was found"),
+                }
                 log::debug!("{name}: restored to {}", dst.display());
                 if let Some(r) = restartpoint {
                     cleanup_before(st, &store, r)?;
@@ -122,10 +132,7 @@ pub fn xrestore(
             Step::DeliverPartial => {
                 match partial.expect("partial") {
                     PartialSource::Archived(m) => store.fetch(&m, dst)?,
-                    PartialSource::Raw(p) => {
-                        let data = std::fs::read(&p).map_err(|e| PathError::new("read", &p, e))?;
-                        crate::fsutil::write_atomic(dst, &data, 0o600)?;
-                    }
+                    PartialSource::Raw(p) => deliver_unchecked(&p, &wal, dst)?,
                 }
                 log::info!("{name}: STOP set; restored its partial segment");
                 return Ok(());
@@ -153,6 +160,22 @@ pub fn xrestore(
             }
         }
     }
+}
+
+/// Deliver a file the store has no checksum for; a whole segment must at least carry a
+/// segment header matching its name and size.
+fn deliver_unchecked(src: &Path, wal: &WalName, dst: &Path) -> Result<()> {
+    let data = std::fs::read(src).map_err(|e| PathError::new("read", src, e))?;
+    if wal.kind == Kind::Segment {
+        super::walheader::check(src, &data, wal, None)?;
+    }
+    crate::fsutil::write_atomic(dst, &data, 0o600)?;
+    log::info!(
+        "{}: restored from {} (no .meta: not checksummed)",
+        wal.name,
+        src.display()
+    );
+    Ok(())
 }
 
 /// After a restartpoint, WAL before `%r` is needed by nobody when the store keeps no
