@@ -452,6 +452,18 @@ impl Drop for Tmpfs {
 }
 
 /// Master and slave ini files for a store at `store` (a path, or `host:/path`).
+/// What the xarchive tests start from: an initdb'd master (not started: initdb wrote
+/// segment 1) archiving uncompressed into a local store made by `walmgr slave.ini setup`.
+/// Returns (master, store, master ini, slave ini).
+fn local_archive(sb: &Sandbox, port: u16) -> (Cluster, PathBuf, PathBuf, PathBuf) {
+    let m = Cluster::initdb(sb, "master", port, 16, "");
+    let store = sb.p("store");
+    let ini = master_ini(sb, &m, &store.display().to_string(), "compression = none\n");
+    let slave = slave_ini(sb, "slave.ini", &store, &sb.p("standby"), "");
+    ok(walmgr().arg(&slave).arg("setup"));
+    (m, store, ini, slave)
+}
+
 fn master_ini(sb: &Sandbox, m: &Cluster, slave: &str, extra: &str) -> PathBuf {
     sb.write(
         "master.ini",
@@ -937,17 +949,8 @@ fn xarchive_idempotent_and_conflict() {
     let _g = serial();
     let sb = Sandbox::new("xarchive");
     // Real segments without starting a server: initdb writes segment 1.
-    let m = Cluster::initdb(&sb, "master", 56131, 16, "");
+    let (m, store, ini, slave) = local_archive(&sb, 56131);
     let other = Cluster::initdb(&sb, "other", 56132, 16, "");
-    let store = sb.p("store");
-    let ini = master_ini(
-        &sb,
-        &m,
-        &store.display().to_string(),
-        "compression = none\n",
-    );
-    let slave = slave_ini(&sb, "slave.ini", &store, &sb.p("standby"), "");
-    ok(walmgr().arg(&slave).arg("setup"));
     let done = store.join("logs.complete");
     let rel = format!("pg_wal/{SEG1}");
 
@@ -1115,16 +1118,7 @@ fn xarchive_kill9_midcopy() {
 
     let _g = serial();
     let sb = Sandbox::new("kill9");
-    let m = Cluster::initdb(&sb, "master", 56141, 16, "");
-    let store = sb.p("store");
-    let ini = master_ini(
-        &sb,
-        &m,
-        &store.display().to_string(),
-        "compression = none\n",
-    );
-    let slave = slave_ini(&sb, "slave.ini", &store, &sb.p("standby"), "");
-    ok(walmgr().arg(&slave).arg("setup"));
+    let (m, store, ini, slave) = local_archive(&sb, 56141);
     let done = store.join("logs.complete");
     let rel = format!("pg_wal/{SEG1}");
     let data_tmp = format!(".tmp-{SEG1}");

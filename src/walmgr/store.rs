@@ -342,43 +342,42 @@ impl WalStore {
 
     /// WAL-named files without a meta, sorted.
     pub fn list_legacy(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        let rd = match fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
-            Err(e) => return Err(io_err("list", &self.dir)(e)),
-        };
-        for ent in rd {
-            let ent = ent.map_err(io_err("list", &self.dir))?;
-            let n = ent.file_name().to_string_lossy().into_owned();
-            if WalName::parse(&n).is_ok() && !self.meta_path(&n).exists() {
-                names.push(n);
-            }
-        }
-        names.sort();
-        Ok(names)
+        let names = self.file_names()?;
+        let mut out: Vec<String> = names
+            .iter()
+            .filter(|n| WalName::parse(n).is_ok())
+            .filter(|n| !names.contains(&format!("{n}{META_EXT}")))
+            .cloned()
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Names with a `.meta` (committed or not: `lookup` decides), sorted.
     pub fn list(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
+        let mut out: Vec<String> = self
+            .file_names()?
+            .iter()
+            .filter_map(|f| f.strip_suffix(META_EXT))
+            .filter(|n| !n.starts_with(TEMP_PREFIX))
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every name in the store directory (none when it does not exist yet).
+    fn file_names(&self) -> Result<std::collections::HashSet<String>> {
         let rd = match fs::read_dir(&self.dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Default::default()),
             Err(e) => return Err(io_err("list", &self.dir)(e)),
         };
-        for ent in rd {
-            let ent = ent.map_err(io_err("list", &self.dir))?;
-            let fname = ent.file_name();
-            let fname = fname.to_string_lossy();
-            if let Some(n) = fname.strip_suffix(META_EXT) {
-                if !n.starts_with(TEMP_PREFIX) {
-                    names.push(n.to_string());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        rd.map(|ent| {
+            ent.map(|e| e.file_name().to_string_lossy().into_owned())
+                .map_err(io_err("list", &self.dir))
+        })
+        .collect()
     }
 
     /// Remove every file older than `cutoff` (segments, partials, backup history files;
