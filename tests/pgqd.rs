@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::wait_for;
+
 use tokio_postgres::{Client, NoTls};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -191,13 +194,13 @@ impl Pgqd {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(wait(Duration::from_secs(5), || self.pidfile().exists()));
+        assert!(wait_for(Duration::from_secs(5), || self.pidfile().exists()));
     }
 
     /// Start in the foreground with -q (logfile only).
     fn spawn(&mut self) {
         self.child = Some(self.cmd().arg("-q").stdin(Stdio::null()).spawn().unwrap());
-        assert!(wait(Duration::from_secs(5), || self
+        assert!(wait_for(Duration::from_secs(5), || self
             .log_text()
             .contains("starting")));
     }
@@ -228,17 +231,6 @@ impl Drop for Pgqd {
     }
 }
 
-fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_deliver_batches_in_several_databases_and_report_status() {
     let _g = SERIAL.lock().await;
@@ -248,7 +240,7 @@ async fn ticks_deliver_batches_in_several_databases_and_report_status() {
     assert!(event_delivered(&a, "hello a", 10).await, "{}", p.log_text());
     assert!(event_delivered(&b, "hello b", 10).await, "{}", p.log_text());
     assert!(
-        wait(Duration::from_secs(5), || p.log_text().contains("{ticks: ")),
+        wait_for(Duration::from_secs(5), || p.log_text().contains("{ticks: ")),
         "{}",
         p.log_text()
     );
@@ -256,7 +248,7 @@ async fn ticks_deliver_batches_in_several_databases_and_report_status() {
         .log_text()
         .contains(&format!("{a}: ticker: pgq version ok")));
     // The status file names both databases as ticking, recently.
-    assert!(wait(Duration::from_secs(5), || {
+    assert!(wait_for(Duration::from_secs(5), || {
         let out = p.cmd().arg("--status").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         out.status.success()
@@ -265,7 +257,7 @@ async fn ticks_deliver_batches_in_several_databases_and_report_status() {
             && text.matches("ticking").count() == 2
     }));
     assert_eq!(p.control("-s"), "SIGINT sent");
-    assert!(wait(Duration::from_secs(10), || p.pid().is_none()
+    assert!(wait_for(Duration::from_secs(10), || p.pid().is_none()
         && !p.pidfile().exists()));
     assert!(p.log_text().contains("got SIGINT, shutting down"));
     // Once stopped, --status fails at once: the pid it recorded is gone.
@@ -369,7 +361,7 @@ async fn databases_come_and_go_and_cut_connections_recover() {
     p.spawn();
     // Discovered while running.
     let db = pgq_db(true).await;
-    assert!(wait(Duration::from_secs(5), || p
+    assert!(wait_for(Duration::from_secs(5), || p
         .log_text()
         .contains(&format!("Register database {db}"))));
     assert!(event_delivered(&db, "found", 10).await, "{}", p.log_text());
@@ -392,7 +384,7 @@ async fn databases_come_and_go_and_cut_connections_recover() {
     // Dropped: unregistered, and pgqd keeps running.
     drop_db(&db).await;
     assert!(
-        wait(Duration::from_secs(5), || p
+        wait_for(Duration::from_secs(5), || p
             .log_text()
             .contains(&format!("Unregister database {db}"))),
         "{}",
@@ -430,7 +422,7 @@ async fn reload_control_flags_and_one_ticker_per_database() {
     // SIGHUP with a changed database_list.
     p.write_config(&format!("database_list = {a}, {b}"));
     assert_eq!(p.control("-r"), "SIGHUP sent");
-    assert!(wait(Duration::from_secs(5), || p
+    assert!(wait_for(Duration::from_secs(5), || p
         .log_text()
         .contains("configuration reloaded")));
     assert!(event_delivered(&b, "b1", 10).await, "{}", p.log_text());
@@ -448,7 +440,7 @@ async fn reload_control_flags_and_one_ticker_per_database() {
     let mut other = Pgqd::new(&format!("database_list = {a}"));
     other.spawn();
     assert!(
-        wait(Duration::from_secs(5), || other.log_text().contains(
+        wait_for(Duration::from_secs(5), || other.log_text().contains(
             &format!("{a}: ticker: another ticker holds this database's lock")
         )),
         "{}",
@@ -457,7 +449,7 @@ async fn reload_control_flags_and_one_ticker_per_database() {
     drop(other);
 
     assert_eq!(p.control("-k"), "SIGTERM sent");
-    assert!(wait(Duration::from_secs(5), || p.pid().is_none()));
+    assert!(wait_for(Duration::from_secs(5), || p.pid().is_none()));
     assert_eq!(p.control("-s"), "Old process is not running");
     drop_db(&a).await;
     drop_db(&b).await;

@@ -18,6 +18,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::wait_for;
+
 const PGBIN: &str = "/usr/lib/postgresql/15/bin";
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -131,17 +134,6 @@ fn assert_one_line_error(stderr: &str, what: &str) {
     if !last.contains(what) {
         problem(format!("error line should name {what:?}: {stderr:?}"));
     }
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 fn chown_pg(p: &Path) {
@@ -1387,6 +1379,23 @@ fn xrestore_missing() {
     let store = sb.p("store");
     let slave = slave_ini(&sb, "slave.ini", &store, &sb.p("standby"), "");
     ok(walmgr().arg(&slave).arg("setup"));
+    // A log file walmgr cannot open must not stop it (archiving would stall): stderr instead.
+    let unlogged = slave_ini(
+        &sb,
+        "unlogged.ini",
+        &store,
+        &sb.p("standby"),
+        &format!("logfile = {}\n", sb.p("no/such/dir/wal.log").display()),
+    );
+    let mut c = walmgr();
+    c.arg(&unlogged).arg("verify");
+    let o = run(&mut c);
+    assert!(o.status.success(), "unwritable logfile: {}", show(&c, &o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("logging to stderr"),
+        "{}",
+        show(&c, &o)
+    );
     let cwd = sb.mkdir("recovering");
     let target = cwd.join("pg_wal/RECOVERYXLOG");
     fs::create_dir_all(target.parent().unwrap()).unwrap();

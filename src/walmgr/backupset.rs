@@ -23,10 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::codec::{hex, Compression, HashWriter};
-use super::error::{Result, WalmgrError};
+use super::codec::{Compression, HashReader, HashWriter};
+use super::error::{io_err, Result, WalmgrError};
 use crate::fsutil::{self, PathError, TEMP_PREFIX};
 
 pub const BASE: &str = "base.tar";
@@ -86,10 +85,6 @@ pub struct Received {
     pub label: String,
     #[serde(default)]
     pub tablespace_map: Option<String>,
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalmgrError + 'a {
-    move |e| PathError::new(op, path, e).into()
 }
 
 /// `YYYYmmddTHHMMSSZ` (UTC) of `t`.
@@ -204,10 +199,8 @@ impl Staging {
             .encoder(self.level, stored)
             .map_err(io_err("create", &path))?;
         let mut tee = Tee {
-            input,
+            input: HashReader::new(input),
             out: enc,
-            hasher: Sha256::new(),
-            bytes: 0,
             write_err: None,
         };
         let parsed = scan_tar(&mut tee);
@@ -218,8 +211,7 @@ impl Staging {
             path: path.clone(),
             reason: format!("received tar stream: {reason}"),
         })?;
-        let sha256 = hex(&tee.hasher.finalize());
-        let bytes = tee.bytes;
+        let (sha256, bytes) = tee.input.finish();
         let stored = tee.out.finish().map_err(io_err("write", &path))?;
         let (stored_sha256, stored_size, bw) = stored.finish();
         let f = bw
@@ -367,10 +359,9 @@ impl Drop for Staging {
 /// Passes the input through to the compressor and the hash; a write failure is kept
 /// aside so it is reported as the store's error, not as a bad stream.
 struct Tee<'a, W: Write> {
-    input: &'a mut dyn Read,
+    /// Hashes the stream as it is read.
+    input: HashReader<&'a mut dyn Read>,
     out: W,
-    hasher: Sha256,
-    bytes: u64,
     write_err: Option<io::Error>,
 }
 
@@ -382,8 +373,6 @@ impl<W: Write> Read for Tee<'_, W> {
             self.write_err = Some(e);
             return Err(io::Error::other(msg));
         }
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
         Ok(n)
     }
 }
@@ -790,6 +779,34 @@ mod tests {
         );
         assert_eq!(rotate(&fb, 1, None).unwrap(), ["20261122T200000Z-2"]);
         assert_eq!(rotate(&fb, 0, None).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn what_keeps_wal_from_being_purged() {
+        let d = tempfile::tempdir().unwrap();
+        let fb = d.path().join("full");
+        assert!(!has_backups(&fb));
+        // A backup still being written counts: its WAL is needed once it commits.
+        let staging = fb.join(".tmp-20261122T200000Z.1");
+        fs::create_dir_all(&staging).unwrap();
+        assert!(has_backups(&fb));
+        fs::remove_dir(&staging).unwrap();
+        commit_one(&fb, "20261122T200000Z", Compression::None);
+        commit_one(&fb, "20261123T000000Z", Compression::None);
+        // The later-named set starts earlier (a clock step): the WAL position decides.
+        let info = fb.join("20261123T000000Z").join(INFO);
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&info).unwrap()).unwrap();
+        v["start_segment"] = "000000010000000000000001".into();
+        fs::write(&info, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(
+            oldest_start_segment(&fb).unwrap().as_deref(),
+            Some("000000010000000000000001")
+        );
+        // An unreadable set stops purging rather than being ignored.
+        fs::write(&info, b"{").unwrap();
+        assert!(has_backups(&fb));
+        let e = oldest_start_segment(&fb).unwrap_err().to_string();
+        assert!(e.contains("20261123T000000Z"), "{e}");
     }
 
     #[test]

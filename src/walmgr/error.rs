@@ -50,3 +50,32 @@ impl WalmgrError {
 }
 
 pub type Result<T, E = WalmgrError> = std::result::Result<T, E>;
+
+/// `map_err` adapter: an I/O error on `path` during `op`.
+pub fn io_err<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> WalmgrError + 'a {
+    move |e| PathError::new(op, path, e).into()
+}
+
+/// The one checksum comparison: `what` (at `path`) hashed to `got` = (sha256, bytes),
+/// `recorded_in` says it must be `want`.
+pub fn check_digest(
+    path: &std::path::Path,
+    what: &str,
+    got: (&str, u64),
+    recorded_in: &str,
+    want: (&str, u64),
+) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(WalmgrError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{what} has sha256 {} ({} bytes), {recorded_in} says {} ({} bytes)",
+            got.0, got.1, want.0, want.1
+        ),
+    })
+}

@@ -294,3 +294,12 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_signs_in_paths_survive_postgres_substitution() {
+        let c = super::self_command(std::path::Path::new("/etc/wal 100%.ini"), "xarchive %p %f");
+        assert!(c.ends_with(" '/etc/wal 100%%.ini' xarchive %p %f"), "{c}");
+    }
+}

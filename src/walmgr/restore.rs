@@ -26,7 +26,7 @@ use super::backupset::{self, Set};
 use super::codec::HashReader;
 use super::config::{Slave, StoreSettings};
 use super::control::{remove_control, running_postmaster};
-use super::error::{Result, WalmgrError};
+use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::store::{self, WalStore};
 use crate::fsutil::{self, PathError};
 
@@ -56,10 +56,6 @@ pub fn listbackups(st: &StoreSettings) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalmgrError + 'a {
-    move |e| PathError::new(op, path, e).into()
 }
 
 /// `value` as a single-quoted postgresql.conf string.
@@ -406,19 +402,20 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
     io::copy(&mut stored, &mut io::sink()).map_err(io_err("read", &base))?;
     let (stored_sha, stored_bytes) = stored.finish();
     let i = &set.info;
-    if stored_sha != i.stored_sha256 || stored_bytes != i.stored_size {
-        return Err(corrupt(format!(
-            "stored file has sha256 {stored_sha} ({stored_bytes} bytes), backup.json says {} ({} bytes)",
-            i.stored_sha256, i.stored_size
-        )));
-    }
-    if raw_sha != i.sha256 || raw_bytes != i.size {
-        return Err(corrupt(format!(
-            "tar stream has sha256 {raw_sha} ({raw_bytes} bytes), backup.json says {} ({} bytes)",
-            i.sha256, i.size
-        )));
-    }
-    Ok(())
+    check_digest(
+        &base,
+        "stored file",
+        (&stored_sha, stored_bytes),
+        "backup.json",
+        (&i.stored_sha256, i.stored_size),
+    )?;
+    check_digest(
+        &base,
+        "tar stream",
+        (&raw_sha, raw_bytes),
+        "backup.json",
+        (&i.sha256, i.size),
+    )
 }
 
 fn unpack_entry<R: Read>(
@@ -572,6 +569,27 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(conf_quote("a 'b' c\\d"), "'a ''b'' c\\\\d'");
+    }
+
+    #[test]
+    fn links_in_a_backup_tar_are_not_restored() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, target) in [("pg_wal", "/master/wal"), ("standby.signal", "/etc/passwd")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        for e in a.entries().unwrap() {
+            unpack_entry(&mut e.unwrap(), d.path(), &[]).unwrap();
+        }
+        let wal = fs::symlink_metadata(d.path().join("pg_wal")).unwrap();
+        assert!(wal.is_dir(), "pg_wal link must become a directory");
+        assert!(fs::symlink_metadata(d.path().join("standby.signal")).is_err());
     }
 
     #[test]

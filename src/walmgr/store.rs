@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Compression, HashReader, HashWriter};
-use super::error::{Result, WalmgrError};
+use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::walname::{Kind, WalName};
-use crate::fsutil::{self, PathError, TEMP_PREFIX};
+use crate::fsutil::{self, TEMP_PREFIX};
 
 pub const META_EXT: &str = ".meta";
 pub const PAUSE: &str = "PAUSE";
@@ -88,10 +88,6 @@ pub enum PutOutcome {
 pub struct WalStore {
     pub dir: PathBuf,
     pub partial_dir: PathBuf,
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalmgrError + 'a {
-    move |e| PathError::new(op, path, e).into()
 }
 
 impl WalStore {
@@ -245,16 +241,13 @@ impl WalStore {
         let mut f = File::open(&dp).map_err(io_err("open", &dp))?;
         io::copy(&mut f, &mut w).map_err(io_err("read", &dp))?;
         let (sha, n, _) = w.finish();
-        if sha != meta.stored_sha256 || n != meta.stored_size {
-            return Err(WalmgrError::Corrupt {
-                path: dp,
-                reason: format!(
-                    "stored file has sha256 {sha} ({n} bytes), its meta says {} ({} bytes)",
-                    meta.stored_sha256, meta.stored_size
-                ),
-            });
-        }
-        Ok(())
+        check_digest(
+            &dp,
+            "stored file",
+            (&sha, n),
+            "its meta",
+            (&meta.stored_sha256, meta.stored_size),
+        )
     }
 
     /// Decompress a stored file into `out`, checking both checksums. One streaming
@@ -294,23 +287,20 @@ impl WalStore {
                 reason: format!("cannot read or decompress it: {e}"),
             });
         }
-        let corrupt = |reason: String| WalmgrError::Corrupt {
-            path: dp.clone(),
-            reason,
-        };
-        if stored_sha != meta.stored_sha256 || stored_n != meta.stored_size {
-            return Err(corrupt(format!(
-                "stored file has sha256 {stored_sha} ({stored_n} bytes), its meta says {} ({} bytes)",
-                meta.stored_sha256, meta.stored_size
-            )));
-        }
-        if sha != meta.sha256 || n != meta.size {
-            return Err(corrupt(format!(
-                "decompressed to {n} bytes with sha256 {sha}, meta says {} bytes with sha256 {}",
-                meta.size, meta.sha256
-            )));
-        }
-        Ok(())
+        check_digest(
+            &dp,
+            "stored file",
+            (&stored_sha, stored_n),
+            "its meta",
+            (&meta.stored_sha256, meta.stored_size),
+        )?;
+        check_digest(
+            &dp,
+            "decompressed data",
+            (&sha, n),
+            "its meta",
+            (&meta.sha256, meta.size),
+        )
     }
 
     /// Write `name`'s original bytes durably to `dst` (temp beside it, fsync, rename,
@@ -539,6 +529,22 @@ mod tests {
             PutOutcome::Repaired
         );
         s.fetch(&s.lookup(SEG).unwrap().unwrap(), &dst).unwrap();
+    }
+
+    #[test]
+    fn writers_wait_for_the_store_lock() {
+        let (_d, s) = store();
+        let held = s.lock().unwrap();
+        let s2 = s.clone();
+        let writer = std::thread::spawn(move || put(&s2, SEG, &[1u8; 100], Compression::None));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !s.meta_path(SEG).exists(),
+            "put committed while another process held the store"
+        );
+        drop(held);
+        assert_eq!(writer.join().unwrap().unwrap(), PutOutcome::Stored);
+        assert!(s.lookup(SEG).unwrap().is_some());
     }
 
     #[test]

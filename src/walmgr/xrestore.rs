@@ -194,6 +194,40 @@ fn cleanup_before(st: &StoreSettings, store: &WalStore, restartpoint: &str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::walmgr::config::StorePaths;
+
+    #[test]
+    fn files_without_meta_are_served_after_a_header_check() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_path_buf();
+        let st = StoreSettings {
+            paths: StorePaths {
+                completed_wals: root.join("c"),
+                partial_wals: root.join("p"),
+                full_backup: root.join("f"),
+                config_backup: root.join("b"),
+                root: root.clone(),
+            },
+            keep_backups: 0,
+            archive_command: None,
+        };
+        std::fs::create_dir_all(&st.paths.completed_wals).unwrap();
+        let wait = std::time::Duration::from_millis(10);
+        // A Skytools archive: plain segments, no .meta.
+        let good = WalName::parse("000000010000000000000004").unwrap();
+        let seg = super::super::walheader::fake_segment(7, &good, 1 << 20);
+        std::fs::write(st.paths.completed_wals.join(&good.name), &seg).unwrap();
+        let dst = root.join("RECOVERYXLOG");
+        xrestore(&st, wait, &good.name, &dst, None).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), seg);
+        // One whose header is not that segment's is refused, and nothing is delivered.
+        let bad = "000000010000000000000005";
+        std::fs::write(st.paths.completed_wals.join(bad), &seg).unwrap();
+        let dst2 = root.join("OTHER");
+        let e = xrestore(&st, wait, bad, &dst2, None).unwrap_err();
+        assert!(matches!(e, WalmgrError::BadWal { .. }), "{e}");
+        assert!(!dst2.exists());
+    }
 
     fn o(f: impl FnOnce(&mut Observation)) -> Observation {
         let mut o = Observation::default();

@@ -13,6 +13,19 @@ check() {
     shift
     if "$@"; then ok "$what"; else nok "$what"; fi
 }
+# deb_for PACKAGE: print the one dist/PACKAGE_*_<arch>.deb `make deb` built; exit with a
+# clear line when there is none or several (use as: deb=$(deb_for pkg) || exit 1).
+deb_for() {
+    local arch d
+    arch=$(dpkg --print-architecture)
+    d=(dist/"$1"_*_"$arch".deb)
+    if [ ! -f "${d[0]}" ]; then
+        echo "$CHECKS_NAME: error: no dist/$1_*_$arch.deb; run \`make deb\` first" >&2
+        exit 1
+    fi
+    [ ${#d[@]} = 1 ] || { echo "$CHECKS_NAME: error: several debs: ${d[*]}" >&2; exit 1; }
+    echo "${d[0]}"
+}
 # abort MESSAGE: a failure that makes the remaining steps meaningless.
 abort() {
     nok "$*"

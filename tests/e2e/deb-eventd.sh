@@ -105,14 +105,7 @@ trap 'exit 130' INT TERM
 
 # ---- preconditions -------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || { echo "deb-eventd: must run as root (it installs a package)" >&2; exit 1; }
-arch=$(dpkg --print-architecture)
-debs=(dist/${PKG}_*_"$arch".deb)
-if [ ! -f "${debs[0]}" ]; then
-    echo "deb-eventd: error: no dist/${PKG}_*_$arch.deb; run \`make deb\` first" >&2
-    exit 1
-fi
-[ ${#debs[@]} = 1 ] || { echo "deb-eventd: error: several debs: ${debs[*]}" >&2; exit 1; }
-deb=${debs[0]}
+deb=$(deb_for "$PKG") || exit 1
 say "testing $deb"
 
 if ! command -v amqp-get >/dev/null 2>&1; then

@@ -141,16 +141,10 @@ trap 'exit 130' INT TERM
 
 # ---- preconditions -------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || { echo "deb-skytools: must run as root (it installs packages)" >&2; exit 1; }
-arch=$(dpkg --print-architecture)
 debs=()
 for p in $PKG $TICKER; do
-    d=(dist/${p}_*_"$arch".deb)
-    if [ ! -f "${d[0]}" ]; then
-        echo "deb-skytools: error: no dist/${p}_*_$arch.deb; run \`make deb\` first" >&2
-        exit 1
-    fi
-    [ ${#d[@]} = 1 ] || { echo "deb-skytools: error: several debs: ${d[*]}" >&2; exit 1; }
-    debs+=("./${d[0]}")
+    found=$(deb_for "$p") || exit 1
+    debs+=("./$found")
 done
 say "testing ${debs[*]}"
 

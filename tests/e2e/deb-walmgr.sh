@@ -93,14 +93,8 @@ trap 'exit 130' INT TERM
 
 # ---- preconditions -------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || { echo "deb-walmgr: must run as root (it installs packages)" >&2; exit 1; }
-arch=$(dpkg --print-architecture)
-d=(dist/"$PKG"_*_"$arch".deb)
-if [ ! -f "${d[0]}" ]; then
-    echo "deb-walmgr: error: no dist/${PKG}_*_$arch.deb; run \`make deb\` first" >&2
-    exit 1
-fi
-[ ${#d[@]} = 1 ] || { echo "deb-walmgr: error: several debs: ${d[*]}" >&2; exit 1; }
-deb=./${d[0]}
+deb=$(deb_for "$PKG") || exit 1
+deb=./$deb
 say "testing $deb"
 [ -x "$PGBIN/initdb" ] || abort "no $PGBIN/initdb (install postgresql-15, or run \`make deps\`)"
 getent passwd postgres >/dev/null || abort "no user postgres"
