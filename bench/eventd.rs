@@ -231,7 +231,7 @@ async fn main() {
     }
     let hwm_mb = status_kb(d.pid(), "VmHWM:") as f64 / 1024.0;
     let rss_mb = status_kb(d.pid(), "VmRSS:") as f64 / 1024.0;
-    let live = hostkit::eventd::state::StateStore::peek(&sb.spool)
+    let live = hostkit::synnefo::eventd::state::StateStore::peek(&sb.spool)
         .ok()
         .flatten()
         .map_or(0, |s| s.live_jobs());

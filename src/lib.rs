@@ -1,18 +1,18 @@
 //! hostkit: the one internal crate every hostkit program shares.
 //!
-//! Programs live in `src/bin/`; each is a thin `main` over a module here.
+//! Infrastructure first (cli, config, daemon, logging, fsutil, proc, pg, amqp, ganeti),
+//! then the programs grouped by the package family they ship in. A program uses the
+//! infrastructure and its own family, never another program (`tests/layering.rs`).
+//! `src/bin/<program>.rs` only calls into here.
 
 pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod eventd;
 pub mod fsutil;
 pub mod ganeti;
-pub mod gtools;
-pub mod hook;
 pub mod logging;
-pub mod pgqd;
-pub mod progress;
-pub mod scriptmgr;
-pub mod walmgr;
+pub mod pg;
+
+pub mod skytools;
+pub mod synnefo;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use hostkit::eventd::state::{State, StateStore};
+use hostkit::synnefo::eventd::state::{State, StateStore};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    hostkit::pgqd::main()
+    hostkit::skytools::pgqd::main()
 }

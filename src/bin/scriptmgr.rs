@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    hostkit::scriptmgr::main()
+    hostkit::skytools::scriptmgr::main()
 }

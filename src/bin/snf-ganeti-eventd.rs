@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    hostkit::eventd::main()
+    hostkit::synnefo::eventd::main()
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    hostkit::hook::main()
+    hostkit::synnefo::hook::main()
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    hostkit::progress::main()
+    hostkit::synnefo::progress::main()
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    hostkit::walmgr::main()
+    hostkit::skytools::walmgr::main()
 }

@@ -49,7 +49,7 @@ pub async fn connect(conninfo: &str) -> Result<Client> {
     let cfg = config(conninfo)?;
     let (client, conn) = cfg.connect(NoTls).await.map_err(|e| WalmgrError::Pg {
         conninfo: conninfo.to_string(),
-        reason: crate::pgqd::db::one_line(&e),
+        reason: crate::pg::one_line(&e),
     })?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -61,7 +61,7 @@ pub async fn connect(conninfo: &str) -> Result<Client> {
 pub fn error(conninfo: &str, e: &tokio_postgres::Error) -> WalmgrError {
     WalmgrError::Pg {
         conninfo: conninfo.to_string(),
-        reason: crate::pgqd::db::one_line(e),
+        reason: crate::pg::one_line(e),
     }
 }
 

@@ -196,14 +196,14 @@ async fn discover(cfg: &PgqdConfig) -> Result<BTreeSet<String>, String> {
                 format!(
                     "{}: connection failed: {}",
                     cfg.initial_database,
-                    db::one_line(&e)
+                    crate::pg::one_line(&e)
                 )
             })?;
     let conn = tokio::spawn(conn);
     let rows = client
         .query("select datname::text from pg_catalog.pg_database where not datistemplate and datallowconn", &[])
         .await
-        .map_err(|e| format!("{}: {}", cfg.initial_database, db::one_line(&e)));
+        .map_err(|e| format!("{}: {}", cfg.initial_database, crate::pg::one_line(&e)));
     drop(client);
     let _ = conn.await;
     Ok(rows?.iter().map(|r| r.get::<_, String>(0)).collect())

@@ -20,7 +20,7 @@ use crate::amqp::spool::Spool;
 use crate::amqp::Message;
 use crate::ganeti::hookenv::{self, InstanceHook};
 use crate::ganeti::messages::{now, prefix};
-use crate::gtools::{self, Gtools, Overrides};
+use crate::synnefo::gtools::{self, Gtools, Overrides};
 
 pub const PROGRAM: &str = "snf-ganeti-hook";
 pub const SECTION: &str = "hook";

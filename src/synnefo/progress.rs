@@ -19,7 +19,7 @@ use crate::amqp::direct::{deadline_in, Direct};
 use crate::amqp::spool::Spool;
 use crate::amqp::Message;
 use crate::ganeti::messages::{now, prefix};
-use crate::gtools::{self, Gtools, Overrides};
+use crate::synnefo::gtools::{self, Gtools, Overrides};
 
 pub const PROGRAM: &str = "snf-progress-monitor";
 pub const SECTION: &str = "progress-monitor";

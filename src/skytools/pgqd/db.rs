@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
 use super::config::PgqdConfig;
+use crate::pg::one_line;
 
 /// Advisory lock key held by the ticker's session: one ticker per database, across
 /// hosts. ("pgqd" in ASCII, then 1.)
@@ -148,14 +149,6 @@ async fn open(
         ));
     }
     Ok(client)
-}
-
-/// A PostgreSQL error on one line (the server's message, not the Rust debug form).
-pub fn one_line(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => d.message().to_string(),
-        None => e.to_string().replace('\n', " "),
-    }
 }
 
 /// The ticker: holds the advisory lock and calls `pgq.ticker()` every ticker_period.

@@ -499,10 +499,10 @@ fn unpack_entry<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::walmgr::backupset::{CommitInfo, Staging};
-    use crate::walmgr::basebackup::{Tablespace, TarWriter};
-    use crate::walmgr::codec::Compression;
-    use crate::walmgr::config::Settings;
+    use crate::skytools::walmgr::backupset::{CommitInfo, Staging};
+    use crate::skytools::walmgr::basebackup::{Tablespace, TarWriter};
+    use crate::skytools::walmgr::codec::Compression;
+    use crate::skytools::walmgr::config::Settings;
 
     const LABEL: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n";
 

@@ -24,7 +24,7 @@ use crate::amqp::broker::Broker;
 use crate::amqp::drain::{Drain, DrainCommand, DrainConfig};
 use crate::amqp::spool::Spool;
 use crate::daemon::{self, Pidfile, Signal, Signals, Startup};
-use crate::gtools::{self, Gtools, Overrides};
+use crate::synnefo::gtools::{self, Gtools, Overrides};
 use processor::{Batch, Processor};
 use state::{StateStore, Update};
 use watch::{Change, QueueWatch};

@@ -194,7 +194,7 @@ fn cleanup_before(st: &StoreSettings, store: &WalStore, restartpoint: &str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::walmgr::config::StorePaths;
+    use crate::skytools::walmgr::config::StorePaths;
 
     #[test]
     fn files_without_meta_are_served_after_a_header_check() {
