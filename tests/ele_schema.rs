@@ -133,6 +133,8 @@ async fn catalog(c: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Mirrors sp_instance_checkin's eight parameters, in order.
+#[allow(clippy::too_many_arguments)]
 async fn checkin(
     c: &Client,
     herd: &str,
