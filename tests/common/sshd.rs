@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,6 +21,10 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(sb: &Sandbox, port: u16) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd is missing (apt install openssh-server; tests/setup-host.sh)"
+        );
         fs::create_dir_all("/run/sshd").unwrap();
         fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755)).unwrap();
         let dir = sb.mkdir("ssh");
