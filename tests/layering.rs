@@ -269,9 +269,8 @@ fn use_tree(
                 if ident(t.get(i)) == Some("as") {
                     i += 2;
                 }
-                if kind(i) == Some(&Tok::Comma) {
-                    i += 1;
-                } else if kind(i) != Some(&Tok::Close) {
+                // The comma, or whatever a tree we do not read ended on.
+                if kind(i) != Some(&Tok::Close) {
                     i += 1;
                 }
             }
