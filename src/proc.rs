@@ -26,6 +26,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{Gid, Pid, Uid};
 
+/// What writes a command's stdin (`run_feeding`).
+type Fill<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>;
+
 /// How long a timed-out command gets between SIGTERM and SIGKILL, unless set.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
@@ -297,7 +300,7 @@ impl Cmd {
 
     fn spawn_and_wait(
         &self,
-        fill: Option<Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + '_>>,
+        fill: Option<Fill<'_>>,
     ) -> Result<Outcome, Error> {
         let mut c = self.command()?;
         c.stdin(if fill.is_some() {
