@@ -20,7 +20,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -485,15 +484,15 @@ pub fn rotate(
     let mut failed = None;
     for s in &sets[..sets.len() - keep] {
         if let Some(cmd) = archive_command {
-            let st = Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
+            let st = crate::proc::Cmd::shell(cmd)
                 .env("WALMGR_BACKUP", &s.dir)
-                .status();
+                .output(crate::proc::Output::Inherit)
+                .run()
+                .map(|o| o.status);
             let why = match st {
                 Ok(st) if st.success() => None,
                 Ok(st) => Some(format!("exited with {st}")),
-                Err(e) => Some(format!("cannot run sh: {e}")),
+                Err(e) => Some(e.detail()),
             };
             if let Some(why) = why {
                 log::error!("archive_command for {}: {why}; set kept", s.dir.display());

@@ -3,7 +3,6 @@
 //! restart when archive_mode / wal_level changed and the ini says how.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::config::{Master, Settings, SetupMethod, Slave};
 use super::error::{Result, WalmgrError};
@@ -138,11 +137,11 @@ fn apply(m: &Master, mut settings: Vec<(&'static str, String)>, dry_run: bool) -
 /// Run an operator's command line from the ini through sh.
 pub fn run_shell(key: &str, cmd: &str) -> Result<()> {
     log::info!("running {key}: {cmd}");
-    let st = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .status()
-        .map_err(|e| WalmgrError::command(key, e))?;
+    let st = crate::proc::Cmd::shell(cmd)
+        .output(crate::proc::Output::Inherit)
+        .run()
+        .map_err(|e| WalmgrError::command(key, e.detail()))?
+        .status;
     if !st.success() {
         return Err(WalmgrError::command(format!("{key} ({cmd})"), st));
     }
