@@ -33,6 +33,7 @@ use super::pg;
 use super::store::WalStore;
 use super::walname::WalName;
 use crate::fsutil;
+use crate::pg::lsn::Lsn;
 
 type StreamWriter = HashWriter<BufWriter<File>>;
 
@@ -45,7 +46,7 @@ enum Receiver {
 
 /// What the session learned and produced.
 struct Done {
-    stop_lsn: String,
+    stop_lsn: Lsn,
     label: String,
     sent_sha256: String,
     sent_bytes: u64,
@@ -70,7 +71,7 @@ pub fn backup(m: &Master) -> Result<()> {
     let done = pg::block_on(session(m, &set))?;
 
     let commit = CommitInfo {
-        stop_lsn: done.stop_lsn.clone(),
+        stop_lsn: done.stop_lsn,
         started_at,
         pg_version: done.pg_version.clone(),
         system_identifier: done.system_identifier.clone(),
@@ -365,7 +366,7 @@ async fn stream(
     client: &tokio_postgres::Client,
     writer: StreamWriter,
     tablespaces: Vec<Tablespace>,
-) -> Result<(String, String, String, u64)> {
+) -> Result<(Lsn, String, String, u64)> {
     let data = m.master_data.clone();
     let tar = tokio::task::spawn_blocking(move || -> Result<TarWriter<StreamWriter>> {
         let mut w = TarWriter::new(writer);
@@ -387,7 +388,10 @@ async fn stream(
         )
         .await
         .map_err(|e| pg::error(&m.master_db, &e))?;
-    let lsn: String = row.get(0);
+    let lsn_text: String = row.get(0);
+    let lsn: Lsn = lsn_text
+        .parse()
+        .map_err(|e| WalmgrError::Transfer(format!("backup: pg_backup_stop returned {e}")))?;
     let label: String = row.get(1);
     let map: Option<String> = row.get(2);
     let label2 = label.clone();
@@ -448,7 +452,11 @@ pub fn xcommit_backup(s: &Slave, set: &SetName, args: &[String]) -> Result<()> {
     let mut c = CommitInfo::default();
     for kv in &args[2..] {
         match kv.split_once('=') {
-            Some(("stop_lsn", v)) => c.stop_lsn = v.to_string(),
+            Some(("stop_lsn", v)) => {
+                c.stop_lsn = v
+                    .parse()
+                    .map_err(|e| WalmgrError::Usage(format!("{cmd}: stop_lsn: {e}")))?
+            }
             Some(("started_at", v)) => c.started_at = v.to_string(),
             Some(("pg_version", v)) => c.pg_version = Some(v.to_string()),
             Some(("system_identifier", v)) => c.system_identifier = Some(v.to_string()),

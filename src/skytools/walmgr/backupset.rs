@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{Compression, HashReader, HashWriter};
 use super::error::{io_err, Result, WalmgrError};
 use crate::fsutil::{self, PathError, TEMP_PREFIX};
+use crate::pg::lsn::Lsn;
 
 pub const BASE: &str = "base.tar";
 pub const LABEL: &str = "backup_label";
@@ -44,10 +45,10 @@ const MAX_LABEL: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
     pub set: SetName,
-    pub start_lsn: String,
+    pub start_lsn: Lsn,
     /// First WAL segment the backup needs ("START WAL LOCATION: ... (file <seg>)").
     pub start_segment: String,
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     pub started_at: String,
     pub finished_at: String,
     pub compression: Compression,
@@ -69,7 +70,7 @@ pub struct BackupInfo {
 /// What the sender knows that the stream does not.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     pub started_at: String,
     pub pg_version: Option<String>,
     pub system_identifier: Option<String>,
@@ -217,12 +218,12 @@ pub fn valid_set_name(set: &str) -> bool {
 }
 
 /// "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)" → (lsn, segment)
-pub fn parse_label(label: &str) -> Option<(String, String)> {
+pub fn parse_label(label: &str) -> Option<(Lsn, String)> {
     let line = label
         .lines()
         .find_map(|l| l.strip_prefix("START WAL LOCATION:"))?;
     let mut words = line.split_whitespace();
-    let lsn = words.next()?.to_string();
+    let lsn = words.next()?.parse().ok()?;
     let seg = line
         .split_once("(file ")?
         .1
@@ -402,7 +403,7 @@ impl Staging {
             set: self.set.clone(),
             start_lsn,
             start_segment,
-            stop_lsn: c.stop_lsn.clone(),
+            stop_lsn: c.stop_lsn,
             started_at: c.started_at.clone(),
             finished_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
@@ -728,7 +729,7 @@ mod tests {
         st.commit(
             &r,
             &CommitInfo {
-                stop_lsn: "0/2000138".into(),
+                stop_lsn: "0/2000138".parse().unwrap(),
                 started_at: "2026-11-22T20:00:00Z".into(),
                 ..Default::default()
             },
@@ -753,7 +754,10 @@ mod tests {
         assert_eq!(stamp(std::time::UNIX_EPOCH), "19700101T000000Z");
         assert_eq!(
             parse_label(LABEL_TEXT),
-            Some(("0/2000028".into(), "000000010000000000000002".into()))
+            Some((
+                "0/2000028".parse().unwrap(),
+                "000000010000000000000002".into()
+            ))
         );
         assert_eq!(parse_label("START WAL LOCATION: 0/1 (file ../../x)"), None);
     }

@@ -559,7 +559,7 @@ mod tests {
         st.commit(
             &r,
             &CommitInfo {
-                stop_lsn: "0/3000000".into(),
+                stop_lsn: "0/3000000".parse().unwrap(),
                 ..Default::default()
             },
         )
