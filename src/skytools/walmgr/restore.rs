@@ -22,7 +22,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::backupset::{self, Set};
+use super::backupset::{self, Set, SetName};
 use super::codec::HashReader;
 use super::config::{Slave, StoreSettings};
 use super::control::{remove_control, running_postmaster};
@@ -99,18 +99,19 @@ struct TsTarget {
 }
 
 /// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of standby.signal.
-pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) -> Result<()> {
+pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bool) -> Result<()> {
     let fb = &s.store.paths.full_backup;
     let sets = backupset::list(fb)?;
     let set = match set {
-        Some(name) => sets.iter().find(|x| x.info.set == name).ok_or_else(|| {
-            WalmgrError::Other(format!(
-                "restore: no backup set {name:?} in {}",
+        Some(name) => sets.iter().find(|x| x.info.set == *name).ok_or_else(|| {
+            WalmgrError::NoBackup(format!(
+                "restore: no backup set {:?} in {}",
+                name.as_str(),
                 fb.display()
             ))
         })?,
         None => sets.last().ok_or_else(|| {
-            WalmgrError::Other(format!("restore: no backups in {}", fb.display()))
+            WalmgrError::NoBackup(format!("restore: no backups in {}", fb.display()))
         })?,
     };
     let dst = match dst {
@@ -118,7 +119,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
         None => s.require_data()?.to_path_buf(),
     };
     if dst.file_name().is_none() {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Usage(format!(
             "restore: {}: not a directory name to restore into",
             dst.display()
         )));
@@ -131,7 +132,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
         }
     }
     if let Some(pid) = running_postmaster(&dst) {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Refused(format!(
             "restore: {}: PostgreSQL (pid {pid}) is running there; stop it first (or set slave_stop_cmd)",
             dst.display()
         )));
@@ -139,7 +140,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
     let move_aside = match is_empty_dir(&dst) {
         Ok(Some(false)) => {
             if !s.backup_datadir {
-                return Err(WalmgrError::Other(format!(
+                return Err(WalmgrError::Refused(format!(
                     "restore: {} is not empty (backup_datadir = no)",
                     dst.display()
                 )));
@@ -165,7 +166,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
                 None => true,
                 Some(true) => false,
                 Some(false) => {
-                    return Err(WalmgrError::Other(format!(
+                    return Err(WalmgrError::Refused(format!(
                         "restore: tablespace {oid}: {} is not empty",
                         dir.display()
                     )))
@@ -205,7 +206,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
 
     if move_aside {
         let stamp = backupset::stamp(std::time::SystemTime::now());
-        let aside = sibling(&dst, &format!(".{}", stamp.trim_end_matches('Z')));
+        let aside = sibling(&dst, &format!(".{}", stamp.as_str().trim_end_matches('Z')));
         fs::rename(&dst, &aside).map_err(io_err("move aside", &dst))?;
         log::info!("moved the old {} to {}", dst.display(), aside.display());
     }
@@ -331,7 +332,7 @@ fn lay_out(
     Ok(())
 }
 
-fn recovery_settings(s: &Slave, set: &str, recovery: bool, pg_major: u32) -> String {
+fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) -> String {
     let restore_command = match &s.restore_command {
         Some(c) => c.clone(),
         None => super::self_command(&s.ini, "xrestore %f %p %r"),
@@ -519,7 +520,7 @@ mod tests {
     }
 
     /// A fake cluster with one tablespace, backed up into the slave's store.
-    fn backup(root: &Path, s: &Slave, c: Compression) -> String {
+    fn backup(root: &Path, s: &Slave, c: Compression) -> SetName {
         let src = root.join("src");
         let ts = root.join("ts-src");
         fs::create_dir_all(src.join("base/1")).unwrap();
@@ -549,7 +550,7 @@ mod tests {
         let tar = w.finish().unwrap();
         let mut st = Staging::create(
             &s.store.paths.full_backup,
-            "20261122T200000Z",
+            &SetName::parse("20261122T200000Z").unwrap(),
             c,
             c.default_level(),
         )
@@ -558,7 +559,7 @@ mod tests {
         st.commit(
             &r,
             &CommitInfo {
-                stop_lsn: "0/3000000".into(),
+                stop_lsn: "0/3000000".parse().unwrap(),
                 ..Default::default()
             },
         )
@@ -692,9 +693,15 @@ mod tests {
         // As on another host: the original tablespace path exists, empty.
         fs::remove_dir_all(root.join("ts-src")).unwrap();
         fs::create_dir(root.join("ts-src")).unwrap();
-        let e = restore(&s, Some("20261122T200000Z-9"), None, false).unwrap_err();
+        let e = restore(
+            &s,
+            Some(&SetName::parse("20261122T200000Z-9").unwrap()),
+            None,
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("20261122T200000Z-9"), "{e}");
-        assert!(restore(&s, Some("../../etc"), None, false).is_err());
+        assert!(SetName::parse("../../etc").is_err());
 
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();
