@@ -465,11 +465,7 @@ pub struct PidFile {
 impl PidFile {
     /// Whether the process it names still exists.
     pub fn alive(&self) -> bool {
-        let pid = nix::unistd::Pid::from_raw(self.pid.abs());
-        !matches!(
-            nix::sys::signal::kill(pid, None),
-            Err(nix::errno::Errno::ESRCH)
-        )
+        crate::daemon::pid_alive(self.pid.abs())
     }
 }
 
