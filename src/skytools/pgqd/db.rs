@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::config::PgqdConfig;
 use crate::pg::one_line;
@@ -100,23 +100,17 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
-async fn connect(connstr: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(connstr, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
 /// Connected and pgq (>= 3) present, or why not and how long to wait.
 async fn open(
     shared: &Shared,
     db: &str,
     connect_wait: Duration,
 ) -> Result<Client, (String, Duration)> {
-    let client = connect(&shared.cfg.connstr(db))
+    // libpq's defaults fill in what base_connstr leaves out (the local socket, the OS
+    // user, PGHOST..., ~/.pgpass), as for the C pgqd.
+    let client = crate::pg::connect(&shared.cfg.connstr(db))
         .await
-        .map_err(|e| (format!("connection failed: {}", one_line(&e)), connect_wait))?;
+        .map_err(|e| (format!("connection failed: {}", e.detail()), connect_wait))?;
     let has = client
         .query_opt(
             "select 1 from pg_catalog.pg_namespace where nspname = 'pgq'",

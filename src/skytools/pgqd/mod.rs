@@ -189,24 +189,20 @@ async fn discover(cfg: &PgqdConfig) -> Result<BTreeSet<String>, String> {
     if !cfg.database_list.is_empty() {
         return Ok(cfg.database_list.iter().cloned().collect());
     }
-    let (client, conn) =
-        tokio_postgres::connect(&cfg.connstr(&cfg.initial_database), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                format!(
-                    "{}: connection failed: {}",
-                    cfg.initial_database,
-                    crate::pg::one_line(&e)
-                )
-            })?;
-    let conn = tokio::spawn(conn);
+    let client = crate::pg::connect(&cfg.connstr(&cfg.initial_database))
+        .await
+        .map_err(|e| {
+            format!(
+                "{}: connection failed: {}",
+                cfg.initial_database,
+                e.detail()
+            )
+        })?;
     let rows = client
         .query("select datname::text from pg_catalog.pg_database where not datistemplate and datallowconn", &[])
         .await
-        .map_err(|e| format!("{}: {}", cfg.initial_database, crate::pg::one_line(&e)));
-    drop(client);
-    let _ = conn.await;
-    Ok(rows?.iter().map(|r| r.get::<_, String>(0)).collect())
+        .map_err(|e| format!("{}: {}", cfg.initial_database, crate::pg::one_line(&e)))?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
 fn start_workers(shared: &Shared, db_name: &str) -> Workers {

@@ -34,9 +34,10 @@ pub fn remove_control(st: &WalStore, which: &str) -> Result<()> {
 
 /// The pid in `<data>/postmaster.pid` if that process is alive.
 pub fn running_postmaster(data: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    crate::daemon::pid_alive(pid).then_some(pid)
+    let pm = crate::pg::cluster::Layout::default()
+        .postmaster_pid(data)
+        .ok()??;
+    pm.alive().then_some(pm.pid)
 }
 
 pub fn boot(s: &Slave) -> Result<()> {

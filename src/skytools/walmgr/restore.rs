@@ -29,6 +29,7 @@ use super::control::{remove_control, running_postmaster};
 use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::store::{self, WalStore};
 use crate::fsutil::{self, PathError};
+use crate::pg::quote::conf_value;
 
 /// `walmgr <ini> listbackups` (the store is local here).
 pub fn listbackups(st: &StoreSettings) -> Result<()> {
@@ -56,11 +57,6 @@ pub fn listbackups(st: &StoreSettings) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `value` as a single-quoted postgresql.conf string.
-pub fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// tablespace_map: `<oid> <path>` per line (the path may contain spaces).
@@ -310,11 +306,10 @@ fn lay_out(
         .open(&auto)
         .map_err(io_err("open", &auto))?;
     // recovery_prefetch is new in 15: an unknown setting would stop an older server.
-    let pg_major = fs::read_to_string(tmp.join("PG_VERSION"))
-        .ok()
-        .and_then(|v| v.trim().split('.').next()?.parse().ok())
+    let pg_major = crate::pg::cluster::data_version(tmp)
+        .map(|v| v.major())
         .unwrap_or(15);
-    f.write_all(recovery_settings(s, &set.info.set, recovery, pg_major).as_bytes())
+    f.write_all(recovery_settings(s, &set.info.set, recovery, pg_major)?.as_bytes())
         .map_err(io_err("write", &auto))?;
     drop(f);
 
@@ -332,17 +327,33 @@ fn lay_out(
     Ok(())
 }
 
-fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) -> String {
+/// The settings a restore appends to postgresql.auto.conf. A value PostgreSQL cannot
+/// hold (a newline, from a continued ini line) is refused, naming its key.
+fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) -> Result<String> {
     let restore_command = match &s.restore_command {
         Some(c) => c.clone(),
         None => super::self_command(&s.ini, "xrestore %f %p %r"),
     };
+    let quote = |key: &str, v: &str| {
+        conf_value(v).map_err(|e| {
+            WalmgrError::Config(crate::config::ConfigError::BadValue {
+                path: s.ini.clone(),
+                section: "walmgr".into(),
+                key: key.into(),
+                value: v.into(),
+                reason: e.to_string(),
+            })
+        })
+    };
     let mut out = format!(
         "\n# walmgr restore of backup {set}\nrestore_command = {}\n",
-        conf_quote(&restore_command)
+        quote("restore_command", &restore_command)?
     );
     if let Some(pc) = &s.primary_conninfo {
-        out.push_str(&format!("primary_conninfo = {}\n", conf_quote(pc)));
+        out.push_str(&format!(
+            "primary_conninfo = {}\n",
+            quote("primary_conninfo", pc)?
+        ));
     }
     out.push_str("archive_mode = 'off'\n");
     if !recovery && pg_major >= 15 {
@@ -351,7 +362,7 @@ fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) ->
         // of the previous segment included, until that wait ends.
         out.push_str("recovery_prefetch = 'off'\n");
     }
-    out
+    Ok(out)
 }
 
 fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<()> {
@@ -568,11 +579,6 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(conf_quote("a 'b' c\\d"), "'a ''b'' c\\\\d'");
-    }
-
-    #[test]
     fn links_in_a_backup_tar_are_not_restored() {
         let d = tempfile::tempdir().unwrap();
         let mut b = tar::Builder::new(Vec::new());
@@ -646,8 +652,10 @@ mod tests {
         );
         assert!(auto.ends_with("archive_mode = 'off'\n"), "{auto}");
         assert!(!auto.contains("recovery_prefetch"), "{auto}");
-        let standby = recovery_settings(&s, &set, false, 15);
-        assert!(!recovery_settings(&s, &set, false, 14).contains("recovery_prefetch"));
+        let standby = recovery_settings(&s, &set, false, 15).unwrap();
+        assert!(!recovery_settings(&s, &set, false, 14)
+            .unwrap()
+            .contains("recovery_prefetch"));
         assert!(
             standby.ends_with("recovery_prefetch = 'off'\n"),
             "{standby}"
