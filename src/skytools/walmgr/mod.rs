@@ -381,6 +381,11 @@ mod tests {
     use clap::ValueEnum;
 
     #[test]
+    fn clap_command_is_consistent() {
+        super::command().debug_assert();
+    }
+
+    #[test]
     fn command_names_are_skytools_spellings() {
         for c in Cmd::value_variants() {
             let v = c.to_possible_value().unwrap();
