@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::pg::pg_ids;
 use common::wait_for;
 
 use std::os::unix::process::CommandExt;
@@ -59,13 +60,6 @@ async fn pgq_db(with_pgq: bool) -> String {
         .unwrap();
     }
     name
-}
-
-fn pg_ids() -> (u32, u32) {
-    let u = nix::unistd::User::from_name("postgres")
-        .unwrap()
-        .expect("user postgres must exist (apt install postgresql-15)");
-    (u.uid.as_raw(), u.gid.as_raw())
 }
 
 async fn drop_db(name: &str) {
@@ -221,7 +215,13 @@ impl Pgqd {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pgqd"));
+        // postgres may not reach target/ (a checkout under a 0700 directory): run a copy.
+        let bin = if self.as_postgres {
+            common::pg::pgqd_bin()
+        } else {
+            env!("CARGO_BIN_EXE_pgqd")
+        };
+        let mut c = Command::new(bin);
         if self.as_postgres {
             let (uid, gid) = pg_ids();
             c.uid(uid)
