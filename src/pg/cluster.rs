@@ -300,6 +300,15 @@ impl Layout {
         }
     }
 
+    /// The pid of a live postmaster on `data_dir`, from the first line of its
+    /// postmaster.pid alone, so that a file caught half-rewritten still counts as
+    /// running (for guards such as "do not restore over a running server").
+    pub fn running_postmaster(&self, data_dir: &Path) -> Option<i32> {
+        let text = std::fs::read_to_string(self.at(&data_dir.join("postmaster.pid"))).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        crate::daemon::pid_alive(pid.abs()).then_some(pid.abs())
+    }
+
     /// The socket lock files `.s.PGSQL.<port>.lock` in `dirs` (host paths), by
     /// directory then port. A missing directory has none.
     pub fn socket_locks(&self, dirs: &[PathBuf]) -> Result<Vec<SocketLock>, ClusterError> {
@@ -688,6 +697,14 @@ include_dir = 'conf.d'\t\t\t# include files ending in '.conf' from
         let pid = lay.postmaster_pid(&data).unwrap().unwrap();
         assert_eq!((pid.pid, pid.status), (2220, Some(PmStatus::Ready)));
         assert_eq!(lay.postmaster_pid(Path::new("/nowhere")).unwrap(), None);
+        // This test's own pid stands in for a live postmaster; a torn file still counts.
+        let me = std::process::id() as i32;
+        write(r, "/srv/pg/postmaster.pid", &format!("{me}\n/srv/pg\n"));
+        assert_eq!(lay.running_postmaster(Path::new("/srv/pg")), Some(me));
+        assert!(lay.postmaster_pid(Path::new("/srv/pg")).is_err());
+        write(r, "/srv/pg/postmaster.pid", "999999999\n");
+        assert_eq!(lay.running_postmaster(Path::new("/srv/pg")), None);
+        assert_eq!(lay.running_postmaster(Path::new("/nowhere")), None);
         let locks = lay
             .socket_locks(&[PathBuf::from("/var/run/postgresql"), PathBuf::from("/none")])
             .unwrap();
