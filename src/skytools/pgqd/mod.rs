@@ -128,6 +128,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let code = runtime.block_on(supervise(args, cfg, startup))?;
+    // The pidfile goes last: while it exists the process may still be closing its
+    // connections, and `--status` must not see a live pid once it is gone.
+    drop(runtime);
     drop(pidfile);
     Ok(code)
 }
