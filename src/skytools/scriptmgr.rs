@@ -86,24 +86,25 @@ pub fn load(path: &Path) -> anyhow::Result<(BTreeMap<String, Service>, Vec<Job>)
     cfg.require_section(SECTION)?;
     let mut services = BTreeMap::new();
     for name in cfg.sections().filter(|s| *s != SECTION) {
-        cfg.reject_unknown(name, SERVICE_KEYS)?;
+        let sec = cfg.section(name);
+        sec.reject_unknown(SERVICE_KEYS)?;
         let script = cfg.require(name, "script")?;
         services.insert(
             name.to_string(),
             Service {
                 name: name.to_string(),
                 script,
-                args: cfg
-                    .get(name, "args")?
+                args: sec
+                    .raw("args")?
                     .map(|a| a.split_whitespace().map(str::to_string).collect())
                     .unwrap_or_default(),
-                cwd: PathBuf::from(cfg.get(name, "cwd")?.unwrap_or_else(|| "/".into())),
-                disabled: cfg.get_bool(name, "disabled")?.unwrap_or(false),
-                user: cfg.get(name, "user")?.filter(|u| !u.is_empty()),
+                cwd: PathBuf::from(sec.raw("cwd")?.unwrap_or_else(|| "/".into())),
+                disabled: sec.bool("disabled", false)?,
+                user: sec.string("user")?,
             },
         );
     }
-    let patterns = cfg.get_list(SECTION, "config_list")?.unwrap_or_default();
+    let patterns = cfg.section(SECTION).list("config_list")?;
     let mut jobs = Vec::new();
     for pattern in patterns {
         let mut files: Vec<PathBuf> = glob_files(&pattern)
@@ -116,15 +117,12 @@ pub fn load(path: &Path) -> anyhow::Result<(BTreeMap<String, Service>, Vec<Job>)
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
+                let js = jc.section(svc);
                 jobs.push(Job {
-                    name: jc.get(svc, "job_name")?.unwrap_or(stem),
+                    name: js.raw("job_name")?.unwrap_or(stem),
                     service: svc.to_string(),
-                    pidfile: jc
-                        .get(svc, "pidfile")?
-                        .filter(|p| !p.is_empty())
-                        .map(PathBuf::from),
-                    disabled: services[svc].disabled
-                        || jc.get_bool(svc, "disabled")?.unwrap_or(false),
+                    pidfile: js.string("pidfile")?.map(PathBuf::from),
+                    disabled: services[svc].disabled || js.bool("disabled", false)?,
                     config: file.clone(),
                 });
             }

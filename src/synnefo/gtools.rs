@@ -3,6 +3,7 @@
 //! `EXCHANGE_GANETI`, `BACKEND_PREFIX_ID`; any case) so an operator can carry values
 //! over. Shared keys live in `[gtools]`; each program has its own section for the rest.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -72,44 +73,23 @@ pub struct Gtools {
     pub confirm_timeout: Duration,
 }
 
-fn seconds(cfg: &Config, key: &str, default: f64) -> Result<Duration, ConfigError> {
-    let v = cfg.get_parsed::<f64>(SECTION, key)?.unwrap_or(default);
-    if !(v > 0.0 && v < 86400.0) {
-        return Err(cfg.bad_value(
-            SECTION,
-            key,
-            &v.to_string(),
-            "must be between 0 and 86400 seconds".into(),
-        ));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 /// Smallest spool cap accepted: it must hold at least one job's messages.
 pub const MIN_SPOOL_BYTES: u64 = 16 * 1024;
 
-fn spool_cap(cfg: &Config) -> Result<u64, ConfigError> {
-    let v = cfg
-        .get_parsed::<u64>(SECTION, "spool_max_bytes")?
-        .unwrap_or(1 << 30);
-    if v < MIN_SPOOL_BYTES {
-        return Err(cfg.bad_value(
-            SECTION,
-            "spool_max_bytes",
-            &v.to_string(),
-            format!("must be at least {MIN_SPOOL_BYTES}"),
-        ));
-    }
-    Ok(v)
-}
+/// AMQP timeouts: more than zero, less than a day.
+const TIMEOUT_RANGE: (Bound<Duration>, Bound<Duration>) = (
+    Bound::Excluded(Duration::ZERO),
+    Bound::Excluded(Duration::from_secs(86400)),
+);
 
 impl Gtools {
     pub fn from_config(cfg: &Config, o: &Overrides) -> Result<Gtools, anyhow::Error> {
-        cfg.reject_unknown(SECTION, KEYS)?;
+        let sec = cfg.section(SECTION);
+        sec.reject_unknown(KEYS)?;
         let amqp_urls = if !o.amqp.is_empty() {
             o.amqp.clone()
         } else {
-            cfg.get_list(SECTION, "amqp_hosts")?
+            Some(sec.list("amqp_hosts")?)
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| vec![DEFAULT_AMQP.to_string()])
         };
@@ -124,36 +104,42 @@ impl Gtools {
         }
         let exchange = match &o.exchange {
             Some(e) => e.clone(),
-            None => cfg
-                .get(SECTION, "exchange_ganeti")?
+            None => sec
+                .raw("exchange_ganeti")?
                 .unwrap_or_else(|| "ganeti".into()),
         };
         if exchange.is_empty() || exchange.len() > 255 {
             anyhow::bail!("exchange name {exchange:?} must be 1 to 255 characters");
         }
-        let path_of =
-            |key: &str, over: &Option<PathBuf>, default: &str| -> Result<PathBuf, ConfigError> {
-                Ok(match over {
-                    Some(p) => p.clone(),
-                    None => PathBuf::from(cfg.get(SECTION, key)?.unwrap_or_else(|| default.into())),
-                })
-            };
+        let path_of = |key: &str, over: &Option<PathBuf>, default: &str| match over {
+            Some(p) => Ok::<_, ConfigError>(p.clone()),
+            None => sec.path_or(key, default),
+        };
         Ok(Gtools {
             amqp_urls,
             exchange,
-            backend_prefix: cfg
-                .get(SECTION, "backend_prefix_id")?
+            // Raw: an empty prefix is a setting (instance names without one).
+            backend_prefix: sec
+                .raw("backend_prefix_id")?
                 .unwrap_or_else(|| "snf-".into()),
             spool_dir: path_of("spool_dir", &o.spool_dir, DEFAULT_SPOOL_DIR)?,
-            spool_max_bytes: spool_cap(cfg)?,
+            spool_max_bytes: sec.number("spool_max_bytes", 1 << 30, MIN_SPOOL_BYTES..)?,
             data_dir: path_of(
                 "data_dir",
                 &o.data_dir,
                 crate::ganeti::ssconf::DEFAULT_DATA_DIR,
             )?,
-            node_name: o.node_name.clone().or(cfg.get(SECTION, "node_name")?),
-            connect_timeout: seconds(cfg, "amqp_connect_timeout", 10.0)?,
-            confirm_timeout: seconds(cfg, "amqp_confirm_timeout", 30.0)?,
+            node_name: o.node_name.clone().or(sec.raw("node_name")?),
+            connect_timeout: sec.duration(
+                "amqp_connect_timeout",
+                Duration::from_secs(10),
+                TIMEOUT_RANGE,
+            )?,
+            confirm_timeout: sec.duration(
+                "amqp_confirm_timeout",
+                Duration::from_secs(30),
+                TIMEOUT_RANGE,
+            )?,
         })
     }
 
@@ -186,7 +172,8 @@ pub fn log_settings(
     cli_debug: bool,
     default_file: &str,
 ) -> Result<(Target, log::LevelFilter), ConfigError> {
-    let debug = cli_debug || cfg.get_bool(section, "debug")?.unwrap_or(false);
+    let sec = cfg.section(section);
+    let debug = cli_debug || sec.bool("debug", false)?;
     let level = if debug {
         log::LevelFilter::Debug
     } else {
@@ -195,21 +182,17 @@ pub fn log_settings(
     if let Some(l) = cli_log {
         return Ok((Target::from_arg(l), level));
     }
-    if cfg.get_bool(section, "syslog")?.unwrap_or(false) {
+    if sec.bool("syslog", false)? {
         return Ok((
             Target::Syslog {
-                ident: cfg.get(section, "syslog_ident")?.unwrap_or_default(),
-                facility: cfg
-                    .get(section, "syslog_facility")?
-                    .unwrap_or_else(|| "daemon".into()),
-                socket: cfg.get(section, "syslog_socket")?.map(PathBuf::from),
+                ident: sec.raw("syslog_ident")?.unwrap_or_default(),
+                facility: sec.string_or("syslog_facility", "daemon")?,
+                socket: sec.path("syslog_socket")?,
             },
             level,
         ));
     }
-    let file = cfg
-        .get(section, "log_file")?
-        .unwrap_or_else(|| default_file.into());
+    let file = sec.raw("log_file")?.unwrap_or_else(|| default_file.into());
     Ok((Target::from_arg(&file), level))
 }
 

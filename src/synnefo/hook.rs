@@ -83,19 +83,14 @@ pub fn net_status(hook: &InstanceHook) -> (String, Value) {
 
 pub fn run(args: &Args, vars: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
     let cfg = gtools::load(args.config.as_deref())?;
-    cfg.reject_unknown(SECTION, &["timeout"])?;
+    let sec = cfg.section(SECTION);
+    sec.reject_unknown(&["timeout"])?;
     let g = Gtools::from_config(&cfg, &Overrides::default())?;
-    let timeout = cfg.get_parsed::<f64>(SECTION, "timeout")?.unwrap_or(5.0);
-    if !(0.1..=600.0).contains(&timeout) {
-        return Err(cfg
-            .bad_value(
-                SECTION,
-                "timeout",
-                &timeout.to_string(),
-                "must be 0.1 to 600 seconds".into(),
-            )
-            .into());
-    }
+    let timeout = sec.duration(
+        "timeout",
+        Duration::from_secs(5),
+        Duration::from_millis(100)..=Duration::from_secs(600),
+    )?;
     let hook = hookenv::parse(vars)?;
     if hook.phase != "post" {
         anyhow::bail!(
@@ -117,7 +112,7 @@ pub fn run(args: &Args, vars: &BTreeMap<String, String>) -> anyhow::Result<ExitC
     }
     let (routing_key, body) = net_status(&hook);
     let msg = Message::new(&g.exchange, &routing_key, &body)?;
-    publish(&g, msg, Duration::from_secs_f64(timeout))?;
+    publish(&g, msg, timeout)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -121,22 +121,14 @@ impl Splitter {
 
 pub fn run(args: &Args, mut input: impl Read) -> anyhow::Result<ExitCode> {
     let cfg = gtools::load(args.config.as_deref())?;
-    cfg.reject_unknown(SECTION, &["confirm_wait"])?;
+    let sec = cfg.section(SECTION);
+    sec.reject_unknown(&["confirm_wait"])?;
     let g = Gtools::from_config(&cfg, &Overrides::default())?;
-    let wait = cfg
-        .get_parsed::<f64>(SECTION, "confirm_wait")?
-        .unwrap_or(10.0);
-    if !(0.1..=600.0).contains(&wait) {
-        return Err(cfg
-            .bad_value(
-                SECTION,
-                "confirm_wait",
-                &wait.to_string(),
-                "must be 0.1 to 600 seconds".into(),
-            )
-            .into());
-    }
-    let wait = Duration::from_secs_f64(wait);
+    let wait = sec.duration(
+        "confirm_wait",
+        Duration::from_secs(10),
+        Duration::from_millis(100)..=Duration::from_secs(600),
+    )?;
     let routing_key = format!("ganeti.{}.event.progress", prefix(&args.instance));
     let spool = Spool::open(&g.spool_dir, g.spool_max_bytes)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

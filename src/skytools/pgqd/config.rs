@@ -1,6 +1,7 @@
 //! pgqd's configuration: the `[pgqd]` section of Skytools' C daemon, every key with the
 //! original's default, unknown keys rejected with the file and key named.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,15 +101,11 @@ pub struct PgqdConfig {
     pub status_file: Option<PathBuf>,
 }
 
-/// `~` at the start of a path is the invoking user's home, as libusual expands it.
-fn expand_tilde(v: &str) -> PathBuf {
-    match (v.strip_prefix('~'), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
-            PathBuf::from(format!("{}{rest}", home.to_string_lossy()))
-        }
-        _ => PathBuf::from(v),
-    }
-}
+/// Every period: more than zero, at most a week.
+const PERIOD_RANGE: (Bound<Duration>, Bound<Duration>) = (
+    Bound::Excluded(Duration::ZERO),
+    Bound::Included(Duration::from_secs(7 * 86400)),
+);
 
 impl PgqdConfig {
     pub fn load(path: &Path) -> Result<PgqdConfig, ConfigError> {
@@ -118,33 +115,11 @@ impl PgqdConfig {
 
     pub fn from_config(cfg: &Config) -> Result<PgqdConfig, ConfigError> {
         cfg.require_section(SECTION)?;
-        cfg.reject_unknown(SECTION, KEYS)?;
-        let s = |k: &str| cfg.get(SECTION, k);
-        let path_of = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
-            Ok(s(k)?.filter(|v| !v.is_empty()).map(|v| expand_tilde(&v)))
-        };
-        let period = |k: &str, default: f64| -> Result<Duration, ConfigError> {
-            let v = cfg.get_parsed::<f64>(SECTION, k)?.unwrap_or(default);
-            if !(v > 0.0 && v <= 86400.0 * 7.0) {
-                return Err(cfg.bad_value(
-                    SECTION,
-                    k,
-                    &v.to_string(),
-                    "must be a positive number of seconds".into(),
-                ));
-            }
-            Ok(Duration::from_secs_f64(v))
-        };
-        let syslog = match s("syslog")?.as_deref() {
-            None => true,
-            Some(v) => match v.to_lowercase().as_str() {
-                "1" | "yes" | "true" | "on" => true,
-                "0" | "no" | "false" | "off" => false,
-                _ => return Err(cfg.bad_value(SECTION, "syslog", v, "use 1 or 0".into())),
-            },
-        };
-        let pidfile = path_of("pidfile")?;
-        let status_file = match path_of("status_file")? {
+        let sec = cfg.section(SECTION);
+        sec.reject_unknown(KEYS)?;
+        let period = |k: &str, secs: u64| sec.duration(k, Duration::from_secs(secs), PERIOD_RANGE);
+        let pidfile = sec.path("pidfile")?;
+        let status_file = match sec.path("status_file")? {
             Some(p) => Some(p),
             None => pidfile
                 .as_ref()
@@ -152,22 +127,22 @@ impl PgqdConfig {
         };
         Ok(PgqdConfig {
             path: cfg.path().to_path_buf(),
-            logfile: path_of("logfile")?,
+            logfile: sec.path("logfile")?,
             pidfile,
-            base_connstr: s("base_connstr")?.unwrap_or_default(),
-            initial_database: s("initial_database")?
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "template1".into()),
-            database_list: cfg.get_list(SECTION, "database_list")?.unwrap_or_default(),
-            syslog,
-            syslog_ident: s("syslog_ident")?.unwrap_or_else(|| "pgqd".into()),
-            syslog_facility: s("syslog_facility")?.unwrap_or_else(|| "daemon".into()),
-            check_period: period("check_period", 60.0)?,
-            maint_period: period("maint_period", 120.0)?,
-            retry_period: period("retry_period", 30.0)?,
-            ticker_period: period("ticker_period", 1.0)?,
-            stats_period: period("stats_period", 30.0)?,
-            connection_lifetime: period("connection_lifetime", 3600.0)?,
+            base_connstr: sec.raw("base_connstr")?.unwrap_or_default(),
+            initial_database: sec.string_or("initial_database", "template1")?,
+            database_list: sec.list("database_list")?,
+            syslog: sec.bool("syslog", true)?,
+            syslog_ident: sec.raw("syslog_ident")?.unwrap_or_else(|| "pgqd".into()),
+            syslog_facility: sec
+                .raw("syslog_facility")?
+                .unwrap_or_else(|| "daemon".into()),
+            check_period: period("check_period", 60)?,
+            maint_period: period("maint_period", 120)?,
+            retry_period: period("retry_period", 30)?,
+            ticker_period: period("ticker_period", 1)?,
+            stats_period: period("stats_period", 30)?,
+            connection_lifetime: period("connection_lifetime", 3600)?,
             status_file,
         })
     }

@@ -2,10 +2,11 @@
 //! it has `master_data`, a slave ini otherwise. Everything is validated here, once, into
 //! [`Settings`]; the error names the file, section, key and value.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{expand_home, Config, ConfigError, Section};
 
 use super::codec::Compression;
 use super::error::{Result, WalmgrError};
@@ -166,13 +167,13 @@ impl Settings {
                 reason: "no section (walmgr reads the first section, e.g. [walmgr])".into(),
             })?
             .to_string();
-        let r = Reader { cfg, section };
-        if cfg.get(&r.section, "master_data")?.is_some() {
-            r.known(MASTER_KEYS)?;
-            Ok(Settings::Master(Box::new(r.master(ini)?)))
+        let sec = cfg.section(&section);
+        if sec.raw("master_data")?.is_some() {
+            known(&sec, MASTER_KEYS)?;
+            Ok(Settings::Master(Box::new(master(&sec, ini)?)))
         } else {
-            r.known(SLAVE_KEYS)?;
-            Ok(Settings::Slave(Box::new(r.slave(ini)?)))
+            known(&sec, SLAVE_KEYS)?;
+            Ok(Settings::Slave(Box::new(slave(&sec, ini)?)))
         }
     }
 
@@ -253,236 +254,216 @@ fn bin_dir(configured: Option<&Path>, data: &Path) -> Result<PathBuf> {
     )))
 }
 
-struct Reader<'a> {
-    cfg: &'a Config,
-    section: String,
+/// A value the ini has but walmgr cannot use.
+fn bad(sec: &Section, key: &str, value: &str, reason: impl Into<String>) -> WalmgrError {
+    sec.bad_value(key, value, reason).into()
 }
 
-impl Reader<'_> {
-    fn known(&self, side: &[&str]) -> Result<()> {
-        let all: Vec<&str> = COMMON_KEYS
-            .iter()
-            .chain(side)
-            .chain(IGNORED_KEYS)
-            .copied()
-            .collect();
-        Ok(self.cfg.reject_unknown(&self.section, &all)?)
-    }
+fn known(sec: &Section, side: &[&str]) -> Result<()> {
+    let all: Vec<&str> = COMMON_KEYS
+        .iter()
+        .chain(side)
+        .chain(IGNORED_KEYS)
+        .copied()
+        .collect();
+    Ok(sec.reject_unknown(&all)?)
+}
 
-    fn get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .cfg
-            .get(&self.section, key)?
-            .filter(|v| !v.trim().is_empty()))
+/// A store path key; Skytools master inis write them as `host:/path` (from
+/// `%(slave)s/...`), of which only the path is meant.
+fn store_path(sec: &Section, key: &str, root: &Path, default: &str) -> Result<PathBuf> {
+    match sec.string(key)? {
+        None => Ok(root.join(default)),
+        Some(v) => match split_remote(&v) {
+            Some((_, p)) => Ok(expand_home(p)),
+            None => Ok(expand_home(&v)),
+        },
     }
+}
 
-    fn require(&self, key: &str) -> Result<String> {
-        match self.get(key)? {
-            Some(v) => Ok(v),
-            None => Err(ConfigError::MissingKey {
-                path: self.cfg.path().to_path_buf(),
-                section: self.section.clone(),
-                key: key.into(),
-            }
-            .into()),
-        }
-    }
+fn store(sec: &Section, slave_path: &Path) -> Result<StoreSettings> {
+    let root = match sec.string("walmgr_data")? {
+        Some(v) => expand_home(split_remote(&v).map(|(_, p)| p).unwrap_or(&v)),
+        None => slave_path.to_path_buf(),
+    };
+    let paths = StorePaths {
+        completed_wals: store_path(sec, "completed_wals", &root, "logs.complete")?,
+        partial_wals: store_path(sec, "partial_wals", &root, "logs.partial")?,
+        full_backup: store_path(sec, "full_backup", &root, "data.master")?,
+        config_backup: store_path(sec, "config_backup", &root, "config.backup")?,
+        root,
+    };
+    Ok(StoreSettings {
+        paths,
+        keep_backups: sec.number("keep_backups", 0usize, ..)?,
+        archive_command: sec.string("archive_command")?,
+    })
+}
 
-    fn bad(&self, key: &str, value: &str, reason: impl Into<String>) -> WalmgrError {
-        let mut e = self.cfg.bad_value(&self.section, key, value, reason.into());
-        if let ConfigError::BadValue { section, .. } = &mut e {
-            section.clone_from(&self.section);
-        }
-        e.into()
-    }
+fn job_name(sec: &Section) -> Result<String> {
+    Ok(sec
+        .string("job_name")?
+        .unwrap_or_else(|| sec.name().to_string()))
+}
 
-    fn path(&self, key: &str) -> Result<Option<PathBuf>> {
-        Ok(self.get(key)?.map(|v| expand_home(&v)))
-    }
-
-    fn bool(&self, key: &str, default: bool) -> Result<bool> {
-        Ok(self.cfg.get_bool(&self.section, key)?.unwrap_or(default))
-    }
-
-    fn number<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
-        match self.get(key)? {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| self.bad(key, &v, "not a non-negative whole number")),
-        }
-    }
-
-    /// A store path key; Skytools master inis write them as `host:/path` (from
-    /// `%(slave)s/...`), of which only the path is meant.
-    fn store_path(&self, key: &str, root: &Path, default: &str) -> Result<PathBuf> {
-        match self.get(key)? {
-            None => Ok(root.join(default)),
-            Some(v) => match split_remote(&v) {
-                Some((_, p)) => Ok(expand_home(p)),
-                None => Ok(expand_home(&v)),
-            },
-        }
-    }
-
-    fn store(&self, slave_path: &Path) -> Result<StoreSettings> {
-        let root = match self.get("walmgr_data")? {
-            Some(v) => expand_home(split_remote(&v).map(|(_, p)| p).unwrap_or(&v)),
-            None => slave_path.to_path_buf(),
-        };
-        let paths = StorePaths {
-            completed_wals: self.store_path("completed_wals", &root, "logs.complete")?,
-            partial_wals: self.store_path("partial_wals", &root, "logs.partial")?,
-            full_backup: self.store_path("full_backup", &root, "data.master")?,
-            config_backup: self.store_path("config_backup", &root, "config.backup")?,
-            root,
-        };
-        Ok(StoreSettings {
-            paths,
-            keep_backups: self.number("keep_backups", 0usize)?,
-            archive_command: self.get("archive_command")?,
-        })
-    }
-
-    fn job_name(&self) -> Result<String> {
-        Ok(self
-            .get("job_name")?
-            .unwrap_or_else(|| self.section.clone()))
-    }
-
-    fn master(&self, ini: PathBuf) -> Result<Master> {
-        let slave_raw = self.require("slave")?;
-        let slave = match split_remote(&slave_raw) {
-            // ssh would take a host starting with '-' for an option.
-            Some((host, _)) if host.starts_with('-') => {
-                return Err(self.bad("slave", &slave_raw, "a host name cannot start with '-'"))
-            }
-            Some((host, path)) if !path.is_empty() => SlaveLocation::Remote {
-                host: host.to_string(),
-                path: expand_home(path),
-            },
-            Some(_) => return Err(self.bad("slave", &slave_raw, "expected /path or host:/path")),
-            None => SlaveLocation::Local(expand_home(&slave_raw)),
-        };
-        let slave_path = match &slave {
-            SlaveLocation::Local(p) | SlaveLocation::Remote { path: p, .. } => p.clone(),
-        };
-        let slave_config = self.path("slave_config")?;
-        if matches!(slave, SlaveLocation::Remote { .. }) && slave_config.is_none() {
-            return Err(self.bad(
+fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
+    let slave_raw = sec.required("slave")?;
+    let slave = match split_remote(&slave_raw) {
+        // ssh would take a host starting with '-' for an option.
+        Some((host, _)) if host.starts_with('-') => {
+            return Err(bad(
+                sec,
                 "slave",
                 &slave_raw,
-                "a remote slave needs slave_config (the slave's ini on that host)",
-            ));
+                "a host name cannot start with '-'",
+            ))
         }
-        let compression = match self.get("compression")? {
-            None => Compression::None,
-            Some(v) => Compression::parse(&v).ok_or_else(|| {
-                self.bad("compression", &v, "expected none, gzip or zstd (or 0/1)")
-            })?,
-        };
-        let level = match self.get("compression_level")? {
-            None => compression.default_level(),
-            Some(v) => {
-                let (lo, hi) = compression.level_range();
-                match v.trim().parse::<i32>() {
-                    Ok(n) if (lo..=hi).contains(&n) => n,
-                    _ => {
-                        return Err(self.bad(
-                            "compression_level",
-                            &v,
-                            format!("expected {lo}..{hi} for compression {}", compression.name()),
-                        ))
-                    }
+        Some((host, path)) if !path.is_empty() => SlaveLocation::Remote {
+            host: host.to_string(),
+            path: expand_home(path),
+        },
+        Some(_) => {
+            return Err(bad(
+                sec,
+                "slave",
+                &slave_raw,
+                "expected /path or host:/path",
+            ))
+        }
+        None => SlaveLocation::Local(expand_home(&slave_raw)),
+    };
+    let slave_path = match &slave {
+        SlaveLocation::Local(p) | SlaveLocation::Remote { path: p, .. } => p.clone(),
+    };
+    let slave_config = sec.path("slave_config")?;
+    if matches!(slave, SlaveLocation::Remote { .. }) && slave_config.is_none() {
+        return Err(bad(
+            sec,
+            "slave",
+            &slave_raw,
+            "a remote slave needs slave_config (the slave's ini on that host)",
+        ));
+    }
+    let compression = match sec.string("compression")? {
+        None => Compression::None,
+        Some(v) => Compression::parse(&v).ok_or_else(|| {
+            bad(
+                sec,
+                "compression",
+                &v,
+                "expected none, gzip or zstd (or 0/1)",
+            )
+        })?,
+    };
+    let level = match sec.string("compression_level")? {
+        None => compression.default_level(),
+        Some(v) => {
+            let (lo, hi) = compression.level_range();
+            match v.trim().parse::<i32>() {
+                Ok(n) if (lo..=hi).contains(&n) => n,
+                _ => {
+                    return Err(bad(
+                        sec,
+                        "compression_level",
+                        &v,
+                        format!("expected {lo}..{hi} for compression {}", compression.name()),
+                    ))
                 }
             }
-        };
-        let setup_method = match self.get("setup_method")?.as_deref().map(str::trim) {
-            None | Some("alter_system") => SetupMethod::AlterSystem,
-            Some("config_file") => SetupMethod::ConfigFile,
-            Some(v) => {
-                return Err(self.bad("setup_method", v, "expected alter_system or config_file"))
-            }
-        };
-        let master_config = self.path("master_config")?;
-        if setup_method == SetupMethod::ConfigFile && master_config.is_none() {
-            return Err(self.bad(
+        }
+    };
+    let setup_method = match sec.string("setup_method")?.as_deref().map(str::trim) {
+        None | Some("alter_system") => SetupMethod::AlterSystem,
+        Some("config_file") => SetupMethod::ConfigFile,
+        Some(v) => {
+            return Err(bad(
+                sec,
                 "setup_method",
-                "config_file",
-                "needs master_config (the postgresql.conf to edit)",
-            ));
+                v,
+                "expected alter_system or config_file",
+            ))
         }
-        let ssh_raw = self
-            .get("ssh")?
-            .unwrap_or_else(|| "ssh -o BatchMode=yes".into());
-        let ssh = shlex::split(&ssh_raw)
-            .filter(|w| !w.is_empty())
-            .ok_or_else(|| self.bad("ssh", &ssh_raw, "not a command line"))?;
-        let master_data = self.path("master_data")?.unwrap_or_default();
-        let backup_lock = match self.path("backup_lock")? {
-            Some(p) => p,
-            None => crate::fsutil::parent_dir(&master_data).join("walmgr-backup.lock"),
-        };
-        Ok(Master {
-            job_name: self.job_name()?,
-            logfile: self.path("logfile")?,
-            master_db: self
-                .get("master_db")?
-                .unwrap_or_else(|| "dbname=template1".into()),
-            master_data,
-            master_config,
-            master_bin: self.path("master_bin")?,
-            master_restart_cmd: self.get("master_restart_cmd")?,
-            store: self.store(&slave_path)?,
-            slave,
-            slave_config,
-            compression,
-            compression_level: level,
-            check_wal_header: self.bool("check_wal_header", true)?,
-            hot_standby: self.bool("hot_standby", false)?,
-            setup_method,
-            ssh,
-            remote_walmgr: self
-                .get("remote_walmgr")?
-                .unwrap_or_else(|| "walmgr".into()),
-            backup_lock,
-            ini,
-        })
+    };
+    let master_config = sec.path("master_config")?;
+    if setup_method == SetupMethod::ConfigFile && master_config.is_none() {
+        return Err(bad(
+            sec,
+            "setup_method",
+            "config_file",
+            "needs master_config (the postgresql.conf to edit)",
+        ));
     }
+    let ssh_raw = sec
+        .string("ssh")?
+        .unwrap_or_else(|| "ssh -o BatchMode=yes".into());
+    let ssh = shlex::split(&ssh_raw)
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| bad(sec, "ssh", &ssh_raw, "not a command line"))?;
+    let master_data = sec.path("master_data")?.unwrap_or_default();
+    let backup_lock = match sec.path("backup_lock")? {
+        Some(p) => p,
+        None => crate::fsutil::parent_dir(&master_data).join("walmgr-backup.lock"),
+    };
+    Ok(Master {
+        job_name: job_name(sec)?,
+        logfile: sec.path("logfile")?,
+        master_db: sec
+            .string("master_db")?
+            .unwrap_or_else(|| "dbname=template1".into()),
+        master_data,
+        master_config,
+        master_bin: sec.path("master_bin")?,
+        master_restart_cmd: sec.string("master_restart_cmd")?,
+        store: store(sec, &slave_path)?,
+        slave,
+        slave_config,
+        compression,
+        compression_level: level,
+        check_wal_header: sec.bool("check_wal_header", true)?,
+        hot_standby: sec.bool("hot_standby", false)?,
+        setup_method,
+        ssh,
+        remote_walmgr: sec
+            .string("remote_walmgr")?
+            .unwrap_or_else(|| "walmgr".into()),
+        backup_lock,
+        ini,
+    })
+}
 
-    fn slave(&self, ini: PathBuf) -> Result<Slave> {
-        let slave_raw = self.require("slave")?;
-        if split_remote(&slave_raw).is_some() {
-            return Err(self.bad(
-                "slave",
-                &slave_raw,
-                "a slave ini names its own local walshipping directory (no host:)",
-            ));
-        }
-        let wait = match self.get("standby_wait")? {
-            None => Duration::from_secs(1),
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(s) if s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
-                _ => return Err(self.bad("standby_wait", &v, "expected seconds, > 0")),
-            },
-        };
-        Ok(Slave {
-            job_name: self.job_name()?,
-            logfile: self.path("logfile")?,
-            slave_data: self.path("slave_data")?,
-            slave_bin: self.path("slave_bin")?,
-            slave_stop_cmd: self.get("slave_stop_cmd")?,
-            slave_start_cmd: self.get("slave_start_cmd")?,
-            store: self.store(&expand_home(&slave_raw))?,
-            backup_datadir: self.bool("backup_datadir", true)?,
-            primary_conninfo: self.get("primary_conninfo")?,
-            restore_command: self.get("restore_command")?,
-            tablespace_dir: self.path("tablespace_dir")?,
-            standby_wait: wait,
-            ini,
-        })
+fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
+    let slave_raw = sec.required("slave")?;
+    if split_remote(&slave_raw).is_some() {
+        return Err(bad(
+            sec,
+            "slave",
+            &slave_raw,
+            "a slave ini names its own local walshipping directory (no host:)",
+        ));
     }
+    let wait = sec.duration(
+        "standby_wait",
+        Duration::from_secs(1),
+        (
+            Bound::Excluded(Duration::ZERO),
+            Bound::Included(Duration::from_secs(3600)),
+        ),
+    )?;
+    Ok(Slave {
+        job_name: job_name(sec)?,
+        logfile: sec.path("logfile")?,
+        slave_data: sec.path("slave_data")?,
+        slave_bin: sec.path("slave_bin")?,
+        slave_stop_cmd: sec.string("slave_stop_cmd")?,
+        slave_start_cmd: sec.string("slave_start_cmd")?,
+        store: store(sec, &expand_home(&slave_raw))?,
+        backup_datadir: sec.bool("backup_datadir", true)?,
+        primary_conninfo: sec.string("primary_conninfo")?,
+        restore_command: sec.string("restore_command")?,
+        tablespace_dir: sec.path("tablespace_dir")?,
+        standby_wait: wait,
+        ini,
+    })
 }
 
 /// `host:/path` → (host, path). A plain path (or one whose colon comes after a slash)
@@ -493,18 +474,6 @@ pub fn split_remote(v: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((host, path))
-}
-
-/// `~/x` → `$HOME/x`, as Skytools' getfile did.
-fn expand_home(v: &str) -> PathBuf {
-    let v = v.trim();
-    match v.strip_prefix("~/") {
-        Some(rest) => match std::env::var_os("HOME") {
-            Some(h) => PathBuf::from(h).join(rest),
-            None => PathBuf::from(v),
-        },
-        None => PathBuf::from(v),
-    }
 }
 
 #[cfg(test)]

@@ -99,9 +99,10 @@ pub struct Settings {
 impl Settings {
     pub fn load(args: &Args) -> anyhow::Result<Settings> {
         let cfg = gtools::load(args.config.as_deref())?;
+        let sec = cfg.section(SECTION);
         let mut known: Vec<&str> = SECTION_KEYS.to_vec();
         known.extend_from_slice(gtools::LOG_KEYS);
-        cfg.reject_unknown(SECTION, &known)?;
+        sec.reject_unknown(&known)?;
         let o = Overrides {
             amqp: args.amqp.clone(),
             exchange: args.exchange.clone(),
@@ -110,11 +111,13 @@ impl Settings {
             node_name: args.node_name.clone(),
         };
         let gtools = Gtools::from_config(&cfg, &o)?;
-        let pick = |flag: &Option<PathBuf>, key: &str, default: &str| -> anyhow::Result<PathBuf> {
-            Ok(match flag {
-                Some(p) => p.clone(),
-                None => PathBuf::from(cfg.get(SECTION, key)?.unwrap_or_else(|| default.into())),
-            })
+        let queue_dir = match &args.queue_dir {
+            Some(p) => p.clone(),
+            None => sec.path_or("queue_dir", DEFAULT_QUEUE_DIR)?,
+        };
+        let pid_file = match &args.pid_file {
+            Some(p) => p.clone(),
+            None => sec.path_or("pid_file", DEFAULT_PID_FILE)?,
         };
         let (log, level) = gtools::log_settings(
             &cfg,
@@ -124,8 +127,8 @@ impl Settings {
             DEFAULT_LOG_FILE,
         )?;
         Ok(Settings {
-            queue_dir: pick(&args.queue_dir, "queue_dir", DEFAULT_QUEUE_DIR)?,
-            pid_file: pick(&args.pid_file, "pid_file", DEFAULT_PID_FILE)?,
+            queue_dir,
+            pid_file,
             gtools,
             log,
             level,
