@@ -14,5 +14,6 @@ pub mod ganeti;
 pub mod logging;
 pub mod pg;
 
+pub mod calink;
 pub mod skytools;
 pub mod synnefo;
