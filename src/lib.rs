@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod ganeti;
 pub mod logging;
 pub mod pg;
+pub mod proc;
 
 pub mod calink;
 pub mod skytools;

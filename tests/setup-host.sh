@@ -21,7 +21,7 @@ packages=(
     postgresql-15 postgresql-15-pgq3 postgresql-contrib
     rabbitmq-server
     socat iproute2 util-linux procps
-    # tests/walmgr.rs: its own sshd on 127.0.0.1 (a remote store), ssh-keygen, mount
+    # tests/walmgr/: its own sshd on 127.0.0.1 (a remote store), ssh-keygen, mount
     # (tmpfs), sha256sum/dd; PostgreSQL 15 binaries (initdb, pg_ctl, pgbench) come with
     # postgresql-15 / postgresql-contrib above.
     openssh-server openssh-client coreutils
@@ -62,7 +62,7 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
 fi
 say "PostgreSQL and RabbitMQ are up"
 
-# tests/walmgr.rs starts a private sshd (never the system one); sshd needs its
+# tests/walmgr/ starts a private sshd (tests/common/sshd.rs) (never the system one); sshd needs its
 # privilege-separation directory, which only the ssh service creates at boot.
 if [ ! -d /run/sshd ]; then
     install -d -m 0755 /run/sshd

@@ -1,0 +1,111 @@
+//! A real sshd on a private port for the tests of remote operation (walmgr's remote
+//! store): its own host key, and a client key `postgres` logs in with.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::cmd::{ok, run, show, Bg};
+use super::pg::{as_postgres, chown_pg, Sandbox};
+use super::wait_for;
+
+/// A real sshd on 127.0.0.1:`port` with its own host key; `postgres` logs in with a key
+/// the test generated. `ssh` is the client command line (walmgr's `ssh` ini key).
+pub struct Sshd {
+    _child: Bg,
+    pub ssh: String,
+    pub log: PathBuf,
+}
+
+impl Sshd {
+    pub fn start(sb: &Sandbox, port: u16) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd is missing (apt install openssh-server; tests/setup-host.sh)"
+        );
+        fs::create_dir_all("/run/sshd").unwrap();
+        fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = sb.mkdir("ssh");
+        let host_key = dir.join("host_ed25519");
+        let user_key = dir.join("id_ed25519");
+        for (k, c) in [
+            (&host_key, "walmgr-test-host"),
+            (&user_key, "walmgr-test-user"),
+        ] {
+            ok(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", c, "-f"])
+                .arg(k));
+        }
+        // The client key belongs to postgres (archive_command runs as postgres).
+        chown_pg(&user_key);
+        chown_pg(&dir.join("id_ed25519.pub"));
+        let authorized = dir.join("authorized_keys");
+        fs::copy(dir.join("id_ed25519.pub"), &authorized).unwrap();
+        chown_pg(&authorized);
+        let host_pub = fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
+        let known = dir.join("known_hosts");
+        fs::write(&known, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+        chown_pg(&known);
+        let conf = dir.join("sshd_config");
+        fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile none\n\
+                 AuthorizedKeysFile {ak}\nStrictModes no\nPubkeyAuthentication yes\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nUsePAM yes\nAllowUsers postgres root\n\
+                 PrintMotd no\nLogLevel VERBOSE\n",
+                hk = host_key.display(),
+                ak = authorized.display(),
+            ),
+        )
+        .unwrap();
+        ok(Command::new("/usr/sbin/sshd")
+            .arg("-t")
+            .arg("-f")
+            .arg(&conf));
+        let log = dir.join("sshd.log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("/usr/sbin/sshd (apt install openssh-server; tests/setup-host.sh)");
+        let ssh = format!(
+            "ssh -F /dev/null -p {port} -i {key} -o UserKnownHostsFile={known} \
+             -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes \
+             -o ConnectTimeout=10 -o LogLevel=ERROR -l postgres",
+            key = user_key.display(),
+            known = known.display(),
+        );
+        let s = Sshd {
+            _child: Bg(Some(child)),
+            ssh,
+            log,
+        };
+        let mut last = String::new();
+        let up = wait_for(Duration::from_secs(15), || {
+            let o = run(s.client().args(["127.0.0.1", "echo", "ssh-ok"]));
+            last = show(&s.client(), &o);
+            String::from_utf8_lossy(&o.stdout).trim() == "ssh-ok"
+        });
+        assert!(
+            up,
+            "cannot log in through the test sshd: {last}\n--- sshd log ---\n{}",
+            fs::read_to_string(&s.log).unwrap_or_default()
+        );
+        s
+    }
+
+    /// The ssh client as postgres.
+    pub fn client(&self) -> Command {
+        let mut w = self.ssh.split_whitespace();
+        let mut c = as_postgres(w.next().unwrap());
+        c.args(w);
+        c
+    }
+}
