@@ -22,11 +22,12 @@ use nix::unistd::{ForkResult, Pid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("pidfile {path}: {op}: {source}")]
+    // The io::Error is a detail of this line, not a source (see crate::cli).
+    #[error("pidfile {path}: {op}: {err}")]
     Pidfile {
         path: PathBuf,
         op: &'static str,
-        source: std::io::Error,
+        err: std::io::Error,
     },
     #[error("already running as pid {pid} (pidfile {path} is locked)")]
     Running { path: PathBuf, pid: i32 },
@@ -73,7 +74,7 @@ pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
                 .map_err(|_| DaemonError::Pidfile {
                     path: path.to_path_buf(),
                     op: "parse",
-                    source: std::io::Error::new(
+                    err: std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!("content {s:?} is not a pid"),
                     ),
@@ -83,7 +84,7 @@ pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
         Err(e) => Err(DaemonError::Pidfile {
             path: path.to_path_buf(),
             op: "read",
-            source: e,
+            err: e,
         }),
     }
 }
@@ -113,10 +114,10 @@ impl Pidfile {
     /// the file is only treated as running when that pid runs the same executable (an
     /// older, non-locking writer); any other content is stale and is overwritten.
     pub fn acquire(path: &Path) -> Result<Pidfile, DaemonError> {
-        let err = |op, source| DaemonError::Pidfile {
+        let err = |op, err| DaemonError::Pidfile {
             path: path.to_path_buf(),
             op,
-            source,
+            err,
         };
         let file = OpenOptions::new()
             .read(true)

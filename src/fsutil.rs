@@ -16,15 +16,22 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// An I/O failure together with the path it happened on, so the one-line error an
-/// operator sees always names the file.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {path}: {source}")]
+/// operator sees always names the file. The io::Error is printed as part of this line
+/// and is therefore not also its `source()` (the rule in crate::cli).
+#[derive(Debug)]
 pub struct PathError {
     pub op: &'static str,
     pub path: PathBuf,
-    #[source]
     pub source: io::Error,
 }
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for PathError {}
 
 impl PathError {
     pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {

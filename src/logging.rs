@@ -37,11 +37,9 @@ impl Target {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("cannot open log file {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // The io::Error is a detail of this line, not a source (see crate::cli).
+    #[error("cannot open log file {path}: {err}")]
+    File { path: PathBuf, err: std::io::Error },
     #[error("unknown syslog facility {0:?} (use daemon, user, local0 .. local7, ...)")]
     Facility(String),
     #[error("cannot connect to syslog{}: {reason}", .socket.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default())]
@@ -73,9 +71,9 @@ fn open_file(path: &PathBuf) -> Result<File, LogError> {
         .create(true)
         .mode(0o640)
         .open(path)
-        .map_err(|source| LogError::File {
+        .map_err(|err| LogError::File {
             path: path.clone(),
-            source,
+            err,
         })
 }
 
