@@ -298,10 +298,7 @@ impl Cmd {
         Ok(c)
     }
 
-    fn spawn_and_wait(
-        &self,
-        fill: Option<Fill<'_>>,
-    ) -> Result<Outcome, Error> {
+    fn spawn_and_wait(&self, fill: Option<Fill<'_>>) -> Result<Outcome, Error> {
         let mut c = self.command()?;
         c.stdin(if fill.is_some() {
             Stdio::piped()

@@ -1,4 +1,6 @@
 //! calink: one command gathers a host's facts, command output and files into one
 //! archive (CaLink's job, with sos' bounds and without its temporary copy).
 
+pub mod config;
+pub mod glob;
 pub mod info;

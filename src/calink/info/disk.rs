@@ -129,9 +129,9 @@ impl IostatProbe {
     pub(super) fn new() -> Result<IostatProbe, InfoError> {
         const B: &str = "/sys/block";
         let mut devices: Vec<String> = std::fs::read_dir(B)
-            .map_err(|source| InfoError::Read {
+            .map_err(|error| InfoError::Read {
                 path: B.into(),
-                source,
+                error,
             })?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().join("device").exists())

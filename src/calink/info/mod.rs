@@ -23,11 +23,10 @@ pub use system::{host, loadavg, os, uptime, version, Host, Loadavg, Os, Uptime, 
 
 #[derive(Debug, thiserror::Error)]
 pub enum InfoError {
-    #[error("read {path}: {source}")]
+    #[error("read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
@@ -37,9 +36,9 @@ pub enum InfoError {
 
 pub(crate) fn read(path: impl AsRef<Path>) -> Result<String, InfoError> {
     let path = path.as_ref();
-    std::fs::read_to_string(path).map_err(|source| InfoError::Read {
+    std::fs::read_to_string(path).map_err(|error| InfoError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -31,9 +31,9 @@ pub struct Process {
 
 /// Every process visible in /proc, by pid. One that exits while being read is left out.
 pub fn ps() -> Result<Vec<Process>, InfoError> {
-    let dir = std::fs::read_dir("/proc").map_err(|source| InfoError::Read {
+    let dir = std::fs::read_dir("/proc").map_err(|error| InfoError::Read {
         path: "/proc".into(),
-        source,
+        error,
     })?;
     let tick = clock_ticks();
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

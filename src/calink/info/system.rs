@@ -92,7 +92,7 @@ pub struct Host {
 pub fn host() -> Result<Host, InfoError> {
     let u = nix::sys::utsname::uname().map_err(|e| InfoError::Read {
         path: "uname(2)".into(),
-        source: e.into(),
+        error: e.into(),
     })?;
     let hostname = u.nodename().to_string_lossy().into_owned();
     Ok(Host {
