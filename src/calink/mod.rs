@@ -4,3 +4,4 @@
 pub mod config;
 pub mod glob;
 pub mod info;
+pub mod scrub;
