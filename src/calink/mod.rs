@@ -4,4 +4,6 @@
 pub mod config;
 pub mod glob;
 pub mod info;
+pub mod manifest;
+pub mod obfuscate;
 pub mod scrub;

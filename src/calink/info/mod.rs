@@ -19,7 +19,7 @@ use std::str::FromStr;
 pub use disk::{disk, iostat, Filesystem, Iostat};
 pub use ps::{ps, Process};
 pub use sample::{cpu, smem, vmem, Cpu, Sampling, Smem, Summary, Vmem};
-pub use system::{host, loadavg, os, uptime, version, Host, Loadavg, Os, Uptime, Version};
+pub use system::{fqdn, host, loadavg, os, uptime, version, Host, Loadavg, Os, Uptime, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InfoError {
