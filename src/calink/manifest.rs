@@ -19,7 +19,11 @@ pub enum Kind {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Collected,
+    /// Asked for but not in the archive: missing, unreadable, over the total cap, a
+    /// command that could not be started. Makes the run incomplete.
     Skipped,
+    /// Left out on purpose (a socket, calink's own files, a glob that matched nothing).
+    Excluded,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -82,6 +86,12 @@ impl Entry {
 
     pub fn skipped(mut self, reason: impl Into<String>) -> Entry {
         self.status = Status::Skipped;
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn excluded(mut self, reason: impl Into<String>) -> Entry {
+        self.status = Status::Excluded;
         self.reason = Some(reason.into());
         self
     }
