@@ -20,7 +20,7 @@ use crate::fsutil::{self, EarlyWriteback, PathError};
 pub enum ArchiveError {
     #[error("{path}: disk full, no archive written: {error}")]
     DiskFull { path: String, error: io::Error },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(PathError),
     #[error("{path}: not written: the archive still holds the host's {}: {}", if .found.len() == 1 { "name or address" } else { "names or addresses" }, .found.join(", "))]
     Leak { path: String, found: Vec<String> },
@@ -156,5 +156,40 @@ mod tests {
         assert!(e.to_string().contains("boom"), "{e}");
         assert!(!q.exists());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_leak_found_by_the_scan_leaves_nothing() {
+        use crate::calink::obfuscate::{HostFacts, Kind, Obfuscator};
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Obfuscator::load(&d.path().join("map/m.json")).unwrap();
+        o.learn(&HostFacts {
+            names: vec![(Kind::Host, "web1".into()), (Kind::Ipv4, "10.1.2.3".into())],
+        });
+        let p = d.path().join("a.tar.gz");
+        let e = write(&p, "top", 0, Some(o.scanner()), |a| {
+            a.add(
+                "/etc/clean",
+                o.apply_str("web1 at 10.1.2.3").as_bytes(),
+                0o644,
+                None,
+            )?;
+            a.add("/etc/web1.conf", b"x", 0o644, None)?;
+            a.add("/etc/y", b"abc-10.1.2.3", 0o644, None)?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, ArchiveError::Leak { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("names or addresses: 10.1.2.3, web1"),
+            "{e}"
+        );
+        assert!(!p.exists());
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "only the map directory"
+        );
     }
 }

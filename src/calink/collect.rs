@@ -158,12 +158,15 @@ impl Run<'_, '_> {
         (self.obfuscate(&data), n)
     }
 
+    /// Add one of calink's own outputs, scrubbed (a command line or a process's
+    /// arguments may hold a secret) and obfuscated like everything else.
     fn report(&mut self, a: &mut Archive<'_>, name: &str, data: Vec<u8>) -> io::Result<()> {
         let name = self.obfuscate_str(name);
-        let data = self.obfuscate(&data);
+        let (data, scrubbed) = self.clean(&name, &data);
         let mut e = Entry::new(Kind::Report, name.clone(), None);
         let member = a.add(&name, &data, 0o644, None)?;
         e.stored(&member, &data);
+        e.scrubbed = scrubbed;
         self.manifest.push(e);
         Ok(())
     }
@@ -359,16 +362,9 @@ impl Run<'_, '_> {
             );
             let (out, n_out) = self.clean(label, &r.stdout);
             let (err, n_err) = self.clean(label, &r.stderr);
-            let mut r_shown = r.clone();
-            r_shown.line = {
-                let (l, _) = if self.o.scrub {
-                    scrub::scrub(label, line.as_bytes())
-                } else {
-                    (line.as_bytes().to_vec(), 0)
-                };
-                String::from_utf8_lossy(&l).into_owned()
-            };
-            let entry_text = commands::log_entry(&r_shown, &out, &err);
+            // The whole log is scrubbed and obfuscated again when stored (`report`),
+            // which also covers the command line.
+            let entry_text = commands::log_entry(&r, &out, &err);
             let mut e = Entry::new(Kind::Command, label.clone(), None);
             e.archive_name = Some(self.member(&s.output.commands_file()));
             e.size = Some((out.len() + err.len()) as u64);

@@ -70,13 +70,13 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("output directory {path}: {reason}")]
     OutputDir { path: PathBuf, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Obfuscate(#[from] obfuscate::ObfuscateError),
-    #[error("{0}")]
+    #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
 }
 

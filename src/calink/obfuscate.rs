@@ -27,7 +27,7 @@ pub const DEFAULT_MAP: &str = "/var/lib/calink/obfuscation.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObfuscateError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] PathError),
     #[error("{path}: not a valid obfuscation map: {reason}")]
     BadMap { path: PathBuf, reason: String },

@@ -1,7 +1,8 @@
 //! Secret scrubbing, on by default: what an operator would not mail to a vendor.
 //!
 //! - values of `key = value` / `key: value` lines whose key ends in a secret word
-//!   (password, passwd, pass, secret, token, api_key, ...), quoted or not;
+//!   (password, passwd, pass, secret, token, api_key, ...), quoted or not, and of
+//!   `key=value` words anywhere in a line (`PGPASSWORD=x psql`, `--db-password=x`);
 //! - the password of a URL with credentials (`amqp://user:pass@host`);
 //! - the password field of `.pgpass` lines (files named `*pgpass*`);
 //! - the body of PEM private-key blocks.
@@ -57,6 +58,7 @@ pub fn scrub(name: &str, data: &[u8]) -> (Vec<u8>, usize) {
         }
         count += scrub_urls(&mut l);
         count += scrub_key_value(&mut l);
+        count += scrub_inline(&mut l);
         out.extend_from_slice(&l);
     }
     (out, count)
@@ -171,15 +173,7 @@ fn scrub_key_value(line: &mut Vec<u8>) -> usize {
     if key.is_empty() || (sep == b':' && key == b"passwd") {
         return 0;
     }
-    // A key ends in a secret word (pgpassword, db_password); the short `pass` only as a
-    // word of its own (rabbit_pass, not compass or bypass).
-    let secret = KEY_WORDS.iter().any(|w| {
-        key.ends_with(w.as_bytes())
-            && (*w != "pass"
-                || key.len() == w.len()
-                || matches!(key[key.len() - w.len() - 1], b'_' | b'-' | b'.'))
-    });
-    if !secret {
+    if !secret_key(&key) {
         return 0;
     }
     i += 1;
@@ -206,6 +200,64 @@ fn scrub_key_value(line: &mut Vec<u8>) -> usize {
     }
     line.splice(start..end, MASK.bytes());
     1
+}
+
+/// Is `key` (lower-case) a secret's name?
+fn secret_key(key: &[u8]) -> bool {
+    // A key ends in a secret word (pgpassword, db_password); the short `pass` only as a
+    // word of its own (rabbit_pass, not compass or bypass).
+    KEY_WORDS.iter().any(|w| {
+        key.ends_with(w.as_bytes())
+            && (*w != "pass"
+                || key.len() == w.len()
+                || matches!(key[key.len() - w.len() - 1], b'_' | b'-' | b'.'))
+    })
+}
+
+/// `KEY=value` as a word inside a line (a command line, a process's arguments): the
+/// value, up to a blank, quote or shell separator, is masked.
+fn scrub_inline(line: &mut Vec<u8>) -> usize {
+    let mut count = 0;
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] != b'=' {
+            i += 1;
+            continue;
+        }
+        let key_end = i;
+        let mut k = i;
+        while k > 0
+            && (line[k - 1].is_ascii_alphanumeric() || matches!(line[k - 1], b'_' | b'-' | b'.'))
+        {
+            k -= 1;
+        }
+        let key = line[k..key_end].to_ascii_lowercase();
+        let key = key.trim_ascii_start();
+        let key: &[u8] = {
+            let mut s = key;
+            while let Some(rest) = s.strip_prefix(b"-") {
+                s = rest;
+            }
+            s
+        };
+        let start = i + 1;
+        let end = line[start..]
+            .iter()
+            .position(|b| {
+                b.is_ascii_whitespace()
+                    || matches!(b, b'"' | b'\'' | b';' | b'&' | b'|' | b',' | b')')
+            })
+            .map_or(line.len(), |p| p + start);
+        if !key.is_empty() && secret_key(key) && end > start && &line[start..end] != MASK.as_bytes()
+        {
+            line.splice(start..end, MASK.bytes());
+            count += 1;
+            i = start + MASK.len();
+        } else {
+            i += 1;
+        }
+    }
+    count
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -269,6 +321,21 @@ mod tests {
         );
         // The same line outside a .pgpass file is not a pgpass entry.
         assert_eq!(s("/etc/x", "a:b:c:d:e\n").1, 0);
+    }
+
+    #[test]
+    fn assignments_inside_a_line() {
+        let (t, n) = s(
+            "cmd",
+            "echo PGPASSWORD=x1; psql --db-password=x2 --user=u \"token=x3\" a=b\n",
+        );
+        assert_eq!(t, "echo PGPASSWORD=********; psql --db-password=******** --user=u \"token=********\" a=b\n");
+        assert_eq!(n, 3);
+        // Already masked by the line rule: counted once.
+        assert_eq!(
+            s("x", "password=abc\n"),
+            ("password=********\n".to_string(), 1)
+        );
     }
 
     #[test]
