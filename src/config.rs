@@ -221,16 +221,9 @@ impl Config {
     pub fn get_bool(&self, section: &str, key: &str) -> Result<Option<bool>, ConfigError> {
         match self.get(section, key)? {
             None => Ok(None),
-            Some(v) => match v.to_lowercase().as_str() {
-                "1" | "yes" | "true" | "on" => Ok(Some(true)),
-                "0" | "no" | "false" | "off" => Ok(Some(false)),
-                _ => Err(self.bad_value(
-                    section,
-                    key,
-                    &v,
-                    "not a boolean (use yes/no, true/false, on/off or 1/0)".into(),
-                )),
-            },
+            Some(v) => parse_bool(&v)
+                .map(Some)
+                .ok_or_else(|| self.bad_value(section, key, &v, NOT_A_BOOL.into())),
         }
     }
 
@@ -354,15 +347,7 @@ impl<'a> Section<'a> {
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.string(key)? {
             None => Ok(default),
-            Some(v) => match v.to_lowercase().as_str() {
-                "1" | "yes" | "true" | "on" => Ok(true),
-                "0" | "no" | "false" | "off" => Ok(false),
-                _ => Err(self.bad_value(
-                    key,
-                    &v,
-                    "not a boolean (use yes/no, true/false, on/off or 1/0)",
-                )),
-            },
+            Some(v) => parse_bool(&v).ok_or_else(|| self.bad_value(key, &v, NOT_A_BOOL)),
         }
     }
 
@@ -503,6 +488,17 @@ pub fn expand_home(v: &str) -> PathBuf {
             PathBuf::from(std::ffi::OsString::from_vec(p))
         }
         _ => PathBuf::from(v),
+    }
+}
+
+const NOT_A_BOOL: &str = "not a boolean (use yes/no, true/false, on/off or 1/0)";
+
+/// ConfigParser's getboolean words, any case.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
     }
 }
 

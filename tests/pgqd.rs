@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 mod common;
 use common::wait_for;
 
+use std::os::unix::process::CommandExt;
+
 use tokio_postgres::{Client, NoTls};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -57,6 +59,13 @@ async fn pgq_db(with_pgq: bool) -> String {
         .unwrap();
     }
     name
+}
+
+fn pg_ids() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("user postgres must exist (apt install postgresql-15)");
+    (u.uid.as_raw(), u.gid.as_raw())
 }
 
 async fn drop_db(name: &str) {
@@ -140,6 +149,8 @@ struct Pgqd {
     dir: tempfile::TempDir,
     config: PathBuf,
     child: Option<Child>,
+    /// Run as the user postgres with no PG* variables (as Debian's service runs it).
+    as_postgres: bool,
 }
 
 impl Pgqd {
@@ -150,8 +161,37 @@ impl Pgqd {
             dir,
             config,
             child: None,
+            as_postgres: false,
         };
         p.write_config(extra);
+        p
+    }
+
+    /// Debian's stock /etc/pgqd.ini (package pgqd): logfile and pidfile only, in a
+    /// directory postgres owns.
+    fn stock() -> Pgqd {
+        let dir = tempfile::Builder::new()
+            .prefix("hk-pgqd-stock-")
+            .tempdir()
+            .unwrap();
+        let (uid, gid) = pg_ids();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        let config = dir.path().join("pgqd.ini");
+        let p = Pgqd {
+            dir,
+            config,
+            child: None,
+            as_postgres: true,
+        };
+        fs::write(
+            &p.config,
+            format!(
+                "[pgqd]\nlogfile = {}\npidfile = {}\n",
+                p.log().display(),
+                p.pidfile().display()
+            ),
+        )
+        .unwrap();
         p
     }
 
@@ -182,6 +222,17 @@ impl Pgqd {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pgqd"));
+        if self.as_postgres {
+            let (uid, gid) = pg_ids();
+            c.uid(uid)
+                .gid(gid)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", "/var/lib/postgresql")
+                .env("USER", "postgres")
+                .env("LOGNAME", "postgres")
+                .current_dir("/");
+        }
         c.arg(&self.config);
         c
     }
@@ -576,5 +627,74 @@ async fn legacy_maintenance_path_rotates_without_maint_operations() {
     assert!(!p.log_text().contains("maint failed"), "{}", p.log_text());
     drop(c);
     p.control("-k");
+    drop_db(&db).await;
+}
+
+/// The bug of issue 9: with Debian's stock /etc/pgqd.ini (no base_connstr) pgqd run as
+/// postgres failed discovery with "invalid configuration"; like the C pgqd it must use
+/// the local socket and the OS user, and tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_debian_ini_as_postgres_ticks_over_the_socket() {
+    let _g = SERIAL.lock().await;
+    let db = pgq_db(true).await;
+    let c = connect(&db).await;
+    let ticks = || async {
+        c.query_one(
+            "select count(*) from pgq.tick t join pgq.queue q on q.queue_id = t.tick_queue \
+             where q.queue_name = 'q'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let before = ticks().await;
+    let mut p = Pgqd::stock();
+    p.spawn();
+    assert!(
+        wait_for(Duration::from_secs(10), || p
+            .log_text()
+            .contains(&format!("{db}: ticker: pgq version ok"))),
+        "{}",
+        p.log_text()
+    );
+    assert!(
+        event_delivered(&db, "stock ini", 15).await,
+        "{}",
+        p.log_text()
+    );
+    assert!(ticks().await > before, "pgq.tick has new rows");
+    // The ticker's session is pgqd's: it holds pgqd's advisory lock, as postgres, over
+    // the Unix socket (no client address).
+    let holder = c
+        .query_opt(
+            "select a.usename::text, a.client_addr is null from pg_locks l \
+             join pg_stat_activity a on a.pid = l.pid \
+             where l.locktype = 'advisory' and l.database = \
+             (select oid from pg_database where datname = current_database()) \
+             and l.classid::bigint = ($1::bigint >> 32) and l.objid::bigint = ($1::bigint & 4294967295) \
+             and l.granted",
+            &[&hostkit::skytools::pgqd::db::TICKER_LOCK],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)));
+    assert_eq!(
+        holder,
+        Some(("postgres".to_string(), true)),
+        "{}",
+        p.log_text()
+    );
+    let log = p.log_text();
+    assert!(!log.contains("discovery failed"), "{log}");
+    assert!(!log.contains("connection failed"), "{log}");
+    let pid = p.child.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(p.child.take().unwrap().wait().unwrap().success());
+    drop(c);
     drop_db(&db).await;
 }

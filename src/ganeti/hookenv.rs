@@ -40,13 +40,35 @@ pub struct HookNic {
     pub firewall: Option<String>,
 }
 
+/// GANETI_HOOKS_PHASE: Ganeti runs `<hook>-pre.d` before the op (a failing pre hook
+/// aborts it) and `<hook>-post.d` after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPhase {
+    Pre,
+    Post,
+}
+
+impl HookPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPhase::Pre => "pre",
+            HookPhase::Post => "post",
+        }
+    }
+}
+
+impl std::fmt::Display for HookPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An instance hook invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceHook {
     /// e.g. `instance-start`
     pub path: String,
-    /// `pre` or `post`
-    pub phase: String,
+    pub phase: HookPhase,
     pub master: String,
     pub instance: String,
     pub nics: Vec<HookNic>,
@@ -136,7 +158,17 @@ pub fn eui64(subnet6: &str, mac: [u8; 6]) -> Result<Ipv6Addr, String> {
 /// Validate the hook environment. Every problem is one error naming the variable.
 pub fn parse(vars: &BTreeMap<String, String>) -> Result<InstanceHook, HookEnvError> {
     let path = require(vars, "GANETI_HOOKS_PATH")?.to_string();
-    let phase = require(vars, "GANETI_HOOKS_PHASE")?.to_string();
+    let phase = match require(vars, "GANETI_HOOKS_PHASE")? {
+        "pre" => HookPhase::Pre,
+        "post" => HookPhase::Post,
+        other => {
+            return Err(HookEnvError::Bad {
+                var: "GANETI_HOOKS_PHASE".into(),
+                value: other.into(),
+                reason: "expected pre or post".into(),
+            })
+        }
+    };
     let master = require(vars, "GANETI_MASTER")?.to_string();
     let post = vars.keys().any(|k| k.starts_with("GANETI_POST_INSTANCE_"));
     let v = View {
@@ -235,10 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn phase_is_pre_or_post() {
+        let mut vars = env_file("instance-start-post-inst1-diskless.env");
+        vars.insert("GANETI_HOOKS_PHASE".into(), "pre".into());
+        assert_eq!(parse(&vars).unwrap().phase, HookPhase::Pre);
+        vars.insert("GANETI_HOOKS_PHASE".into(), "Post".into());
+        assert_eq!(
+            parse(&vars).unwrap_err().to_string(),
+            "GANETI_HOOKS_PHASE=\"Post\": expected pre or post"
+        );
+        vars.remove("GANETI_HOOKS_PHASE");
+        assert_eq!(
+            parse(&vars).unwrap_err(),
+            HookEnvError::Missing("GANETI_HOOKS_PHASE".into())
+        );
+    }
+
+    #[test]
     fn real_post_hook_env() {
         let h = parse(&env_file("instance-start-post-inst1-diskless.env")).unwrap();
         assert_eq!(h.path, "instance-start");
-        assert_eq!(h.phase, "post");
+        assert_eq!(h.phase, HookPhase::Post);
         assert_eq!(h.master, "node1.example.test");
         assert_eq!(h.instance, "inst1.example.test");
         assert_eq!(

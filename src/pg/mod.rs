@@ -1,10 +1,14 @@
-//! PostgreSQL access every hostkit program shares: conninfo with libpq's rules, sessions,
-//! one error type, value quoting for the server's configuration, cluster discovery.
+//! PostgreSQL access every hostkit program shares: conninfo with libpq's rules
+//! ([`conninfo`], [`pgpass`]), sessions, one error type that never prints a password,
+//! value quoting for the server's configuration, cluster discovery.
 
-/// A PostgreSQL error on one line (the server's message, not the Rust debug form).
-pub fn one_line(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => d.message().to_string(),
-        None => e.to_string().replace('\n', " "),
-    }
-}
+pub mod cluster;
+pub mod conninfo;
+pub mod error;
+pub mod lsn;
+pub mod pgpass;
+pub mod quote;
+pub mod session;
+
+pub use error::{one_line, redact, PgError};
+pub use session::{block_on, connect, connect_with};

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -205,23 +205,17 @@ fn start(job: &Job, svc: &Service) -> Result<String, String> {
     let Some(pidfile) = &job.pidfile else {
         return Err("no pidfile in its config: cannot tell whether it runs".into());
     };
-    let mut cmd = Command::new(&svc.script);
+    let mut cmd = crate::proc::Cmd::new(&svc.script);
     cmd.arg(&job.config)
         .arg("-d")
         .args(&svc.args)
         .current_dir(&svc.cwd);
     if let Some(user) = &svc.user {
         if nix::unistd::Uid::effective().is_root() {
-            let u = nix::unistd::User::from_name(user)
-                .map_err(|e| format!("user {user}: {e}"))?
-                .ok_or_else(|| format!("no such user {user}"))?;
-            use std::os::unix::process::CommandExt;
-            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+            cmd.user(user);
         }
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", svc.script))?;
+    let out = cmd.run().map_err(|e| e.detail())?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!(

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::amqp::direct::{deadline_in, Direct};
 use crate::amqp::spool::Spool;
 use crate::amqp::Message;
-use crate::ganeti::hookenv::{self, InstanceHook};
+use crate::ganeti::hookenv::{self, HookPhase, InstanceHook};
 use crate::ganeti::messages::{now, prefix};
 use crate::synnefo::gtools::{self, Gtools, Overrides};
 
@@ -92,10 +92,10 @@ pub fn run(args: &Args, vars: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Duration::from_millis(100)..=Duration::from_secs(600),
     )?;
     let hook = hookenv::parse(vars)?;
-    if hook.phase != "post" {
+    if hook.phase != HookPhase::Post {
         anyhow::bail!(
             "GANETI_HOOKS_PHASE={:?}: install this hook in *-post.d only",
-            hook.phase
+            hook.phase.as_str()
         );
     }
     if hook.path == "instance-stop" {

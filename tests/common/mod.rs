@@ -8,7 +8,7 @@
 //! - `sshd`: a real sshd on a private port, logged into by `postgres` with a test key.
 //!
 //! Each test binary compiles all of it (`mod common;`) and uses a part.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,8 @@ pub mod cmd;
 pub mod pg;
 pub mod sshd;
 
+// Not every test binary uses it.
+#[allow(unused_imports)]
 pub use amqp::*;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);

@@ -165,7 +165,7 @@ chown postgres: "$tmp/sample-master.ini"
 wm sample-typo $WALMGR "$tmp/sample-master.ini" listbackups
 st=$?
 check "a typo'd key in the sample master ini is an error naming it (exit $st)" \
-    sh -c "[ $st = 1 ] && grep -q compresion '$tmp/sample-typo.err'"
+    sh -c "[ $st = 3 ] && grep -q compresion '$tmp/sample-typo.err'"
 
 # ---- a private cluster archived by walmgr ------------------------------------------------
 say "a private PostgreSQL cluster in $tmp"
@@ -279,7 +279,7 @@ check "xarchive of identical contents again returns 0" test $? = 0
 printf 'x' | dd of="$tmp/again" bs=1 seek=100 conv=notrunc status=none
 wm differ $WALMGR "$tmp/master.ini" xarchive "$tmp/again" "$seg"
 st=$?
-check "xarchive of different contents under the same name fails (exit $st)" test $st = 1
+check "xarchive of different contents under the same name fails (exit $st)" test $st = 5
 check "... saying it is not overwritten" grep -qi "not overwritten" "$tmp/differ.err"
 check "... and the stored segment is unchanged" \
     test "$(field sha256)" = "$(sha256sum "$STORE/logs.complete/$seg" | cut -d' ' -f1)"
@@ -331,7 +331,7 @@ if [ -n "$last" ]; then
     wm verify-bad $WALMGR "$tmp/slave.ini" verify
     st=$?
     check "verify finds the damaged $last (exit $st)" \
-        sh -c "[ $st = 1 ] && cat $tmp/verify-bad.out $tmp/verify-bad.err | grep -q $last"
+        sh -c "[ $st = 12 ] && cat $tmp/verify-bad.out $tmp/verify-bad.err | grep -q $last"
     cp -p "$tmp/saved" "$STORE/logs.complete/$last"
     check "verify is clean again once repaired" wm verify-again $WALMGR "$tmp/slave.ini" verify
 fi

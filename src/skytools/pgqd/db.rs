@@ -1,31 +1,34 @@
-//! The three per-database concerns of pgqd, each on its own connection: the ticker
-//! (`pgq.ticker()` every ticker_period), retry (`pgq.maint_retry_events()` until 0) and
-//! maintenance (`pgq.maint_operations()`, or the legacy rotate/vacuum path).
+//! The per-database task of pgqd: the async shell that drives the [`state`] machines.
 //!
-//! Each is a loop through the states of the C daemon — connect, check the pgq schema,
-//! check its version, run — where every error names its next state and delay (the
-//! original's: a failed query waits 10 s (ticker) or 20 s (maint, retry), a failed
-//! connect 60 s (ticker, maint) or 30 s (retry)). A state change is logged once, not on
-//! every retry, so a dead database is visible without flooding the log.
+//! One task per database runs the ticker on its own long-lived connection, performing
+//! the one query each [`DbState`] asks for and handing the outcome to
+//! [`state::next`]. Once the ticker has seen pgq ≥ 3 the task starts the retry and
+//! maintenance workers, each connecting for a round and disconnecting after it, as the
+//! C daemon does; when pgq turns out to be gone it stops them again, so a database
+//! without pgq costs one connection per check_period. A state change is logged once,
+//! not on every retry, so a dead database is visible without flooding the log.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::config::PgqdConfig;
+use super::state::{self, DbState, Helpers, Note, Outcome, Periods, Role, Round};
 use crate::pg::one_line;
 
 /// Advisory lock key held by the ticker's session: one ticker per database, across
 /// hosts. ("pgqd" in ASCII, then 1.)
 pub const TICKER_LOCK: i64 = 0x7067_7164_0000_0001;
 
-/// Counters logged as `{ticks: N, maint: N, retry: N}` and reset every stats_period.
+/// Counters logged as `{ticks: N, maint: N, retry: N}` and reset every stats_period:
+/// ticks made, maintenance rounds completed, retry events moved back into queues.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub ticks: AtomicU64,
@@ -33,13 +36,17 @@ pub struct Stats {
     pub retry: AtomicU64,
 }
 
-/// One database's state, as written to the status file.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+/// One database's entry in the status file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct DbStatus {
-    pub state: String,
+    /// The ticker's state.
+    pub state: DbState,
     /// Unix time of the last successful `pgq.ticker()`.
     pub last_tick: Option<u64>,
+    /// The last error of any of the database's workers, `"<worker>: <message>"`; kept
+    /// after recovery, with its time, so a flapping database can be seen.
     pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
     pub ticks: u64,
 }
 
@@ -52,14 +59,34 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// What a worker shares with the supervisor.
+/// What a database task shares with the supervisor. The configuration comes through
+/// a watch channel so a reload reaches tasks that keep running.
 #[derive(Clone)]
 pub struct Shared {
-    pub cfg: Arc<PgqdConfig>,
+    pub cfg: watch::Receiver<Arc<PgqdConfig>>,
     pub stats: Arc<Stats>,
     pub status: StatusMap,
 }
 
+impl Shared {
+    pub fn cfg(&self) -> Arc<PgqdConfig> {
+        self.cfg.borrow().clone()
+    }
+
+    fn update_status(&self, db: &str, f: impl FnOnce(&mut DbStatus)) {
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(st.entry(db.to_string()).or_default());
+    }
+}
+
+/// The one way pgqd opens a session (the discovery connection included).
+/// libpq's defaults fill in what base_connstr leaves out (the local socket, the OS
+/// user, PGHOST..., ~/.pgpass), as for the C pgqd.
+pub async fn connect(cfg: &PgqdConfig, db: &str) -> Result<Client, crate::pg::PgError> {
+    crate::pg::connect(&cfg.connstr(db)).await
+}
+
+/// Logs a worker's notes once per change and records its errors in the status.
 struct Reporter {
     db: String,
     role: &'static str,
@@ -68,202 +95,231 @@ struct Reporter {
 }
 
 impl Reporter {
-    /// Log `msg` if it differs from the last thing this worker reported.
-    fn state(&mut self, msg: String, is_error: bool) {
-        if self.last.as_deref() != Some(&msg) {
-            if is_error {
-                log::warn!("{}: {}: {msg}", self.db, self.role);
+    fn new(shared: &Shared, db: &str, role: &'static str) -> Reporter {
+        Reporter {
+            db: db.to_string(),
+            role,
+            last: None,
+            shared: shared.clone(),
+        }
+    }
+
+    fn note(&mut self, note: Option<Note>) {
+        let Some(Note { text, error }) = note else {
+            return;
+        };
+        if self.last.as_deref() != Some(&text) {
+            if error {
+                log::warn!("{}: {}: {text}", self.db, self.role);
             } else {
-                log::info!("{}: {}: {msg}", self.db, self.role);
+                log::info!("{}: {}: {text}", self.db, self.role);
             }
-            self.last = Some(msg.clone());
         }
-        if self.role == "ticker" {
-            let mut st = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
-            let s = st.entry(self.db.clone()).or_default();
-            s.state = msg.clone();
-            if is_error {
+        if error {
+            let msg = format!("{}: {text}", self.role);
+            self.shared.update_status(&self.db, |s| {
                 s.last_error = Some(msg);
-            }
+                s.last_error_at = Some(unix_now());
+            });
         }
+        self.last = Some(text);
+    }
+
+    /// After a good round the next failure is news again.
+    fn clear(&mut self) {
+        self.last = None;
     }
 }
 
 /// Sleep, or return true early if asked to stop.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    or_stop(stop, tokio::time::sleep(d)).await.is_none()
+}
+
+/// Run `work` unless asked to stop first (`None`): a connect to a dead host must not
+/// hold up an unregistered database.
+async fn or_stop<F: Future>(stop: &mut watch::Receiver<bool>, work: F) -> Option<F::Output> {
     if *stop.borrow() {
-        return true;
+        return None;
     }
     tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stop.changed() => true,
+        out = work => if *stop.borrow() { None } else { Some(out) },
+        _ = stop.changed() => None,
     }
 }
 
-async fn connect(connstr: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(connstr, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// Connected and pgq (>= 3) present, or why not and how long to wait.
-async fn open(
-    shared: &Shared,
+/// The I/O of one ticker state.
+async fn ticker_io(
+    state: DbState,
+    client: &mut Option<Client>,
+    opened: &mut Instant,
+    cfg: &PgqdConfig,
     db: &str,
-    connect_wait: Duration,
-) -> Result<Client, (String, Duration)> {
-    let client = connect(&shared.cfg.connstr(db))
-        .await
-        .map_err(|e| (format!("connection failed: {}", one_line(&e)), connect_wait))?;
-    let has = client
-        .query_opt(
-            "select 1 from pg_catalog.pg_namespace where nspname = 'pgq'",
-            &[],
-        )
-        .await
-        .map_err(|e| (format!("query failed: {}", one_line(&e)), connect_wait))?;
-    if has.is_none() {
-        return Err(("no pgq installed".into(), shared.cfg.check_period));
-    }
-    let v: String = client
-        .query_one("select pgq.version()", &[])
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| {
-            (
-                format!("pgq.version() failed: {}", one_line(&e)),
-                shared.cfg.check_period,
-            )
-        })?;
-    let major: u32 = v
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 3 {
-        return Err((
-            format!("bad pgq version {v}, ignoring"),
-            shared.cfg.check_period,
-        ));
-    }
-    Ok(client)
-}
-
-/// The ticker: holds the advisory lock and calls `pgq.ticker()` every ticker_period.
-pub async fn ticker(shared: Shared, db: String, mut stop: watch::Receiver<bool>) {
-    let mut rep = Reporter {
-        db: db.clone(),
-        role: "ticker",
-        last: None,
-        shared: shared.clone(),
-    };
-    loop {
-        let client = match open(&shared, &db, Duration::from_secs(60)).await {
-            Ok(c) => c,
-            Err((why, wait)) => {
-                rep.state(why, true);
-                if pause(&mut stop, wait).await {
-                    return;
+) -> Outcome {
+    let failed = |e: tokio_postgres::Error| Outcome::QueryFailed(one_line(&e));
+    let c = match (state, client.as_ref()) {
+        (DbState::Closed, _) => {
+            return match connect(cfg, db).await {
+                Ok(c) => {
+                    *client = Some(c);
+                    *opened = Instant::now();
+                    Outcome::Connected
                 }
-                continue;
-            }
-        };
-        match client
+                Err(e) => Outcome::ConnectFailed(e.detail()),
+            };
+        }
+        (_, Some(c)) => c,
+        (_, None) => return Outcome::QueryFailed("not connected".into()),
+    };
+    match state {
+        DbState::Closed => unreachable!("handled above"),
+        DbState::CheckPgq => c
+            .query_opt(
+                "select 1 from pg_catalog.pg_namespace where nspname = 'pgq'",
+                &[],
+            )
+            .await
+            .map_or_else(failed, |r| Outcome::HasPgq(r.is_some())),
+        DbState::CheckVersion => c
+            .query_one("select pgq.version()", &[])
+            .await
+            .and_then(|r| r.try_get::<_, Option<String>>(0))
+            .map_or_else(failed, |v| Outcome::Version(v.unwrap_or_default())),
+        DbState::TakeLock => c
             .query_one("select pg_try_advisory_lock($1)", &[&TICKER_LOCK])
             .await
-        {
-            Ok(r) if r.get::<_, bool>(0) => {}
-            Ok(_) => {
-                rep.state(
-                    "another ticker holds this database's lock; backing off".into(),
-                    true,
-                );
-                if pause(&mut stop, shared.cfg.check_period).await {
-                    return;
-                }
-                continue;
-            }
-            Err(e) => {
-                rep.state(format!("query failed: {}", one_line(&e)), true);
-                if pause(&mut stop, Duration::from_secs(10)).await {
-                    return;
-                }
-                continue;
-            }
-        }
-        rep.state("pgq version ok".into(), false);
-        let opened = Instant::now();
-        loop {
-            // The simple protocol: one round trip, no statement prepared on every tick.
-            match client.simple_query("select pgq.ticker()").await {
-                Ok(_) => {
-                    shared.stats.ticks.fetch_add(1, Ordering::Relaxed);
-                    let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
-                    let s = st.entry(db.clone()).or_default();
-                    s.state = "ticking".into();
-                    s.last_tick = Some(unix_now());
-                    s.ticks += 1;
-                }
-                Err(e) => {
-                    rep.state(format!("ticker failed: {}", one_line(&e)), true);
-                    if pause(&mut stop, Duration::from_secs(10)).await {
-                        return;
-                    }
-                    break;
-                }
-            }
-            if opened.elapsed() >= shared.cfg.connection_lifetime {
-                log::debug!("{db}: ticker: connection_lifetime reached, reconnecting");
-                break;
-            }
-            if pause(&mut stop, shared.cfg.ticker_period).await {
-                return;
-            }
+            .and_then(|r| r.try_get(0))
+            .map_or_else(failed, Outcome::Locked),
+        // The simple protocol: one round trip, no statement prepared on every tick.
+        DbState::Ticking => c
+            .simple_query("select pgq.ticker()")
+            .await
+            .map_or_else(failed, |_| Outcome::Ticked {
+                lifetime_over: opened.elapsed() >= cfg.connection_lifetime,
+            }),
+    }
+}
+
+/// Retry and maintenance of one database, started once its ticker has seen pgq ≥ 3.
+struct HelperTasks {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HelperTasks {
+    fn start(shared: &Shared, db: &str) -> HelperTasks {
+        let (stop, rx) = watch::channel(false);
+        let tasks = [Role::Retry, Role::Maint]
+            .into_iter()
+            .map(|role| tokio::spawn(periodic(shared.clone(), db.to_string(), rx.clone(), role)))
+            .collect();
+        HelperTasks { stop, tasks }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
         }
     }
 }
 
-/// One round of a periodic worker, on its connection.
-type Round = for<'a> fn(&'a Client, &'a Stats) -> BoxFuture<'a, Result<(), tokio_postgres::Error>>;
-
-/// Retry and maintenance share one life, the C daemon's: connect (waiting
-/// `connect_wait` on failure), run one round, disconnect, wait `period`; a failed
-/// round waits 20 s. Only the ticker keeps its connection, so a server with many
-/// databases carries one pgqd backend per database, not three.
-async fn periodic(
-    shared: Shared,
-    db: String,
-    mut stop: watch::Receiver<bool>,
-    role: &'static str,
-    connect_wait: Duration,
-    period: fn(&PgqdConfig) -> Duration,
-    round: Round,
-) {
-    let mut rep = Reporter {
-        db: db.clone(),
-        role,
-        last: None,
-        shared: shared.clone(),
-    };
+/// One database: the ticker, and retry and maintenance while pgq is there. Ends when
+/// `stop` turns true, after its helpers have ended, taking its status entry along.
+pub async fn database(shared: Shared, db: String, mut stop: watch::Receiver<bool>) {
+    let mut rep = Reporter::new(&shared, &db, "ticker");
+    let mut state = DbState::Closed;
+    let mut client = None;
+    let mut opened = Instant::now();
+    let mut helpers: Option<HelperTasks> = None;
+    let mut wait = Duration::ZERO;
+    shared.update_status(&db, |s| s.state = state);
     loop {
-        let wait = match open(&shared, &db, connect_wait).await {
-            Err((why, wait)) => {
-                rep.state(why, true);
-                wait
-            }
-            Ok(client) => match round(&client, &shared.stats).await {
-                Ok(()) => {
-                    rep.last = None;
-                    period(&shared.cfg)
-                }
-                Err(e) => {
-                    rep.state(format!("{role} failed: {}", one_line(&e)), true);
-                    Duration::from_secs(20)
-                }
-            },
+        if pause(&mut stop, wait).await {
+            break;
+        }
+        let cfg = shared.cfg();
+        let io = ticker_io(state, &mut client, &mut opened, &cfg, &db);
+        let Some(outcome) = or_stop(&mut stop, io).await else {
+            break;
         };
+        let periods = Periods {
+            check: cfg.check_period,
+            ticker: cfg.ticker_period,
+        };
+        let step = state::next(state, outcome, periods);
+        log::trace!("{db}: ticker: {state} -> {} in {:?}", step.next, step.wait);
+        if step.next == DbState::Closed {
+            // Also releases the advisory lock.
+            client = None;
+        }
+        match step.helpers {
+            Helpers::Start if helpers.is_none() => helpers = Some(HelperTasks::start(&shared, &db)),
+            Helpers::Stop => {
+                if let Some(h) = helpers.take() {
+                    h.stop().await;
+                }
+            }
+            _ => {}
+        }
+        if step.ticked {
+            shared.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        rep.note(step.note);
+        shared.update_status(&db, |s| {
+            s.state = step.next;
+            if step.ticked {
+                s.last_tick = Some(unix_now());
+                s.ticks += 1;
+            }
+        });
+        state = step.next;
+        wait = step.wait;
+    }
+    drop(client);
+    if let Some(h) = helpers.take() {
+        h.stop().await;
+    }
+    shared
+        .status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&db);
+}
+
+/// Retry or maintenance: connect, run one round, disconnect, wait (the waits are
+/// [`state::after_round`]'s).
+async fn periodic(shared: Shared, db: String, mut stop: watch::Receiver<bool>, role: Role) {
+    let mut rep = Reporter::new(&shared, &db, role.name());
+    loop {
+        let cfg = shared.cfg();
+        let work = async {
+            let client = match connect(&cfg, &db).await {
+                Ok(c) => c,
+                Err(e) => return Round::ConnectFailed(e.detail()),
+            };
+            let done = match role {
+                Role::Retry => retry_round(&client, &shared.stats).await,
+                Role::Maint => maint_round(&client).await.map(|()| {
+                    shared.stats.maint.fetch_add(1, Ordering::Relaxed);
+                }),
+            };
+            done.map_or_else(|e| Round::Failed(one_line(&e)), |()| Round::Done)
+        };
+        let Some(round) = or_stop(&mut stop, work).await else {
+            return;
+        };
+        let period = match role {
+            Role::Retry => cfg.retry_period,
+            Role::Maint => cfg.maint_period,
+        };
+        let ok = round == Round::Done;
+        let (wait, note) = state::after_round(role, round, period);
+        if ok {
+            rep.clear();
+        } else {
+            rep.note(note);
+        }
         if pause(&mut stop, wait).await {
             return;
         }
@@ -271,37 +327,19 @@ async fn periodic(
 }
 
 /// Move due retry events back into their queues: `pgq.maint_retry_events()` moves at
-/// most a few per call, so call it until it returns 0.
-fn retry_round<'a>(
-    client: &'a Client,
-    stats: &'a Stats,
-) -> BoxFuture<'a, Result<(), tokio_postgres::Error>> {
-    Box::pin(async move {
-        loop {
-            let moved: i32 = client
-                .query_one("select pgq.maint_retry_events()", &[])
-                .await?
-                .get(0);
-            stats.retry.fetch_add(1, Ordering::Relaxed);
-            if moved == 0 {
-                return Ok(());
-            }
+/// most a few per call and returns how many, so call it until it returns 0. The
+/// retry counter adds up the events moved, as the C daemon's does.
+async fn retry_round(client: &Client, stats: &Stats) -> Result<(), tokio_postgres::Error> {
+    loop {
+        let moved: i32 = client
+            .query_one("select pgq.maint_retry_events()", &[])
+            .await?
+            .get(0);
+        if moved <= 0 {
+            return Ok(());
         }
-    })
-}
-
-/// Retry: every retry_period (a failed connect waits 30 s).
-pub async fn retry(shared: Shared, db: String, stop: watch::Receiver<bool>) {
-    periodic(
-        shared,
-        db,
-        stop,
-        "retry",
-        Duration::from_secs(30),
-        |c| c.retry_period,
-        retry_round,
-    )
-    .await
+        stats.retry.fetch_add(moved as u64, Ordering::Relaxed);
+    }
 }
 
 /// `"name"` quoting for an identifier that may be schema-qualified (`a.b`).
@@ -320,14 +358,8 @@ fn safe_func(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
-fn maint_round<'a>(
-    client: &'a Client,
-    stats: &'a Stats,
-) -> BoxFuture<'a, Result<(), tokio_postgres::Error>> {
-    Box::pin(maint_ops(client, stats))
-}
-
-async fn maint_ops(client: &Client, stats: &Stats) -> Result<(), tokio_postgres::Error> {
+/// One maintenance round: the operations pgq lists, or the legacy rotate/vacuum path.
+async fn maint_round(client: &Client) -> Result<(), tokio_postgres::Error> {
     let has_ops = client
         .query_opt(
             "select 1 from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
@@ -400,23 +432,7 @@ async fn maint_ops(client: &Client, stats: &Stats) -> Result<(), tokio_postgres:
                 .await?;
         }
     }
-    stats.maint.fetch_add(1, Ordering::Relaxed);
     Ok(())
-}
-
-/// Maintenance: rotate queue tables, vacuum, every maint_period (a failed connect
-/// waits 60 s).
-pub async fn maint(shared: Shared, db: String, stop: watch::Receiver<bool>) {
-    periodic(
-        shared,
-        db,
-        stop,
-        "maint",
-        Duration::from_secs(60),
-        |c| c.maint_period,
-        maint_round,
-    )
-    .await
 }
 
 #[cfg(test)]

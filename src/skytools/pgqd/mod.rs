@@ -1,13 +1,16 @@
 //! pgqd: the PgQ ticker and maintenance daemon, a drop-in for Skytools' C `pgqd`.
 //!
 //! The supervisor finds the databases (`database_list`, else `pg_database` every
-//! check_period), runs the [`db`] workers for each — ticker, retry, maintenance — and
-//! unregisters databases that disappear. Every stats_period it logs
+//! check_period), runs one [`db`] task for each — which drives the ticker's [`state`]
+//! machine and starts retry and maintenance once pgq is there — and unregisters
+//! databases that disappear. A reload keeps the tasks of databases still listed (their
+//! sessions too, unless the connection string changed). Every stats_period it logs
 //! `{ticks: N, maint: N, retry: N}` and writes the [`status`] file that
 //! `pgqd --status` prints, so monitoring can tell a live but stuck ticker.
 
 pub mod config;
 pub mod db;
+pub mod state;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -178,9 +181,30 @@ fn log_target(cfg: &PgqdConfig, args: &Args) -> (Target, log::LevelFilter) {
     (target, level)
 }
 
-struct Workers {
+/// A registered database's task.
+struct Database {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    task: JoinHandle<()>,
+    /// What it connects with: a reload that changes it restarts the task.
+    connstr: String,
+}
+
+impl Database {
+    fn start(shared: &Shared, name: &str) -> Database {
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(db::database(shared.clone(), name.to_string(), rx));
+        Database {
+            stop,
+            task,
+            connstr: shared.cfg().connstr(name),
+        }
+    }
+
+    /// Ask the task to end; it finishes on its own, dropping its connections.
+    fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(true);
+        self.task
+    }
 }
 
 /// The databases to serve now: the configured list, or every one that allows
@@ -189,67 +213,52 @@ async fn discover(cfg: &PgqdConfig) -> Result<BTreeSet<String>, String> {
     if !cfg.database_list.is_empty() {
         return Ok(cfg.database_list.iter().cloned().collect());
     }
-    let (client, conn) =
-        tokio_postgres::connect(&cfg.connstr(&cfg.initial_database), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                format!(
-                    "{}: connection failed: {}",
-                    cfg.initial_database,
-                    crate::pg::one_line(&e)
-                )
-            })?;
-    let conn = tokio::spawn(conn);
+    let client = db::connect(cfg, &cfg.initial_database).await.map_err(|e| {
+        format!(
+            "{}: connection failed: {}",
+            cfg.initial_database,
+            e.detail()
+        )
+    })?;
     let rows = client
         .query("select datname::text from pg_catalog.pg_database where not datistemplate and datallowconn", &[])
         .await
-        .map_err(|e| format!("{}: {}", cfg.initial_database, crate::pg::one_line(&e)));
-    drop(client);
-    let _ = conn.await;
-    Ok(rows?.iter().map(|r| r.get::<_, String>(0)).collect())
-}
-
-fn start_workers(shared: &Shared, db_name: &str) -> Workers {
-    let (stop, rx) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(db::ticker(shared.clone(), db_name.to_string(), rx.clone())),
-        tokio::spawn(db::retry(shared.clone(), db_name.to_string(), rx.clone())),
-        tokio::spawn(db::maint(shared.clone(), db_name.to_string(), rx)),
-    ];
-    Workers { stop, tasks }
+        .map_err(|e| format!("{}: {}", cfg.initial_database, crate::pg::one_line(&e)))?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
 async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
-    let mut shared = Shared {
-        cfg: Arc::new(cfg),
+    let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg));
+    let shared = Shared {
+        cfg: cfg_rx,
         stats: Arc::default(),
         status: Arc::new(Mutex::new(BTreeMap::new())),
     };
-    let mut workers: BTreeMap<String, Workers> = BTreeMap::new();
+    let mut workers: BTreeMap<String, Database> = BTreeMap::new();
     log::info!("{PROGRAM} {} starting", env!("CARGO_PKG_VERSION"));
     startup.ready()?;
     let mut last_discovery_error: Option<String> = None;
-    let mut check = tokio::time::interval(shared.cfg.check_period);
-    let mut stats = tokio::time::interval(shared.cfg.stats_period);
+    let mut check = tokio::time::interval(shared.cfg().check_period);
+    let mut stats = tokio::time::interval(shared.cfg().stats_period);
     stats.tick().await;
     let code = loop {
         tokio::select! {
             _ = check.tick() => {
-                match discover(&shared.cfg).await {
+                match discover(&shared.cfg()).await {
                     Ok(dbs) => {
                         last_discovery_error = None;
                         for gone in workers.keys().filter(|d| !dbs.contains(*d)).cloned().collect::<Vec<_>>() {
                             log::info!("Unregister database {gone}");
                             if let Some(w) = workers.remove(&gone) {
-                                let _ = w.stop.send(true);
+                                w.stop();
                             }
                             shared.status.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone);
                         }
                         for new in dbs {
                             if let std::collections::btree_map::Entry::Vacant(slot) = workers.entry(new) {
                                 log::info!("Register database {}", slot.key());
-                                let w = start_workers(&shared, slot.key());
+                                let w = Database::start(&shared, slot.key());
                                 slot.insert(w);
                             }
                         }
@@ -267,7 +276,7 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
                 let m = shared.stats.maint.swap(0, Ordering::Relaxed);
                 let r = shared.stats.retry.swap(0, Ordering::Relaxed);
                 log::info!("{{ticks: {t}, maint: {m}, retry: {r}}}");
-                if let Some(f) = &shared.cfg.status_file {
+                if let Some(f) = &shared.cfg().status_file {
                     if let Err(e) = status::write(f, &shared.status) {
                         log::warn!("{e}");
                     }
@@ -275,15 +284,27 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
             }
             sig = signals.recv() => match sig {
                 Signal::Hup => {
-                    match PgqdConfig::load(&shared.cfg.path) {
+                    match PgqdConfig::load(&shared.cfg().path) {
                         Ok(fresh) => {
                             log::info!("configuration reloaded; rechecking databases");
-                            for (_, w) in std::mem::take(&mut workers) {
-                                let _ = w.stop.send(true);
+                            // Databases still listed keep their tasks and sessions, unless
+                            // the way to reach them changed; the recheck below starts
+                            // those again and the new ones, and drops the ones gone.
+                            let changed: Vec<String> = workers
+                                .iter()
+                                .filter(|(name, w)| fresh.connstr(name) != w.connstr)
+                                .map(|(name, _)| name.clone())
+                                .collect();
+                            for name in changed {
+                                log::info!("{name}: connection settings changed, reconnecting");
+                                if let Some(w) = workers.remove(&name) {
+                                    // Gone before its successor asks for the ticker lock.
+                                    let _ = tokio::time::timeout(Duration::from_secs(5), w.stop()).await;
+                                }
                             }
-                            shared.cfg = Arc::new(fresh);
-                            check = tokio::time::interval(shared.cfg.check_period);
-                            stats = tokio::time::interval(shared.cfg.stats_period);
+                            cfg_tx.send_replace(Arc::new(fresh));
+                            check = tokio::time::interval(shared.cfg().check_period);
+                            stats = tokio::time::interval(shared.cfg().stats_period);
                             stats.tick().await;
                             let _ = crate::logging::reopen();
                         }
@@ -293,11 +314,9 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
                 Signal::Int => {
                     log::info!("got SIGINT, shutting down");
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                    for (_, w) in std::mem::take(&mut workers) {
-                        let _ = w.stop.send(true);
-                        for t in w.tasks {
-                            let _ = tokio::time::timeout_at(deadline, t).await;
-                        }
+                    let tasks: Vec<_> = std::mem::take(&mut workers).into_values().map(Database::stop).collect();
+                    for t in tasks {
+                        let _ = tokio::time::timeout_at(deadline, t).await;
                     }
                     break ExitCode::SUCCESS;
                 }

@@ -22,7 +22,7 @@ pub fn xarchive(m: &Master, path: &Path, name: &str) -> Result<()> {
         sysid = Some(id);
     }
     let (meta, stored) = Meta::build(name, &data, m.compression, m.compression_level, sysid)
-        .map_err(|e| WalmgrError::Other(format!("{name}: compressing: {e}")))?;
+        .map_err(|e| WalmgrError::Internal(format!("{name}: compressing: {e}")))?;
     let outcome = match &m.slave {
         SlaveLocation::Local(_) => {
             WalStore::new(&m.store.paths).put(&meta, Incoming::Local(&stored))?
@@ -101,7 +101,7 @@ pub fn parse_outcome(out: &str) -> Option<PutOutcome> {
 /// stored bytes on stdin. Prints the outcome word for the sending side.
 pub fn xreceive_wal(s: &Slave, args: &[String]) -> Result<()> {
     let usage = || {
-        WalmgrError::Other(
+        WalmgrError::Usage(
             "xreceive-wal: usage: <name> <size> <sha256> <compression> <stored_size> <stored_sha256> [sysid]"
                 .into(),
         )

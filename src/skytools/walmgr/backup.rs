@@ -24,7 +24,7 @@ use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::backupset::{self, CommitInfo, Received, Staging};
+use super::backupset::{self, CommitInfo, Received, SetName, Staging};
 use super::basebackup::{Tablespace, TarWriter};
 use super::codec::{Compression, HashWriter};
 use super::config::{Master, Slave, StoreSettings};
@@ -33,6 +33,7 @@ use super::pg;
 use super::store::WalStore;
 use super::walname::WalName;
 use crate::fsutil;
+use crate::pg::lsn::Lsn;
 
 type StreamWriter = HashWriter<BufWriter<File>>;
 
@@ -40,12 +41,12 @@ type StreamWriter = HashWriter<BufWriter<File>>;
 enum Receiver {
     Local(Box<(Staging, Received)>),
     /// (set name used, sha256, bytes) as the remote side printed them.
-    Remote(String, String, u64),
+    Remote(SetName, String, u64),
 }
 
 /// What the session learned and produced.
 struct Done {
-    stop_lsn: String,
+    stop_lsn: Lsn,
     label: String,
     sent_sha256: String,
     sent_bytes: u64,
@@ -57,21 +58,26 @@ struct Done {
 
 /// `walmgr master.ini backup`
 pub fn backup(m: &Master) -> Result<()> {
-    let lock = crate::daemon::Pidfile::acquire(&m.backup_lock)
-        .map_err(|e| WalmgrError::Other(format!("backup: {e}")))?;
+    let lock = crate::daemon::Pidfile::acquire(&m.backup_lock).map_err(|e| match e {
+        crate::daemon::DaemonError::Running { .. }
+        | crate::daemon::DaemonError::RunningUnlocked { .. } => {
+            WalmgrError::Busy(format!("backup: {e}"))
+        }
+        e => WalmgrError::Internal(format!("backup: {e}")),
+    })?;
     let started = SystemTime::now();
     let set = backupset::stamp(started);
     let started_at = humantime::format_rfc3339_seconds(started).to_string();
     let done = pg::block_on(session(m, &set))?;
 
     let commit = CommitInfo {
-        stop_lsn: done.stop_lsn.clone(),
+        stop_lsn: done.stop_lsn,
         started_at,
         pg_version: done.pg_version.clone(),
         system_identifier: done.system_identifier.clone(),
     };
     let (_, start_segment) = backupset::parse_label(&done.label).ok_or_else(|| {
-        WalmgrError::Other(format!(
+        WalmgrError::Transfer(format!(
             "backup {set}: pg_backup_stop returned a backup_label without START WAL LOCATION"
         ))
     })?;
@@ -98,7 +104,7 @@ pub fn backup(m: &Master) -> Result<()> {
             let remote = m.remote().expect("remote store");
             let mut args = vec![
                 "xcommit-backup".to_string(),
-                name.clone(),
+                name.to_string(),
                 done.sent_sha256.clone(),
                 done.sent_bytes.to_string(),
                 format!("stop_lsn={}", commit.stop_lsn),
@@ -139,9 +145,15 @@ pub fn backup(m: &Master) -> Result<()> {
     result
 }
 
-fn check_same(set: &str, sent: &str, sent_bytes: u64, got: &str, got_bytes: u64) -> Result<()> {
+fn check_same(
+    set: impl std::fmt::Display,
+    sent: &str,
+    sent_bytes: u64,
+    got: &str,
+    got_bytes: u64,
+) -> Result<()> {
     if sent != got || sent_bytes != got_bytes {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Transfer(format!(
             "backup {set}: the store received {got_bytes} bytes with sha256 {got}, \
              {sent_bytes} bytes with sha256 {sent} were sent; not committed"
         )));
@@ -177,10 +189,10 @@ fn save_config_files(files: &[PathBuf], dir: &Path) -> Result<()> {
 /// The receiving end, running on its own thread while the session produces the stream.
 fn start_receiver(
     m: &Master,
-    set: &str,
+    set: &SetName,
     pipe_r: File,
 ) -> std::thread::JoinHandle<Result<Receiver>> {
-    let set = set.to_string();
+    let set = set.clone();
     let (c, level) = (m.compression, m.compression_level);
     match m.remote() {
         None => {
@@ -194,9 +206,10 @@ fn start_receiver(
         Some(remote) => std::thread::spawn(move || {
             let mut pipe_r = pipe_r;
             let level = level.to_string();
-            let out = remote.run_with(&["xreceive-backup", &set, c.name(), &level], |stdin| {
-                io::copy(&mut pipe_r, stdin).map(|_| ())
-            })?;
+            let out = remote.run_with(
+                &["xreceive-backup", set.as_str(), c.name(), &level],
+                |stdin| io::copy(&mut pipe_r, stdin).map(|_| ()),
+            )?;
             parse_receipt(&out).ok_or_else(|| {
                 WalmgrError::command(
                     format!("ssh {} walmgr xreceive-backup", remote.host),
@@ -214,7 +227,7 @@ fn parse_receipt(out: &str) -> Option<Receiver> {
     for l in out.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();
         match w.as_slice() {
-            ["set", s] if backupset::valid_set_name(s) => set = Some(s.to_string()),
+            ["set", s] => set = SetName::parse(s).ok(),
             ["sha256", h, n] => sum = Some((h.to_string(), n.parse().ok()?)),
             _ => {}
         }
@@ -223,7 +236,7 @@ fn parse_receipt(out: &str) -> Option<Receiver> {
     Some(Receiver::Remote(set?, h, n))
 }
 
-async fn session(m: &Master, set: &str) -> Result<Done> {
+async fn session(m: &Master, set: &SetName) -> Result<Done> {
     let ci = &m.master_db;
     let client = pg::connect(ci).await?;
     let setting = |name: &'static str| {
@@ -242,7 +255,7 @@ async fn session(m: &Master, set: &str) -> Result<Done> {
         let a = std::fs::canonicalize(dd).unwrap_or_else(|_| PathBuf::from(dd));
         let b = std::fs::canonicalize(&m.master_data).unwrap_or_else(|_| m.master_data.clone());
         if a != b {
-            return Err(WalmgrError::Other(format!(
+            return Err(WalmgrError::Refused(format!(
                 "backup: master_data {} is not the data directory of the server at {ci:?} ({dd})",
                 m.master_data.display()
             )));
@@ -285,7 +298,7 @@ async fn session(m: &Master, set: &str) -> Result<Done> {
 
     // Close-on-exec: an ssh child holding the write end would never see the end of it.
     let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| WalmgrError::Other(format!("backup: pipe: {e}")))?;
+        .map_err(|e| WalmgrError::Internal(format!("backup: pipe: {e}")))?;
     let receiver = start_receiver(m, set, File::from(pipe_r));
     let writer: StreamWriter =
         HashWriter::new(BufWriter::with_capacity(1 << 20, File::from(pipe_w)));
@@ -320,7 +333,7 @@ async fn session(m: &Master, set: &str) -> Result<Done> {
     };
     let recv = receiver
         .join()
-        .map_err(|_| WalmgrError::Other(format!("backup {set}: receiver thread panicked")))??;
+        .map_err(|_| WalmgrError::Internal(format!("backup {set}: receiver thread panicked")))??;
     let (stop_lsn, label, sent_sha256, sent_bytes) = streamed;
     Ok(Done {
         stop_lsn,
@@ -353,7 +366,7 @@ async fn stream(
     client: &tokio_postgres::Client,
     writer: StreamWriter,
     tablespaces: Vec<Tablespace>,
-) -> Result<(String, String, String, u64)> {
+) -> Result<(Lsn, String, String, u64)> {
     let data = m.master_data.clone();
     let tar = tokio::task::spawn_blocking(move || -> Result<TarWriter<StreamWriter>> {
         let mut w = TarWriter::new(writer);
@@ -361,7 +374,7 @@ async fn stream(
         Ok(w)
     })
     .await
-    .map_err(|e| WalmgrError::Other(format!("backup: copy thread: {e}")))??;
+    .map_err(|e| WalmgrError::Internal(format!("backup: copy thread: {e}")))??;
     log::info!(
         "copied {} files, {} bytes ({} changed during the copy); pg_backup_stop waits for the WAL to be archived",
         tar.stats.files,
@@ -375,7 +388,10 @@ async fn stream(
         )
         .await
         .map_err(|e| pg::error(&m.master_db, &e))?;
-    let lsn: String = row.get(0);
+    let lsn_text: String = row.get(0);
+    let lsn: Lsn = lsn_text
+        .parse()
+        .map_err(|e| WalmgrError::Transfer(format!("backup: pg_backup_stop returned {e}")))?;
     let label: String = row.get(1);
     let map: Option<String> = row.get(2);
     let label2 = label.clone();
@@ -387,31 +403,31 @@ async fn stream(
         }
         let (sha, bytes, bw) = tar.finish()?.finish();
         bw.into_inner()
-            .map_err(|e| WalmgrError::Other(format!("base backup stream: {}", e.error())))?;
+            .map_err(|e| WalmgrError::Transfer(format!("base backup stream: {}", e.error())))?;
         Ok((sha, bytes))
     })
     .await
-    .map_err(|e| WalmgrError::Other(format!("backup: copy thread: {e}")))??;
+    .map_err(|e| WalmgrError::Internal(format!("backup: copy thread: {e}")))??;
     Ok((lsn, label, sha, bytes))
 }
 
 /// `walmgr slave.ini xreceive-backup <set> <compression> <level>` (stdin: tar stream)
-pub fn xreceive_backup(s: &Slave, set: &str, args: &[String]) -> Result<()> {
+pub fn xreceive_backup(s: &Slave, set: &SetName, args: &[String]) -> Result<()> {
     let cmd = "xreceive-backup";
     if args.len() != 2 {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Usage(format!(
             "{cmd}: expected <set> <compression> <level>"
         )));
     }
     let c = Compression::parse(&args[0])
-        .ok_or_else(|| WalmgrError::Other(format!("{cmd}: bad compression {:?}", args[0])))?;
+        .ok_or_else(|| WalmgrError::Usage(format!("{cmd}: bad compression {:?}", args[0])))?;
     let (lo, hi) = c.level_range();
     let level = args[1]
         .parse::<i32>()
         .ok()
         .filter(|l| (lo..=hi).contains(l))
         .ok_or_else(|| {
-            WalmgrError::Other(format!("{cmd}: bad level {:?} for {}", args[1], c.name()))
+            WalmgrError::Usage(format!("{cmd}: bad level {:?} for {}", args[1], c.name()))
         })?;
     let mut st = Staging::create(&s.store.paths.full_backup, set, c, level)?;
     let stdin = io::stdin();
@@ -423,20 +439,24 @@ pub fn xreceive_backup(s: &Slave, set: &str, args: &[String]) -> Result<()> {
 }
 
 /// `walmgr slave.ini xcommit-backup <set> <sha256> <bytes> [key=value...]`
-pub fn xcommit_backup(s: &Slave, set: &str, args: &[String]) -> Result<()> {
+pub fn xcommit_backup(s: &Slave, set: &SetName, args: &[String]) -> Result<()> {
     let cmd = "xcommit-backup";
     let (Some(sha), Some(bytes)) = (
         args.first(),
         args.get(1).and_then(|b| b.parse::<u64>().ok()),
     ) else {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Usage(format!(
             "{cmd}: expected <set> <sha256> <bytes> [key=value...]"
         )));
     };
     let mut c = CommitInfo::default();
     for kv in &args[2..] {
         match kv.split_once('=') {
-            Some(("stop_lsn", v)) => c.stop_lsn = v.to_string(),
+            Some(("stop_lsn", v)) => {
+                c.stop_lsn = v
+                    .parse()
+                    .map_err(|e| WalmgrError::Usage(format!("{cmd}: stop_lsn: {e}")))?
+            }
             Some(("started_at", v)) => c.started_at = v.to_string(),
             Some(("pg_version", v)) => c.pg_version = Some(v.to_string()),
             Some(("system_identifier", v)) => c.system_identifier = Some(v.to_string()),

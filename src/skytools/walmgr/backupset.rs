@@ -20,13 +20,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Compression, HashReader, HashWriter};
 use super::error::{io_err, Result, WalmgrError};
 use crate::fsutil::{self, PathError, TEMP_PREFIX};
+use crate::pg::lsn::Lsn;
 
 pub const BASE: &str = "base.tar";
 pub const LABEL: &str = "backup_label";
@@ -43,11 +43,11 @@ const MAX_LABEL: u64 = 1 << 20;
 /// backup.json.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
-    pub set: String,
-    pub start_lsn: String,
+    pub set: SetName,
+    pub start_lsn: Lsn,
     /// First WAL segment the backup needs ("START WAL LOCATION: ... (file <seg>)").
     pub start_segment: String,
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     pub started_at: String,
     pub finished_at: String,
     pub compression: Compression,
@@ -69,7 +69,7 @@ pub struct BackupInfo {
 /// What the sender knows that the stream does not.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     pub started_at: String,
     pub pg_version: Option<String>,
     pub system_identifier: Option<String>,
@@ -87,8 +87,115 @@ pub struct Received {
     pub tablespace_map: Option<String>,
 }
 
+/// A backup set's name: `YYYYmmddTHHMMSSZ` (UTC), optionally `-<n>` when a second set
+/// starts in the same second. Checked once where it enters walmgr (the command line, an
+/// ssh answer, backup.json), so it can be joined to a path anywhere after: it has no
+/// separators and no dots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SetName(String);
+
+impl SetName {
+    pub fn parse(s: &str) -> Result<SetName> {
+        if valid_set_name(s) {
+            Ok(SetName(s.to_string()))
+        } else {
+            Err(WalmgrError::BadSetName(s.to_string()))
+        }
+    }
+
+    /// The name for a set started at `t`.
+    pub fn stamp(t: std::time::SystemTime) -> SetName {
+        SetName(stamp_text(t))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `n`th set of the same second: `<stamp>-<n>`.
+    fn nth(&self, n: u32) -> SetName {
+        let base = self.0.split_once('-').map_or(self.0.as_str(), |(b, _)| b);
+        SetName(format!("{base}-{n}"))
+    }
+
+    /// Sort key: the stamp, then the numeric suffix (`-10` after `-9`).
+    fn order_key(&self) -> (&str, u32) {
+        match self.0.split_once('-') {
+            Some((b, n)) => (b, n.parse().unwrap_or(0)),
+            None => (&self.0, 0),
+        }
+    }
+}
+
+impl Ord for SetName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order_key().cmp(&other.order_key())
+    }
+}
+
+impl PartialOrd for SetName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::str::FromStr for SetName {
+    type Err = WalmgrError;
+    fn from_str(s: &str) -> Result<SetName> {
+        SetName::parse(s)
+    }
+}
+
+impl TryFrom<String> for SetName {
+    type Error = WalmgrError;
+    fn try_from(s: String) -> Result<SetName> {
+        SetName::parse(&s)
+    }
+}
+
+impl From<SetName> for String {
+    fn from(s: SetName) -> String {
+        s.0
+    }
+}
+
+impl std::fmt::Display for SetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<Path> for SetName {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl PartialEq<str> for SetName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<String> for SetName {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for SetName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// `YYYYmmddTHHMMSSZ` (UTC) of `t`.
-pub fn stamp(t: std::time::SystemTime) -> String {
+pub fn stamp(t: std::time::SystemTime) -> SetName {
+    SetName::stamp(t)
+}
+
+fn stamp_text(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t)
         .to_string()
         .replace(['-', ':'], "")
@@ -109,21 +216,13 @@ pub fn valid_set_name(set: &str) -> bool {
         && n.is_none_or(|n| !n.is_empty() && n.len() < 6 && n.bytes().all(|c| c.is_ascii_digit()))
 }
 
-/// Sort key: the stamp, then the numeric suffix (`-10` after `-9`).
-fn order_key(set: &str) -> (String, u32) {
-    match set.split_once('-') {
-        Some((b, n)) => (b.to_string(), n.parse().unwrap_or(0)),
-        None => (set.to_string(), 0),
-    }
-}
-
 /// "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)" → (lsn, segment)
-pub fn parse_label(label: &str) -> Option<(String, String)> {
+pub fn parse_label(label: &str) -> Option<(Lsn, String)> {
     let line = label
         .lines()
         .find_map(|l| l.strip_prefix("START WAL LOCATION:"))?;
     let mut words = line.split_whitespace();
-    let lsn = words.next()?.to_string();
+    let lsn = words.next()?.parse().ok()?;
     let seg = line
         .split_once("(file ")?
         .1
@@ -138,7 +237,7 @@ pub fn parse_label(label: &str) -> Option<(String, String)> {
 /// A set being received: removed on drop unless committed or parked for a remote commit.
 pub struct Staging {
     pub full_backup: PathBuf,
-    pub set: String,
+    pub set: SetName,
     pub dir: PathBuf,
     compression: Compression,
     level: i32,
@@ -149,21 +248,16 @@ impl Staging {
     /// Stage `set` (or the next free `set-<n>`) in `full_backup`.
     pub fn create(
         full_backup: &Path,
-        set: &str,
+        set: &SetName,
         compression: Compression,
         level: i32,
     ) -> Result<Staging> {
-        if !valid_set_name(set) {
-            return Err(WalmgrError::Other(format!(
-                "{set:?}: not a backup set name (YYYYmmddTHHMMSSZ)"
-            )));
-        }
         fsutil::ensure_dir(full_backup, 0o700)?;
-        let mut name = set.to_string();
+        let mut name = set.clone();
         let mut n = 1;
         while full_backup.join(&name).exists() {
             n += 1;
-            name = format!("{set}-{n}");
+            name = set.nth(n);
         }
         let dir = full_backup.join(format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
         fs::DirBuilder::new()
@@ -241,12 +335,7 @@ impl Staging {
     }
 
     /// Find the parked staging dir of `set`.
-    pub fn resume(full_backup: &Path, set: &str) -> Result<(Staging, Received)> {
-        if !valid_set_name(set) {
-            return Err(WalmgrError::Other(format!(
-                "{set:?}: not a backup set name (YYYYmmddTHHMMSSZ)"
-            )));
-        }
+    pub fn resume(full_backup: &Path, set: &SetName) -> Result<(Staging, Received)> {
         let prefix = format!("{TEMP_PREFIX}{set}.");
         let rd = fs::read_dir(full_backup).map_err(io_err("list", full_backup))?;
         for e in rd.flatten() {
@@ -274,7 +363,7 @@ impl Staging {
             return Ok((
                 Staging {
                     full_backup: full_backup.to_path_buf(),
-                    set: set.to_string(),
+                    set: set.clone(),
                     dir: e.path(),
                     compression,
                     level: 0,
@@ -283,7 +372,7 @@ impl Staging {
                 r,
             ));
         }
-        Err(WalmgrError::Other(format!(
+        Err(WalmgrError::NoBackup(format!(
             "{}: no received backup {set} to commit",
             full_backup.display()
         )))
@@ -313,7 +402,7 @@ impl Staging {
             set: self.set.clone(),
             start_lsn,
             start_segment,
-            stop_lsn: c.stop_lsn.clone(),
+            stop_lsn: c.stop_lsn,
             started_at: c.started_at.clone(),
             finished_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
@@ -332,7 +421,7 @@ impl Staging {
         fsutil::sync_dir(&self.dir)?;
         let dst = self.full_backup.join(&self.set);
         if dst.exists() {
-            return Err(WalmgrError::Other(format!(
+            return Err(WalmgrError::Refused(format!(
                 "{}: already exists; backup not committed",
                 dst.display()
             )));
@@ -465,7 +554,7 @@ pub fn scan(full_backup: &Path) -> Result<Scan> {
             }
         }
     }
-    sets.sort_by_key(|s| order_key(&s.info.set));
+    sets.sort_by(|a, b| a.info.set.cmp(&b.info.set));
     Ok(out)
 }
 
@@ -476,7 +565,7 @@ pub fn rotate(
     full_backup: &Path,
     keep: usize,
     archive_command: Option<&str>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<SetName>> {
     let sets = list(full_backup)?;
     if keep == 0 || sets.len() <= keep {
         return Ok(Vec::new());
@@ -485,15 +574,15 @@ pub fn rotate(
     let mut failed = None;
     for s in &sets[..sets.len() - keep] {
         if let Some(cmd) = archive_command {
-            let st = Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
+            let st = crate::proc::Cmd::shell(cmd)
                 .env("WALMGR_BACKUP", &s.dir)
-                .status();
+                .output(crate::proc::Output::Inherit)
+                .run()
+                .map(|o| o.status);
             let why = match st {
                 Ok(st) if st.success() => None,
                 Ok(st) => Some(format!("exited with {st}")),
-                Err(e) => Some(format!("cannot run sh: {e}")),
+                Err(e) => Some(e.detail()),
             };
             if let Some(why) = why {
                 log::error!("archive_command for {}: {why}; set kept", s.dir.display());
@@ -538,7 +627,7 @@ pub fn has_backups(full_backup: &Path) -> bool {
 pub fn oldest_start_segment(full_backup: &Path) -> Result<Option<String>> {
     let s = scan(full_backup)?;
     if let Some(p) = s.unusable.first() {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Refused(format!(
             "{}: unreadable backup set; not removing any WAL until it is fixed or removed",
             p.display()
         )));
@@ -630,7 +719,8 @@ mod tests {
 
     fn commit_one(fb: &Path, set: &str, c: Compression) -> BackupInfo {
         let tar = tar_stream(true, Some("16400 /srv/ts1\n"));
-        let mut st = Staging::create(fb, set, c, c.default_level()).unwrap();
+        let mut st =
+            Staging::create(fb, &SetName::parse(set).unwrap(), c, c.default_level()).unwrap();
         let r = st.receive(&mut &tar[..]).unwrap();
         assert_eq!(r.sha256, super::super::codec::sha256_hex(&tar));
         assert_eq!(r.bytes, tar.len() as u64);
@@ -638,7 +728,7 @@ mod tests {
         st.commit(
             &r,
             &CommitInfo {
-                stop_lsn: "0/2000138".into(),
+                stop_lsn: "0/2000138".parse().unwrap(),
                 started_at: "2026-11-22T20:00:00Z".into(),
                 ..Default::default()
             },
@@ -663,7 +753,10 @@ mod tests {
         assert_eq!(stamp(std::time::UNIX_EPOCH), "19700101T000000Z");
         assert_eq!(
             parse_label(LABEL_TEXT),
-            Some(("0/2000028".into(), "000000010000000000000002".into()))
+            Some((
+                "0/2000028".parse().unwrap(),
+                "000000010000000000000002".into()
+            ))
         );
         assert_eq!(parse_label("START WAL LOCATION: 0/1 (file ../../x)"), None);
     }
@@ -722,14 +815,20 @@ mod tests {
             b"not a tar at all, definitely not".repeat(40),
             tar_stream(true, None)[..700].to_vec(),
         ] {
-            let mut st = Staging::create(&fb, "20261122T200000Z", Compression::None, 0).unwrap();
+            let mut st = Staging::create(
+                &fb,
+                &SetName::parse("20261122T200000Z").unwrap(),
+                Compression::None,
+                0,
+            )
+            .unwrap();
             let e = st.receive(&mut &input[..]).unwrap_err();
             assert!(e.to_string().contains("base.tar"), "{e}");
             drop(st);
         }
         assert_eq!(fs::read_dir(&fb).unwrap().count(), 0);
         assert!(!has_backups(&fb));
-        assert!(Staging::create(&fb, "../etc", Compression::None, 0).is_err());
+        assert!(SetName::parse("../etc").is_err());
     }
 
     #[test]
@@ -737,18 +836,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fb = d.path().join("full");
         let tar = tar_stream(true, None);
-        let mut st = Staging::create(&fb, "20261122T200000Z", Compression::Zstd, 3).unwrap();
+        let mut st = Staging::create(
+            &fb,
+            &SetName::parse("20261122T200000Z").unwrap(),
+            Compression::Zstd,
+            3,
+        )
+        .unwrap();
         let r = st.receive(&mut &tar[..]).unwrap();
         st.park(&r).unwrap();
         // Our own pid is alive, and a parked set is kept for a grace period anyway.
         assert!(cleanup_staging(&fb).unwrap().is_empty());
-        let (st, r2) = Staging::resume(&fb, "20261122T200000Z").unwrap();
+        let (st, r2) = Staging::resume(&fb, &SetName::parse("20261122T200000Z").unwrap()).unwrap();
         assert_eq!(r, r2);
         let info = st.commit(&r2, &CommitInfo::default()).unwrap();
         assert_eq!(info.compression, Compression::Zstd);
         assert!(!info.tablespaces);
         assert_eq!(list(&fb).unwrap().len(), 1);
-        assert!(Staging::resume(&fb, "20261122T200000Z").is_err());
+        assert!(Staging::resume(&fb, &SetName::parse("20261122T200000Z").unwrap()).is_err());
     }
 
     #[test]
@@ -770,7 +875,11 @@ mod tests {
         );
         let e = rotate(&fb, 1, Some(&cmd)).unwrap_err();
         assert!(e.to_string().contains("20261122T200000Z-2 kept"), "{e}");
-        let left: Vec<String> = list(&fb).unwrap().into_iter().map(|s| s.info.set).collect();
+        let left: Vec<String> = list(&fb)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.info.set.to_string())
+            .collect();
         assert_eq!(left, ["20261122T200000Z-2", "20261123T000000Z"]);
         let archived = fs::read_to_string(&log).unwrap();
         assert!(

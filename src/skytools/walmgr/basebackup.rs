@@ -282,13 +282,16 @@ impl<W: Write> TarWriter<W> {
 
     /// End the archive; returns the writer.
     pub fn finish(self) -> Result<W> {
-        self.builder
-            .into_inner()
-            .map_err(|e| WalmgrError::Other(format!("base backup stream: finishing the tar: {e}")))
+        self.builder.into_inner().map_err(|e| {
+            WalmgrError::Internal(format!("base backup stream: finishing the tar: {e}"))
+        })
     }
 
     fn write_err(&self, rel: &str, e: io::Error) -> WalmgrError {
-        WalmgrError::Other(format!("base backup stream: writing {rel}: {e}"))
+        WalmgrError::Output {
+            what: format!("base backup stream: writing {rel}"),
+            err: e,
+        }
     }
 }
 

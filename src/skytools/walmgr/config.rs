@@ -245,13 +245,8 @@ fn bin_dir(configured: Option<&Path>, data: &Path) -> Result<PathBuf> {
     if let Some(b) = configured {
         return Ok(b.to_path_buf());
     }
-    let vfile = data.join("PG_VERSION");
-    let v = std::fs::read_to_string(&vfile)
-        .map_err(|e| crate::fsutil::PathError::new("read", &vfile, e))?;
-    Ok(PathBuf::from(format!(
-        "/usr/lib/postgresql/{}/bin",
-        v.trim()
-    )))
+    let v = crate::pg::cluster::data_version(data).map_err(super::pg::cluster_error)?;
+    Ok(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
 }
 
 /// A value the ini has but walmgr cannot use.

@@ -2,7 +2,6 @@
 //! promotion of a running standby).
 
 use std::path::Path;
-use std::process::Command;
 
 use super::config::Slave;
 use super::error::{Result, WalmgrError};
@@ -35,9 +34,10 @@ pub fn remove_control(st: &WalStore, which: &str) -> Result<()> {
 
 /// The pid in `<data>/postmaster.pid` if that process is alive.
 pub fn running_postmaster(data: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    crate::daemon::pid_alive(pid).then_some(pid)
+    let pm = crate::pg::cluster::Layout::default()
+        .postmaster_pid(data)
+        .ok()??;
+    pm.alive().then_some(pm.pid)
 }
 
 pub fn boot(s: &Slave) -> Result<()> {
@@ -48,13 +48,13 @@ pub fn boot(s: &Slave) -> Result<()> {
     if data.join("standby.signal").exists() && running_postmaster(data).is_some() {
         // In standby mode a failing restore_command never ends recovery: promote.
         let pg_ctl = s.bin_dir()?.join("pg_ctl");
-        let out = Command::new(&pg_ctl)
+        let out = crate::proc::Cmd::new(&pg_ctl)
             .arg("promote")
             .arg("-w")
             .arg("-D")
             .arg(data)
-            .output()
-            .map_err(|e| WalmgrError::command(pg_ctl.display().to_string(), e))?;
+            .run()
+            .map_err(|e| WalmgrError::command(pg_ctl.display().to_string(), e.detail()))?;
         if !out.status.success() {
             return Err(WalmgrError::command(
                 format!("{} promote -D {}", pg_ctl.display(), data.display()),

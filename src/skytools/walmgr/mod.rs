@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use log::LevelFilter;
 
+use backupset::SetName;
 use config::{Master, Slave};
 pub use config::{Settings, StoreSettings};
 use error::{Result, WalmgrError};
@@ -70,7 +71,8 @@ pub struct Args {
     /// walmgr ini (master or slave)
     pub ini: PathBuf,
     /// Command (see below)
-    pub command: String,
+    #[arg(value_enum, hide_possible_values = true)]
+    pub command: Cmd,
     /// Command arguments
     #[arg(allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -80,27 +82,91 @@ pub fn command() -> clap::Command {
     Args::command()
 }
 
-pub fn main() -> ExitCode {
-    let args = Args::parse();
-    let result = run(&args);
-    let fatal = matches!(&result, Err(e) if restore_must_abort(&args.command, e));
-    let code = crate::cli::finish(PROGRAM, result.map_err(anyhow::Error::from));
-    if fatal {
-        ExitCode::from(RESTORE_ABORT)
-    } else {
-        code
+/// walmgr's commands, with Skytools' spellings. Parsed once, by clap; an unknown word
+/// is a usage error (exit 2) listing the valid ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Cmd {
+    Setup,
+    Stop,
+    Xarchive,
+    XreceiveWal,
+    Xrestore,
+    Backup,
+    XreceiveBackup,
+    XcommitBackup,
+    Listbackups,
+    Restore,
+    Pause,
+    Continue,
+    Boot,
+    Verify,
+    Cleanup,
+    // Skytools' commands for record-based shipping and its slave-side loop: accepted so
+    // the answer is "not supported, use streaming" rather than "unknown command".
+    #[value(hide = true)]
+    Sync,
+    #[value(hide = true)]
+    Syncdaemon,
+    #[value(hide = true)]
+    Periodic,
+    #[value(hide = true)]
+    Createslave,
+    #[value(hide = true)]
+    Xlock,
+    #[value(hide = true)]
+    Xrelease,
+    #[value(hide = true)]
+    Xrotate,
+    #[value(hide = true)]
+    Xpurgewals,
+    #[value(hide = true)]
+    Xpartialsync,
+}
+
+impl Cmd {
+    /// The command as typed (clap's kebab-case of the variant; a unit test checks).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cmd::Setup => "setup",
+            Cmd::Stop => "stop",
+            Cmd::Xarchive => "xarchive",
+            Cmd::XreceiveWal => "xreceive-wal",
+            Cmd::Xrestore => "xrestore",
+            Cmd::Backup => "backup",
+            Cmd::XreceiveBackup => "xreceive-backup",
+            Cmd::XcommitBackup => "xcommit-backup",
+            Cmd::Listbackups => "listbackups",
+            Cmd::Restore => "restore",
+            Cmd::Pause => "pause",
+            Cmd::Continue => "continue",
+            Cmd::Boot => "boot",
+            Cmd::Verify => "verify",
+            Cmd::Cleanup => "cleanup",
+            Cmd::Sync => "sync",
+            Cmd::Syncdaemon => "syncdaemon",
+            Cmd::Periodic => "periodic",
+            Cmd::Createslave => "createslave",
+            Cmd::Xlock => "xlock",
+            Cmd::Xrelease => "xrelease",
+            Cmd::Xrotate => "xrotate",
+            Cmd::Xpurgewals => "xpurgewals",
+            Cmd::Xpartialsync => "xpartialsync",
+        }
+    }
+
+    /// What a failure of this command turns into: restore_command's contract is that
+    /// only "not in the archive" may look like it (exit 1).
+    fn failure(self, e: WalmgrError) -> WalmgrError {
+        match self {
+            Cmd::Xrestore => e.undeliverable(),
+            _ => e,
+        }
     }
 }
 
-/// restore_command's exit status for "stop recovery": PostgreSQL takes exit 1 as "no such
-/// file" (and, replaying an archive to its end, promotes right there), but an exit status
-/// above 125 as fatal.
-pub const RESTORE_ABORT: u8 = 255;
-
-/// xrestore failures other than "not in the archive" (a corrupt stored file, an I/O error,
-/// a full disk under %p) must not look like the end of the archive.
-pub fn restore_must_abort(command: &str, e: &WalmgrError) -> bool {
-    command == "xrestore" && !matches!(e, WalmgrError::Missing { .. })
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    crate::cli::finish(PROGRAM, run(&args).map_err(crate::cli::coded))
 }
 
 fn level(args: &Args) -> LevelFilter {
@@ -114,6 +180,10 @@ fn level(args: &Args) -> LevelFilter {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
+    load_and_dispatch(args).map_err(|e| args.command.failure(e))
+}
+
+fn load_and_dispatch(args: &Args) -> Result<ExitCode> {
     // Until the ini is read, log to stderr (PostgreSQL's log for archive/restore commands).
     let _ = crate::logging::init(PROGRAM, &crate::logging::Target::Stderr, level(args));
     let settings = Settings::load(&args.ini)?;
@@ -147,12 +217,16 @@ pub fn self_command(ini: &Path, tail: &str) -> String {
 fn arg<'a>(args: &'a [String], i: usize, what: &str, cmd: &str) -> Result<&'a str> {
     args.get(i)
         .map(String::as_str)
-        .ok_or_else(|| WalmgrError::Other(format!("{cmd}: missing argument <{what}>")))
+        .ok_or_else(|| WalmgrError::Usage(format!("{cmd}: missing argument <{what}>")))
+}
+
+fn set_arg(args: &[String], i: usize, cmd: &str) -> Result<SetName> {
+    SetName::parse(arg(args, i, "set", cmd)?)
 }
 
 fn max_args(args: &[String], n: usize, cmd: &str) -> Result<()> {
     if args.len() > n {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Usage(format!(
             "{cmd}: unexpected argument {:?}",
             args[n]
         )));
@@ -163,7 +237,7 @@ fn max_args(args: &[String], n: usize, cmd: &str) -> Result<()> {
 fn master<'a>(s: &'a Settings, cmd: &str) -> Result<&'a Master> {
     match s {
         Settings::Master(m) => Ok(m),
-        Settings::Slave(_) => Err(WalmgrError::Other(format!(
+        Settings::Slave(_) => Err(WalmgrError::Usage(format!(
             "{cmd}: needs a master ini (with master_data); {} is a slave ini",
             s.ini().display()
         ))),
@@ -173,7 +247,7 @@ fn master<'a>(s: &'a Settings, cmd: &str) -> Result<&'a Master> {
 fn slave<'a>(s: &'a Settings, cmd: &str) -> Result<&'a Slave> {
     match s {
         Settings::Slave(sl) => Ok(sl),
-        Settings::Master(_) => Err(WalmgrError::Other(format!(
+        Settings::Master(_) => Err(WalmgrError::Usage(format!(
             "{cmd}: needs a slave ini (without master_data); {} is a master ini",
             s.ini().display()
         ))),
@@ -198,24 +272,24 @@ fn on_store(s: &Settings, cmd: &str, f: impl FnOnce(&StoreSettings) -> Result<()
 
 fn dispatch(args: &Args, s: &Settings) -> Result<()> {
     let a = &args.args;
-    let cmd = args.command.as_str();
-    match cmd {
-        "setup" => {
+    let cmd = args.command.name();
+    match args.command {
+        Cmd::Setup => {
             max_args(a, 0, cmd)?;
             setup::setup(s, args.not_really)
         }
-        "stop" => {
+        Cmd::Stop => {
             max_args(a, 0, cmd)?;
             setup::stop(master(s, cmd)?, args.not_really)
         }
-        "xarchive" => {
+        Cmd::Xarchive => {
             max_args(a, 2, cmd)?;
             let path = arg(a, 0, "path", cmd)?;
             let name = arg(a, 1, "name", cmd)?;
             archive::xarchive(master(s, cmd)?, Path::new(path), name)
         }
-        "xreceive-wal" => archive::xreceive_wal(slave(s, cmd)?, a),
-        "xrestore" => {
+        Cmd::XreceiveWal => archive::xreceive_wal(slave(s, cmd)?, a),
+        Cmd::Xrestore => {
             max_args(a, 3, cmd)?;
             let name = arg(a, 0, "name", cmd)?;
             let path = arg(a, 1, "path", cmd)?;
@@ -223,7 +297,7 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
                 Settings::Slave(sl) => (&sl.store, sl.standby_wait),
                 Settings::Master(_) => (
                     s.local_store().ok_or_else(|| {
-                        WalmgrError::Other(format!(
+                        WalmgrError::Usage(format!(
                             "{cmd}: run it with the slave ini (this master's store is remote)"
                         ))
                     })?,
@@ -238,65 +312,127 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
                 a.get(2).map(String::as_str),
             )
         }
-        "backup" => {
+        Cmd::Backup => {
             max_args(a, 0, cmd)?;
             backup::backup(master(s, cmd)?)
         }
-        "xreceive-backup" => {
-            let set = arg(a, 0, "set", cmd)?;
-            backup::xreceive_backup(slave(s, cmd)?, set, &a[1..])
+        Cmd::XreceiveBackup => {
+            let set = set_arg(a, 0, cmd)?;
+            backup::xreceive_backup(slave(s, cmd)?, &set, &a[1..])
         }
-        "xcommit-backup" => {
-            let set = arg(a, 0, "set", cmd)?;
-            backup::xcommit_backup(slave(s, cmd)?, set, &a[1..])
+        Cmd::XcommitBackup => {
+            let set = set_arg(a, 0, cmd)?;
+            backup::xcommit_backup(slave(s, cmd)?, &set, &a[1..])
         }
-        "listbackups" => {
+        Cmd::Listbackups => {
             max_args(a, 0, cmd)?;
             on_store(s, cmd, restore::listbackups)
         }
-        "restore" => {
+        Cmd::Restore => {
             max_args(a, 2, cmd)?;
+            let set = a.first().map(|n| SetName::parse(n)).transpose()?;
             restore::restore(
                 slave(s, cmd)?,
-                a.first().map(String::as_str),
+                set.as_ref(),
                 a.get(1).map(String::as_str),
                 args.recovery,
             )
         }
-        "pause" => {
+        Cmd::Pause => {
             max_args(a, 0, cmd)?;
             control::pause(slave(s, cmd)?)
         }
-        "continue" => {
+        Cmd::Continue => {
             max_args(a, 0, cmd)?;
             control::resume(slave(s, cmd)?)
         }
-        "boot" => {
+        Cmd::Boot => {
             max_args(a, 0, cmd)?;
             control::boot(slave(s, cmd)?)
         }
-        "verify" => {
+        Cmd::Verify => {
             max_args(a, 0, cmd)?;
             on_store(s, cmd, verify::verify_command)
         }
-        "cleanup" => {
+        Cmd::Cleanup => {
             max_args(a, 0, cmd)?;
             let dry = args.not_really;
             on_store(s, cmd, |st| verify::cleanup(st, dry))
         }
-        "sync" | "syncdaemon" | "periodic" | "createslave" | "xlock" | "xrelease" | "xrotate"
-        | "xpurgewals" | "xpartialsync" => Err(WalmgrError::Other(format!(
-            "{cmd}: not supported by this walmgr (for a continuously updated standby use \
-             primary_conninfo streaming; the archive is kept by xarchive)"
-        ))),
-        other => Err(WalmgrError::Other(format!(
-            "unknown command {other:?} (see walmgr --help)"
-        ))),
+        Cmd::Sync
+        | Cmd::Syncdaemon
+        | Cmd::Periodic
+        | Cmd::Createslave
+        | Cmd::Xlock
+        | Cmd::Xrelease
+        | Cmd::Xrotate
+        | Cmd::Xpurgewals
+        | Cmd::Xpartialsync => Err(WalmgrError::Unsupported {
+            command: cmd,
+            hint: "for a continuously updated standby use primary_conninfo streaming; \
+                   the archive is kept by xarchive",
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Cmd;
+    use clap::ValueEnum;
+
+    #[test]
+    fn clap_command_is_consistent() {
+        super::command().debug_assert();
+    }
+
+    #[test]
+    fn command_names_are_skytools_spellings() {
+        for c in Cmd::value_variants() {
+            let v = c.to_possible_value().unwrap();
+            assert_eq!(v.get_name(), c.name());
+            assert_eq!(Cmd::from_str(c.name(), false).unwrap(), *c);
+        }
+        assert!(Cmd::from_str("xreceive-wal", false).is_ok());
+        assert!(
+            Cmd::from_str("Setup", false).is_err(),
+            "case matters, as in Skytools"
+        );
+        assert!(
+            Cmd::from_str("sync", false).is_ok(),
+            "refused later, with a hint"
+        );
+    }
+
+    #[test]
+    fn only_xrestore_turns_failures_undeliverable() {
+        use super::error::WalmgrError;
+        use crate::cli::ExitError;
+        let missing = || WalmgrError::Missing {
+            name: "000000010000000000000001".into(),
+            reason: "not in the archive".into(),
+            dir: "/ws".into(),
+        };
+        let corrupt = || WalmgrError::Corrupt {
+            path: "/ws/x".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(Cmd::Xrestore.failure(missing()).code(), 1);
+        let e = Cmd::Xrestore.failure(corrupt());
+        assert_eq!(e.code(), 255);
+        assert_eq!(
+            e.to_string(),
+            corrupt().to_string(),
+            "shown as what it wraps"
+        );
+        assert_eq!(Cmd::Xrestore.failure(e).code(), 255);
+        assert_eq!(Cmd::Restore.failure(corrupt()).code(), 6);
+        let e = Cmd::Xrestore.failure(WalmgrError::Usage("x".into()));
+        assert_eq!(
+            e.code(),
+            255,
+            "even a bad command line must not end recovery"
+        );
+    }
     #[test]
     fn percent_signs_in_paths_survive_postgres_substitution() {
         let c = super::self_command(std::path::Path::new("/etc/wal 100%.ini"), "xarchive %p %f");

@@ -4,7 +4,8 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+use crate::proc::{Cmd, Outcome};
 
 use super::error::{Result, WalmgrError};
 
@@ -19,8 +20,8 @@ pub struct Remote {
 impl Remote {
     /// The local ssh command that runs `walmgr <ini> <args>` on the slave. ssh joins its
     /// arguments into one string for the remote shell, so each is quoted.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.ssh[0]);
+    pub fn command(&self, args: &[&str]) -> Cmd {
+        let mut c = Cmd::new(&self.ssh[0]);
         c.args(&self.ssh[1..]).arg(&self.host).arg("--");
         let ini = self.ini.to_string_lossy();
         let words = [self.walmgr.as_str(), ini.as_ref()]
@@ -49,35 +50,20 @@ impl Remote {
         self.run_with(args, |w| std::io::copy(input, w).map(|_| ()))
     }
 
-    /// Run a remote command whose stdin is written by `fill` (streaming). The remote side
-    /// answers with a line or two, far below a pipe buffer, so its stdout and stderr are
-    /// read only after stdin is closed.
+    /// Run a remote command whose stdin is written by `fill` (streaming).
     pub fn run_with<F>(&self, args: &[&str], fill: F) -> Result<String>
     where
         F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
     {
         let what = self.describe(args);
-        let mut child = self
+        let out = self
             .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| WalmgrError::command(&what, format!("cannot run {}: {e}", self.ssh[0])))?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let feed = fill(&mut stdin).and_then(|_| stdin.flush());
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .map_err(|e| WalmgrError::command(&what, e))?;
-        Self::outcome(&what, out, feed.err())
+            .run_feeding(fill)
+            .map_err(|e| WalmgrError::command(&what, e.detail()))?;
+        Self::outcome(&what, out)
     }
 
-    fn outcome(
-        what: &str,
-        out: std::process::Output,
-        feed_err: Option<std::io::Error>,
-    ) -> Result<String> {
+    fn outcome(what: &str, out: Outcome) -> Result<String> {
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let line = err
@@ -92,7 +78,7 @@ impl Remote {
                 format!("{} ({})", line, out.status),
             ));
         }
-        if let Some(e) = feed_err {
+        if let Some(e) = out.input_error {
             return Err(WalmgrError::command(what, format!("sending data: {e}")));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

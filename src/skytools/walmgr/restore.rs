@@ -22,13 +22,14 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::backupset::{self, Set};
+use super::backupset::{self, Set, SetName};
 use super::codec::HashReader;
 use super::config::{Slave, StoreSettings};
 use super::control::{remove_control, running_postmaster};
 use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::store::{self, WalStore};
 use crate::fsutil::{self, PathError};
+use crate::pg::quote::conf_value;
 
 /// `walmgr <ini> listbackups` (the store is local here).
 pub fn listbackups(st: &StoreSettings) -> Result<()> {
@@ -56,11 +57,6 @@ pub fn listbackups(st: &StoreSettings) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `value` as a single-quoted postgresql.conf string.
-pub fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// tablespace_map: `<oid> <path>` per line (the path may contain spaces).
@@ -99,18 +95,19 @@ struct TsTarget {
 }
 
 /// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of standby.signal.
-pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) -> Result<()> {
+pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bool) -> Result<()> {
     let fb = &s.store.paths.full_backup;
     let sets = backupset::list(fb)?;
     let set = match set {
-        Some(name) => sets.iter().find(|x| x.info.set == name).ok_or_else(|| {
-            WalmgrError::Other(format!(
-                "restore: no backup set {name:?} in {}",
+        Some(name) => sets.iter().find(|x| x.info.set == *name).ok_or_else(|| {
+            WalmgrError::NoBackup(format!(
+                "restore: no backup set {:?} in {}",
+                name.as_str(),
                 fb.display()
             ))
         })?,
         None => sets.last().ok_or_else(|| {
-            WalmgrError::Other(format!("restore: no backups in {}", fb.display()))
+            WalmgrError::NoBackup(format!("restore: no backups in {}", fb.display()))
         })?,
     };
     let dst = match dst {
@@ -118,7 +115,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
         None => s.require_data()?.to_path_buf(),
     };
     if dst.file_name().is_none() {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Usage(format!(
             "restore: {}: not a directory name to restore into",
             dst.display()
         )));
@@ -131,7 +128,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
         }
     }
     if let Some(pid) = running_postmaster(&dst) {
-        return Err(WalmgrError::Other(format!(
+        return Err(WalmgrError::Refused(format!(
             "restore: {}: PostgreSQL (pid {pid}) is running there; stop it first (or set slave_stop_cmd)",
             dst.display()
         )));
@@ -139,7 +136,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
     let move_aside = match is_empty_dir(&dst) {
         Ok(Some(false)) => {
             if !s.backup_datadir {
-                return Err(WalmgrError::Other(format!(
+                return Err(WalmgrError::Refused(format!(
                     "restore: {} is not empty (backup_datadir = no)",
                     dst.display()
                 )));
@@ -165,7 +162,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
                 None => true,
                 Some(true) => false,
                 Some(false) => {
-                    return Err(WalmgrError::Other(format!(
+                    return Err(WalmgrError::Refused(format!(
                         "restore: tablespace {oid}: {} is not empty",
                         dir.display()
                     )))
@@ -205,7 +202,7 @@ pub fn restore(s: &Slave, set: Option<&str>, dst: Option<&str>, recovery: bool) 
 
     if move_aside {
         let stamp = backupset::stamp(std::time::SystemTime::now());
-        let aside = sibling(&dst, &format!(".{}", stamp.trim_end_matches('Z')));
+        let aside = sibling(&dst, &format!(".{}", stamp.as_str().trim_end_matches('Z')));
         fs::rename(&dst, &aside).map_err(io_err("move aside", &dst))?;
         log::info!("moved the old {} to {}", dst.display(), aside.display());
     }
@@ -309,11 +306,10 @@ fn lay_out(
         .open(&auto)
         .map_err(io_err("open", &auto))?;
     // recovery_prefetch is new in 15: an unknown setting would stop an older server.
-    let pg_major = fs::read_to_string(tmp.join("PG_VERSION"))
-        .ok()
-        .and_then(|v| v.trim().split('.').next()?.parse().ok())
+    let pg_major = crate::pg::cluster::data_version(tmp)
+        .map(|v| v.major())
         .unwrap_or(15);
-    f.write_all(recovery_settings(s, &set.info.set, recovery, pg_major).as_bytes())
+    f.write_all(recovery_settings(s, &set.info.set, recovery, pg_major)?.as_bytes())
         .map_err(io_err("write", &auto))?;
     drop(f);
 
@@ -331,17 +327,33 @@ fn lay_out(
     Ok(())
 }
 
-fn recovery_settings(s: &Slave, set: &str, recovery: bool, pg_major: u32) -> String {
+/// The settings a restore appends to postgresql.auto.conf. A value PostgreSQL cannot
+/// hold (a newline, from a continued ini line) is refused, naming its key.
+fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) -> Result<String> {
     let restore_command = match &s.restore_command {
         Some(c) => c.clone(),
         None => super::self_command(&s.ini, "xrestore %f %p %r"),
     };
+    let quote = |key: &str, v: &str| {
+        conf_value(v).map_err(|e| {
+            WalmgrError::Config(crate::config::ConfigError::BadValue {
+                path: s.ini.clone(),
+                section: "walmgr".into(),
+                key: key.into(),
+                value: v.into(),
+                reason: e.to_string(),
+            })
+        })
+    };
     let mut out = format!(
         "\n# walmgr restore of backup {set}\nrestore_command = {}\n",
-        conf_quote(&restore_command)
+        quote("restore_command", &restore_command)?
     );
     if let Some(pc) = &s.primary_conninfo {
-        out.push_str(&format!("primary_conninfo = {}\n", conf_quote(pc)));
+        out.push_str(&format!(
+            "primary_conninfo = {}\n",
+            quote("primary_conninfo", pc)?
+        ));
     }
     out.push_str("archive_mode = 'off'\n");
     if !recovery && pg_major >= 15 {
@@ -350,7 +362,7 @@ fn recovery_settings(s: &Slave, set: &str, recovery: bool, pg_major: u32) -> Str
         // of the previous segment included, until that wait ends.
         out.push_str("recovery_prefetch = 'off'\n");
     }
-    out
+    Ok(out)
 }
 
 fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<()> {
@@ -519,7 +531,7 @@ mod tests {
     }
 
     /// A fake cluster with one tablespace, backed up into the slave's store.
-    fn backup(root: &Path, s: &Slave, c: Compression) -> String {
+    fn backup(root: &Path, s: &Slave, c: Compression) -> SetName {
         let src = root.join("src");
         let ts = root.join("ts-src");
         fs::create_dir_all(src.join("base/1")).unwrap();
@@ -549,7 +561,7 @@ mod tests {
         let tar = w.finish().unwrap();
         let mut st = Staging::create(
             &s.store.paths.full_backup,
-            "20261122T200000Z",
+            &SetName::parse("20261122T200000Z").unwrap(),
             c,
             c.default_level(),
         )
@@ -558,17 +570,12 @@ mod tests {
         st.commit(
             &r,
             &CommitInfo {
-                stop_lsn: "0/3000000".into(),
+                stop_lsn: "0/3000000".parse().unwrap(),
                 ..Default::default()
             },
         )
         .unwrap()
         .set
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(conf_quote("a 'b' c\\d"), "'a ''b'' c\\\\d'");
     }
 
     #[test]
@@ -645,8 +652,10 @@ mod tests {
         );
         assert!(auto.ends_with("archive_mode = 'off'\n"), "{auto}");
         assert!(!auto.contains("recovery_prefetch"), "{auto}");
-        let standby = recovery_settings(&s, &set, false, 15);
-        assert!(!recovery_settings(&s, &set, false, 14).contains("recovery_prefetch"));
+        let standby = recovery_settings(&s, &set, false, 15).unwrap();
+        assert!(!recovery_settings(&s, &set, false, 14)
+            .unwrap()
+            .contains("recovery_prefetch"));
         assert!(
             standby.ends_with("recovery_prefetch = 'off'\n"),
             "{standby}"
@@ -692,9 +701,15 @@ mod tests {
         // As on another host: the original tablespace path exists, empty.
         fs::remove_dir_all(root.join("ts-src")).unwrap();
         fs::create_dir(root.join("ts-src")).unwrap();
-        let e = restore(&s, Some("20261122T200000Z-9"), None, false).unwrap_err();
+        let e = restore(
+            &s,
+            Some(&SetName::parse("20261122T200000Z-9").unwrap()),
+            None,
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("20261122T200000Z-9"), "{e}");
-        assert!(restore(&s, Some("../../etc"), None, false).is_err());
+        assert!(SetName::parse("../../etc").is_err());
 
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();

@@ -3,12 +3,12 @@
 //! restart when archive_mode / wal_level changed and the ini says how.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::config::{Master, Settings, SetupMethod, Slave};
 use super::error::{Result, WalmgrError};
 use super::{pg, StoreSettings};
 use crate::fsutil::{self, PathError};
+use crate::pg::quote;
 
 /// The archive_command walmgr installs: this binary, this ini, absolute.
 pub fn archive_command(m: &Master) -> String {
@@ -101,10 +101,10 @@ fn apply(m: &Master, mut settings: Vec<(&'static str, String)>, dry_run: bool) -
                 continue;
             }
             if m.setup_method == SetupMethod::AlterSystem {
-                // An E'' literal reads the same whatever standard_conforming_strings is.
                 let sql = format!(
-                    "ALTER SYSTEM SET {k} = E'{}'",
-                    v.replace('\\', "\\\\").replace('\'', "''")
+                    "ALTER SYSTEM SET {k} = {}",
+                    quote::alter_system_value(v)
+                        .map_err(|e| WalmgrError::command(format!("ALTER SYSTEM SET {k}"), e))?
                 );
                 c.batch_execute(&sql)
                     .await
@@ -138,11 +138,11 @@ fn apply(m: &Master, mut settings: Vec<(&'static str, String)>, dry_run: bool) -
 /// Run an operator's command line from the ini through sh.
 pub fn run_shell(key: &str, cmd: &str) -> Result<()> {
     log::info!("running {key}: {cmd}");
-    let st = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .status()
-        .map_err(|e| WalmgrError::command(key, e))?;
+    let st = crate::proc::Cmd::shell(cmd)
+        .output(crate::proc::Output::Inherit)
+        .run()
+        .map_err(|e| WalmgrError::command(key, e.detail()))?
+        .status;
     if !st.success() {
         return Err(WalmgrError::command(format!("{key} ({cmd})"), st));
     }
@@ -152,7 +152,8 @@ pub fn run_shell(key: &str, cmd: &str) -> Result<()> {
 /// Comment out the active lines setting each key and append walmgr's values.
 pub fn edit_config(path: &Path, settings: &[(&str, String)]) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| PathError::new("read", path, e))?;
-    let out = rewrite_config(&text, settings);
+    let out = rewrite_config(&text, settings)
+        .map_err(|e| WalmgrError::command(format!("{}: {}", path.display(), e.0), e.1))?;
     let mode = std::fs::metadata(path)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
         .unwrap_or(0o644);
@@ -160,7 +161,11 @@ pub fn edit_config(path: &Path, settings: &[(&str, String)]) -> Result<()> {
     Ok(())
 }
 
-pub fn rewrite_config(text: &str, settings: &[(&str, String)]) -> String {
+/// The new text, or the key whose value PostgreSQL could not read back.
+pub fn rewrite_config(
+    text: &str,
+    settings: &[(&str, String)],
+) -> std::result::Result<String, (String, quote::QuoteError)> {
     let mut out = String::with_capacity(text.len() + 256);
     for line in text.lines() {
         let t = line.trim_start();
@@ -176,12 +181,10 @@ pub fn rewrite_config(text: &str, settings: &[(&str, String)]) -> String {
         out.push('\n');
     }
     for (k, v) in settings {
-        out.push_str(&format!(
-            "{k} = {}\t# set by walmgr\n",
-            super::restore::conf_quote(v)
-        ));
+        let v = quote::conf_value(v).map_err(|e| (k.to_string(), e))?;
+        out.push_str(&format!("{k} = {v}\t# set by walmgr\n"));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -198,12 +201,15 @@ mod tests {
                 ("archive_mode", "on".into()),
                 ("archive_command", "w 'a' %p".into()),
             ],
-        );
+        )
+        .unwrap();
         assert_eq!(
             out,
             "port = 5432\n#walmgr# archive_mode = off\n#archive_command = ''\n\
              #walmgr# archive_command='cp %p /x'\narchive_mode = 'on'\t# set by walmgr\n\
              archive_command = 'w ''a'' %p'\t# set by walmgr\n"
         );
+        let (key, _) = rewrite_config(t, &[("archive_command", "a\nb".into())]).unwrap_err();
+        assert_eq!(key, "archive_command");
     }
 }

@@ -277,10 +277,10 @@ impl WalStore {
         }
         if let Err(e) = copied {
             if out.failed {
-                return Err(WalmgrError::Other(format!(
-                    "{}: writing the restored file: {e}",
-                    meta.name
-                )));
+                return Err(WalmgrError::Output {
+                    what: format!("{}: writing the restored file", meta.name),
+                    err: e,
+                });
             }
             return Err(WalmgrError::Corrupt {
                 path: dp,

@@ -114,7 +114,7 @@ pub fn verify_command(st: &StoreSettings) -> Result<()> {
     if r.problems.is_empty() {
         Ok(())
     } else {
-        Err(WalmgrError::Other(format!(
+        Err(WalmgrError::Verify(format!(
             "verify: {} problem(s) in {}",
             r.problems.len(),
             st.paths.completed_wals.display()

@@ -148,7 +148,7 @@ pub fn xrestore(
                 // PostgreSQL signals our process group at shutdown; should we miss it,
                 // being re-parented means the startup process is gone: stop waiting.
                 if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
-                    return Err(WalmgrError::Other(format!(
+                    return Err(WalmgrError::Internal(format!(
                         "{name}: the process that asked for it is gone; giving up"
                     )));
                 }
