@@ -60,6 +60,7 @@ const BINARIES: &[(&str, &str)] = &[
     ("pgqd", "skytools::pgqd"),
     ("scriptmgr", "skytools::scriptmgr"),
     ("walmgr", "skytools::walmgr"),
+    ("calink", "calink"),
 ];
 
 /// Where a module stands in the layering.

@@ -25,6 +25,8 @@ pub struct Filesystem {
 
 /// Every mounted filesystem with blocks (pseudo filesystems such as proc and cgroup have
 /// none and are left out), each mount point once.
+// statvfs' counts are u64 here but narrower on some 32-bit targets, hence the casts.
+#[allow(clippy::unnecessary_cast)]
 pub fn disk() -> Result<Vec<Filesystem>, InfoError> {
     const P: &str = "/proc/self/mounts";
     let mounts = read(P)?;
