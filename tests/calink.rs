@@ -694,6 +694,7 @@ fn setup_errors_are_one_line_and_nothing_is_written() {
 fn missing_files_and_failing_commands_are_recorded_and_the_run_goes_on() {
     let c = Case::new(
         "[files]\nmissing = /nonexistent/calink-file\nnomatch = /nonexistent/*.log\n\
+         optional = ?/nonexistent/optional\n\
          [commands]\nbad = exit 2\n",
     );
     let (o, a) = c.run(&[]);
@@ -704,6 +705,7 @@ fn missing_files_and_failing_commands_are_recorded_and_the_run_goes_on() {
         (Some("skipped"), Some("not found"))
     );
     assert_eq!(a.entry("/nonexistent/*.log")["status"], "excluded");
+    assert_eq!(a.entry("/nonexistent/optional")["status"], "excluded");
     assert_eq!(a.entry("bad")["exit_code"], 2);
     assert!(a
         .text("calink.log")

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::archive::{self, Archive, ArchiveError};
 use super::commands;
-use super::config::Settings;
+use super::config::{FileSpec, Settings};
 use super::glob;
 use super::info;
 use super::manifest::{Entry, Kind, Manifest};
@@ -104,7 +104,7 @@ impl Run<'_, '_> {
         ));
         let json = self.info();
         for spec in &s.files {
-            self.files(a, &spec.key, &spec.pattern, spec.recurse)?;
+            self.files(a, spec)?;
         }
         let log = self.commands();
 
@@ -222,27 +222,29 @@ impl Run<'_, '_> {
                 .is_some_and(|n| n.to_string_lossy().starts_with(crate::fsutil::TEMP_PREFIX))
     }
 
-    fn files(
-        &mut self,
-        a: &mut Archive<'_>,
-        key: &str,
-        pattern: &str,
-        recurse: bool,
-    ) -> io::Result<()> {
-        let paths = glob::expand(pattern);
+    fn files(&mut self, a: &mut Archive<'_>, spec: &FileSpec) -> io::Result<()> {
+        let (key, pattern) = (spec.key.as_str(), spec.pattern.as_str());
+        let mut paths = glob::expand(pattern);
+        if spec.optional {
+            paths.retain(|p| p.symlink_metadata().is_ok());
+        }
         if paths.is_empty() {
-            self.log
-                .note(format!("[files] {key}: nothing matches {pattern}"));
+            let why = if spec.optional {
+                "optional, not there"
+            } else {
+                "nothing matches"
+            };
+            self.log.note(format!("[files] {key}: {pattern}: {why}"));
             // A pattern that matches nothing is a finding, not a gap in the archive.
             self.manifest
-                .push(Entry::new(Kind::File, pattern, Some(key)).excluded("nothing matches"));
+                .push(Entry::new(Kind::File, pattern, Some(key)).excluded(why));
             return Ok(());
         }
         for p in paths {
             let excl = |q: &Path| self.excluded(q);
             let mut found = Vec::new();
             // Walk first, read after: the walk borrows self for the exclusion check.
-            walk(&p, recurse, &excl, &mut |f| {
+            walk(&p, spec.recurse, &excl, &mut |f| {
                 found.push(match f {
                     Found::File { path, meta, follow } => {
                         Item::File(path.to_path_buf(), meta, follow)

@@ -7,7 +7,8 @@
 //! etc_calink_dirs = .                 ; CaLink's form: <prefix>/etc/calink, recursively
 //! var_log_files = syslog, dpkg.log    ; <prefix>/var/log/syslog and .../dpkg.log
 //! hostkit = /etc/skytools.ini         ; any other key: absolute paths or globs,
-//!     /var/log/skytools/*.log         ; one a line
+//!     /var/log/skytools/*.log         ; one a line; ?/path: may be missing
+//!     ?/var/log/syslog
 //! [commands]        ; label = command line (run by /bin/sh -c)
 //! dpkg = dpkg -l
 //! [output]          ; base names; .json, -commands.log and .tar.gz are appended
@@ -59,6 +60,8 @@ pub struct FileSpec {
     /// Directories matched are collected recursively; false for CaLink's
     /// `<dir>_files = .`, which means the files directly in the directory.
     pub recurse: bool,
+    /// Written `?/path`: its absence is noted, not a gap in the archive.
+    pub optional: bool,
 }
 
 /// The three output names, without their suffixes.
@@ -233,6 +236,10 @@ fn file_specs(s: &Section<'_>, key: &str, prefix: &Path) -> Result<Vec<FileSpec>
         // The explicit form: one absolute path or glob a line.
         let mut out = Vec::new();
         for line in raw.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (line, optional) = match line.strip_prefix('?') {
+                Some(rest) => (rest, true),
+                None => (line, false),
+            };
             if !line.starts_with('/') {
                 return Err(s.bad_value(key, line, "not an absolute path (only keys ending in _dirs or _files are relative to the prefix)"));
             }
@@ -240,6 +247,7 @@ fn file_specs(s: &Section<'_>, key: &str, prefix: &Path) -> Result<Vec<FileSpec>
                 key: key.to_string(),
                 pattern: line.to_string(),
                 recurse: true,
+                optional,
             });
         }
         return Ok(out);
@@ -264,6 +272,7 @@ fn file_specs(s: &Section<'_>, key: &str, prefix: &Path) -> Result<Vec<FileSpec>
             key: key.to_string(),
             pattern,
             recurse,
+            optional: false,
         });
     }
     Ok(out)
@@ -283,7 +292,7 @@ mod tests {
         let s = parse(
             "[info]\nload = loadavg, cpu\nsys = host os\n\
              [files]\netc_dirs = .\nvar_log_files = syslog, *.log\netc_amqp_files = .\n\
-             paths = /etc/os-release\n    /var/log/my_app/a, b.log\n\
+             paths = /etc/os-release\n    /var/log/my_app/a, b.log\n    ?/var/log/syslog\n\
              [commands]\nuname = uname -a\ndf = df -P\n\
              [output]\narchive = out\n",
         )
@@ -307,10 +316,15 @@ mod tests {
                 ("/opt/canopsis/etc", true),
                 ("/etc/os-release", true),
                 ("/var/log/my_app/a, b.log", true),
+                ("/var/log/syslog", true),
                 ("/opt/canopsis/var/log/syslog", false),
                 ("/opt/canopsis/var/log/*.log", false),
             ]
         );
+        assert!(s
+            .files
+            .iter()
+            .all(|f| f.optional == (f.pattern == "/var/log/syslog")));
         assert_eq!(s.commands[0], ("df".to_string(), "df -P".to_string()));
         assert_eq!(s.output.archive_file(), "out.tar.gz");
         assert_eq!(s.output.json_file(), "CaLink-h1-1700000000.json");

@@ -17,7 +17,10 @@ pub fn plan(s: &Settings, archive: &Path, exclude: &dyn Fn(&Path) -> bool) -> St
     }
     let cap = s.limits.max_file_size;
     for spec in &s.files {
-        let paths = glob::expand(&spec.pattern);
+        let mut paths = glob::expand(&spec.pattern);
+        if spec.optional {
+            paths.retain(|p| p.symlink_metadata().is_ok());
+        }
         if paths.is_empty() {
             let _ = writeln!(
                 out,
