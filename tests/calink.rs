@@ -519,10 +519,24 @@ fn obfuscation_leaves_no_host_name_address_or_mac_and_keeps_its_tokens() {
         ids.len() >= 2,
         "the host has a name and an address: {ids:?}"
     );
+    // A file named after the host, holding its address, a link pointing at its name,
+    // and a compressed log (whose names could not be seen).
+    let host = ids[0].clone();
+    let d = tempfile::tempdir().unwrap();
+    fs::write(
+        d.path().join(format!("{host}.conf")),
+        format!("listen = {}\n", ids[1]),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("{host}.conf"), d.path().join("current")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, host.as_bytes()).unwrap();
+    fs::write(d.path().join("old.log.gz"), gz.finish().unwrap()).unwrap();
     let ini = format!(
-        "{FAST}[info]\nsys = host, ps, disk\n[files]\netc = /etc/hostname\n    /etc/hosts\n\
+        "{FAST}[info]\nsys = host, ps, disk\n[files]\netc = /etc/hostname\n    /etc/hosts\n    {}\n\
          [commands]\nname = hostname; hostname -f\naddr = ip addr; ip link\n\
-         macs = cat /sys/class/net/*/address\n"
+         macs = cat /sys/class/net/*/address\n",
+        d.path().display()
     );
     let c = Case::new(&ini);
     let (o, a) = c.run(&[
@@ -538,6 +552,26 @@ fn obfuscation_leaves_no_host_name_address_or_mac_and_keeps_its_tokens() {
             "{id} in the archive's name"
         );
     }
+    let conf = a
+        .members
+        .iter()
+        .find(|(n, _)| {
+            n.ends_with("obfhost1.conf") || (n.contains("/obfhost") && n.ends_with(".conf"))
+        })
+        .unwrap_or_else(|| panic!("the host's file under its token: {:?}", a.members.keys()));
+    assert!(String::from_utf8_lossy(&conf.1 .0).starts_with("listen = "));
+    let link = a
+        .members
+        .iter()
+        .find(|(n, _)| n.ends_with("/current"))
+        .expect("the link");
+    assert!(
+        link.1 .1.as_deref().unwrap().starts_with("obfhost"),
+        "{:?}",
+        link.1
+    );
+    let gz = a.entry(&d.path().join("old.log.gz").display().to_string());
+    assert_eq!(gz["status"], "excluded", "{gz}");
     let log = a.commands_log();
     assert!(log.contains("obfhost"), "{log}");
     assert!(log.contains("02:00:00:00:00:0"), "{log}");
@@ -576,6 +610,33 @@ fn obfuscation_leaves_no_host_name_address_or_mac_and_keeps_its_tokens() {
     );
     assert!(second_name.contains(&host_token));
     assert!(b.commands_log().contains(&host_token));
+}
+
+#[test]
+fn low_priority_runs_at_nice_19_in_the_idle_io_class() {
+    let c = Case::new(
+        "[commands]\nnice = cut -d' ' -f19 /proc/self/stat\nio = ionice -p $$ 2>/dev/null || echo no ionice\n",
+    );
+    let (o, a) = c.run(&["--low-priority"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = a.commands_log();
+    assert!(
+        log.contains("==== nice ====") && log.contains("--- stdout ---\n19\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("--- stdout ---\nidle\n") || log.contains("no ionice"),
+        "{log}"
+    );
+    let (_, b) = {
+        fs::remove_file(&a.path).unwrap();
+        c.run(&[])
+    };
+    assert!(
+        b.commands_log().contains("--- stdout ---\n0\n"),
+        "{}",
+        b.commands_log()
+    );
 }
 
 #[test]

@@ -311,6 +311,14 @@ impl Run<'_, '_> {
                 if self.o.progress {
                     eprintln!("calink: {shown}");
                 }
+                if self.o.obfuscator.is_some() && compressed(&path) {
+                    // Names inside compressed data can be neither replaced nor seen by the
+                    // leak scan.
+                    let reason = "compressed: cannot be obfuscated";
+                    self.log.note(format!("{shown}: {reason}"));
+                    self.manifest.push(e.excluded(reason));
+                    return Ok(());
+                }
                 match read_tail(&path, follow, limits.max_file_size) {
                     Err(err) => {
                         self.log.note(format!("{shown}: {err}"));
@@ -406,6 +414,22 @@ pub fn now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Does the file start with the magic of gzip, bzip2, xz or zstd?
+fn compressed(path: &Path) -> bool {
+    let mut head = [0u8; 6];
+    let n = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let h = &head[..n];
+    h.starts_with(&[0x1f, 0x8b])
+        || h.starts_with(b"BZh")
+        || h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
 }
 
 /// The file's content, at most its last `cap` bytes: (data, bytes at the source,

@@ -16,8 +16,8 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    /// `interval` is clamped to the window, so there are always at least two readings
-    /// (one interval's worth of counter deltas).
+    /// `interval` is clamped to the window (and to 10 ms at least); a window shorter
+    /// than one interval still gets two readings, one interval apart.
     pub fn new(window: Duration, interval: Duration) -> Sampling {
         let interval = interval
             .max(Duration::from_millis(10))
@@ -68,7 +68,8 @@ pub(super) fn run(probes: &mut [&mut dyn Probe], s: &Sampling) -> Vec<Result<Sum
         }
         tick += 1;
         let next = s.interval * tick;
-        if next > s.window {
+        // Two readings at least: counter-based probes need one delta.
+        if next > s.window && tick >= 2 {
             break;
         }
         std::thread::sleep(next.saturating_sub(start.elapsed()));
@@ -388,6 +389,13 @@ mod tests {
         let s = smem(&quick()).unwrap();
         assert_eq!(s.total_bytes, m["SwapTotal"]);
         assert!(s.summary.maximum["used_bytes"] <= s.total_bytes as f64);
+    }
+
+    #[test]
+    fn a_zero_window_still_gives_one_delta() {
+        let c = cpu(&Sampling::new(Duration::ZERO, Duration::from_millis(50))).unwrap();
+        assert_eq!(c.summary.samples, 1);
+        assert!(c.summary.average.contains_key("busy"));
     }
 
     #[test]
