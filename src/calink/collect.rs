@@ -240,11 +240,14 @@ impl Run<'_, '_> {
                 .push(Entry::new(Kind::File, pattern, Some(key)).excluded(why));
             return Ok(());
         }
+        // A path written out is followed if a link (/etc/os-release is one); what a glob
+        // finds inside a directory is not.
+        let follow = !glob::has_wildcard(pattern);
         for p in paths {
             let excl = |q: &Path| self.excluded(q);
             let mut found = Vec::new();
             // Walk first, read after: the walk borrows self for the exclusion check.
-            walk(&p, spec.recurse, &excl, &mut |f| {
+            walk(&p, follow, spec.recurse, &excl, &mut |f| {
                 found.push(match f {
                     Found::File { path, meta, follow } => {
                         Item::File(path.to_path_buf(), meta, follow)

@@ -21,7 +21,7 @@
 //! form can name any absolute path: one per line, so commas and spaces are plain
 //! characters, and `\` makes a wildcard literal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, Section};
@@ -30,6 +30,7 @@ use super::info::{Item, Sampling};
 
 pub const DEFAULT_CONFIG: &str = "/etc/calink/calink.ini";
 
+const SECTIONS: &[&str] = &["info", "files", "commands", "output", "calink"];
 const OUTPUT_KEYS: &[&str] = &["json", "commands", "archive"];
 const LIMIT_KEYS: &[&str] = &[
     "sample_window",
@@ -38,6 +39,15 @@ const LIMIT_KEYS: &[&str] = &[
     "max_file_size",
     "max_total_size",
 ];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A misspelt section would otherwise silently collect nothing.
+    #[error("{path}: unknown section [{section}] (calink reads [info], [files], [commands], [output] and [calink])")]
+    UnknownSection { path: PathBuf, section: String },
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -107,7 +117,7 @@ impl Default for Limits {
 
 /// Read `path`; `prefix` anchors CaLink's relative `[files]` form, `host` and `now` make
 /// the default output names.
-pub fn load(path: &Path, prefix: &Path, host: &str, now: u64) -> Result<Settings, ConfigError> {
+pub fn load(path: &Path, prefix: &Path, host: &str, now: u64) -> Result<Settings, SettingsError> {
     let cfg = Config::load(path)?;
     from_config(&cfg, prefix, host, now)
 }
@@ -117,7 +127,13 @@ pub fn from_config(
     prefix: &Path,
     host: &str,
     now: u64,
-) -> Result<Settings, ConfigError> {
+) -> Result<Settings, SettingsError> {
+    if let Some(section) = cfg.sections().find(|s| !SECTIONS.contains(s)) {
+        return Err(SettingsError::UnknownSection {
+            path: cfg.path().to_path_buf(),
+            section: section.to_string(),
+        });
+    }
     let mut info = Vec::new();
     for group in cfg.keys("info") {
         let s = cfg.section("info");
@@ -282,7 +298,7 @@ fn file_specs(s: &Section<'_>, key: &str, prefix: &Path) -> Result<Vec<FileSpec>
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Settings, ConfigError> {
+    fn parse(text: &str) -> Result<Settings, SettingsError> {
         let cfg = Config::parse(text, Path::new("/etc/calink/calink.ini"))?;
         from_config(&cfg, Path::new("/opt/canopsis"), "h1", 1700000000)
     }
@@ -356,6 +372,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_file_size") && e.contains("10Q"), "{e}");
+        let e = parse("[file]\nx = /etc\n").unwrap_err().to_string();
+        assert!(e.contains("calink.ini: unknown section [file]"), "{e}");
         let e = parse("[commands]\nx =\n").unwrap_err().to_string();
         assert!(e.contains("[commands] x"), "{e}");
     }

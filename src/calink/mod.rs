@@ -25,7 +25,6 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use crate::cli::{coded, ExitError};
-use crate::config::ConfigError;
 
 pub const PROGRAM: &str = "calink";
 
@@ -71,7 +70,7 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] config::SettingsError),
     #[error("output directory {path}: {reason}")]
     OutputDir { path: PathBuf, reason: String },
     #[error(transparent)]

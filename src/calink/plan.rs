@@ -29,7 +29,8 @@ pub fn plan(s: &Settings, archive: &Path, exclude: &dyn Fn(&Path) -> bool) -> St
             );
         }
         for p in paths {
-            let _ = walk(&p, spec.recurse, exclude, &mut |f| {
+            let follow = !glob::has_wildcard(&spec.pattern);
+            let _ = walk(&p, follow, spec.recurse, exclude, &mut |f| {
                 let _ = match f {
                     Found::File { path, meta, .. } if meta.len() > cap => writeln!(
                         out,

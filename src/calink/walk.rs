@@ -28,15 +28,17 @@ pub enum Found<'a> {
     Excluded { path: &'a Path, reason: String },
 }
 
-/// Visit what `path` names: the path itself (followed if a link), and, when it is a
-/// directory and `recurse`, everything below it in name order.
+/// Visit what `path` names: the path itself (followed if a link and `follow`: a path
+/// written out in the config, not one a glob found inside a directory), and, when it is
+/// a directory and `recurse`, everything below it in name order.
 pub fn walk(
     path: &Path,
+    follow: bool,
     recurse: bool,
     exclude: &dyn Fn(&Path) -> bool,
     visit: &mut dyn FnMut(Found<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    visit_one(path, true, recurse, exclude, visit)
+    visit_one(path, follow, recurse, exclude, visit)
 }
 
 fn visit_one(
@@ -144,9 +146,13 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn listing(path: &Path, recurse: bool) -> Vec<String> {
+        listing_with(path, true, recurse)
+    }
+
+    fn listing_with(path: &Path, follow: bool, recurse: bool) -> Vec<String> {
         let mut out = Vec::new();
         let ex = |p: &Path| p.ends_with("own");
-        walk(path, recurse, &ex, &mut |f| {
+        walk(path, follow, recurse, &ex, &mut |f| {
             out.push(match f {
                 Found::File { path, follow, .. } => format!("file {} {follow}", path.display()),
                 Found::Symlink { path, target, .. } => {
@@ -196,5 +202,10 @@ mod tests {
             [format!("skip {} not found", p("nope"))]
         );
         assert!(listing(&r, false)[0].starts_with("excl"));
+        // Found by a glob: stored as the link it is.
+        assert_eq!(
+            listing_with(&d.path().join("to-r"), false, true),
+            [format!("link {} -> {}", p("to-r"), r.display())]
+        );
     }
 }
