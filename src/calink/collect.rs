@@ -16,12 +16,12 @@ use serde_json::{json, Map, Value};
 use super::archive::{self, Archive, ArchiveError};
 use super::commands;
 use super::config::{FileSpec, Settings};
-use super::glob;
 use super::info;
 use super::manifest::{Entry, Kind, Manifest};
 use super::obfuscate::Obfuscator;
 use super::scrub;
 use super::walk::{walk, Found};
+use crate::glob;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const OWN_LOG: &str = "calink.log";

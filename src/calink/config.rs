@@ -65,7 +65,7 @@ pub struct Settings {
 pub struct FileSpec {
     /// The `[files]` key it came from (named in the manifest).
     pub key: String,
-    /// An absolute path, possibly with wildcards (see [`super::glob`]).
+    /// An absolute path, possibly with wildcards (see [`crate::glob`]).
     pub pattern: String,
     /// Directories matched are collected recursively; false for CaLink's
     /// `<dir>_files = .`, which means the files directly in the directory.
@@ -269,7 +269,7 @@ fn file_specs(s: &Section<'_>, key: &str, prefix: &Path) -> Result<Vec<FileSpec>
         return Ok(out);
     };
     let dir = prefix.join(stem.replace('_', "/"));
-    let base = super::glob::escape(&dir);
+    let base = crate::glob::escape(&dir);
     let mut out = Vec::new();
     for name in crate::config::split_list(&raw) {
         if name.contains('/') || name == ".." {

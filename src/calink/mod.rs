@@ -9,7 +9,6 @@ pub mod archive;
 pub mod collect;
 pub mod commands;
 pub mod config;
-pub mod glob;
 pub mod info;
 pub mod manifest;
 pub mod obfuscate;

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::config::Settings;
-use super::glob;
 use super::walk::{walk, Found};
+use crate::glob;
 
 pub fn plan(s: &Settings, archive: &Path, exclude: &dyn Fn(&Path) -> bool) -> String {
     let mut out = String::new();

@@ -1,6 +1,7 @@
-//! Shell-style globs over absolute paths, for `[files]`: `*`, `?` and `[...]` in any
-//! component, `\` to take the next character literally. As in the shell, a wildcard
-//! never matches a leading `.` and never crosses a `/`.
+//! Shell-style globs: `*`, `?` and `[...]` in any component of an absolute path, `\`
+//! to take the next character literally. As in the shell, a wildcard never matches a
+//! leading `.` and never crosses a `/`. The one matcher for config values that name
+//! files (calink's `[files]`, scriptmgr's `config_list`).
 
 use std::path::{Path, PathBuf};
 
