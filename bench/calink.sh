@@ -9,9 +9,10 @@
 #   default  calink -c etc/calink/calink.ini: the default selection of a Debian host,
 #            with its 1 s sampling window
 #
-# Each side runs ROUNDS times into a fresh output directory; reported are the median
-# wall time, the median peak RSS (/usr/bin/time), the archive's size and the input
-# throughput (corpus bytes / wall time). The page cache is warmed by a first untimed
+# Each side runs ROUNDS times (rounds interleave the sides) into a fresh output
+# directory; reported are the medians of wall time, CPU time (user + system, the
+# figure least moved by other load on the host) and peak RSS (/usr/bin/time), the
+# archive's size and the input throughput (corpus bytes / wall time). The page cache is warmed by a first untimed
 # read of the corpus, so every side reads from memory. calink writes nothing but the
 # archive (no copy of the tree), so its peak disk use is the archive's size.
 #
@@ -53,10 +54,10 @@ run() {
     local t0 t1 st=0
     t0=$(date +%s.%N)
     case $1 in
-    tar) /usr/bin/time -f %M -o "$work/rss" tar czf "$work/out/corpus.tar.gz" -C / "${rel[@]}" 2>/dev/null || st=$? ;;
-    calink) /usr/bin/time -f %M -o "$work/rss" "$OURS" -c "$work/corpus.ini" -o "$work/out" >/dev/null 2>&1 || st=$? ;;
-    calink-noscrub) /usr/bin/time -f %M -o "$work/rss" "$OURS" -c "$work/corpus.ini" -o "$work/out" --no-scrub >/dev/null 2>&1 || st=$? ;;
-    default) /usr/bin/time -f %M -o "$work/rss" "$OURS" -c etc/calink/calink.ini -o "$work/out" >/dev/null 2>&1 || st=$? ;;
+    tar) /usr/bin/time -f "%M %U %S" -o "$work/rss" tar czf "$work/out/corpus.tar.gz" -C / "${rel[@]}" 2>/dev/null || st=$? ;;
+    calink) /usr/bin/time -f "%M %U %S" -o "$work/rss" "$OURS" -c "$work/corpus.ini" -o "$work/out" >/dev/null 2>&1 || st=$? ;;
+    calink-noscrub) /usr/bin/time -f "%M %U %S" -o "$work/rss" "$OURS" -c "$work/corpus.ini" -o "$work/out" --no-scrub >/dev/null 2>&1 || st=$? ;;
+    default) /usr/bin/time -f "%M %U %S" -o "$work/rss" "$OURS" -c etc/calink/calink.ini -o "$work/out" >/dev/null 2>&1 || st=$? ;;
     esac
     t1=$(date +%s.%N)
     # tar exits 1 for files that changed as it read them, calink 3 for anything skipped
@@ -64,27 +65,34 @@ run() {
     case $st in 0 | 1 | 3) ;; *) say "$1 exited $st"; exit 1 ;; esac
     local size
     size=$(find "$work/out" -type f -name '*.tar.gz' -printf '%s\n' | head -1)
-    echo "$(echo "$t1 - $t0" | bc -l) $(tail -1 "$work/rss") $size"
+    local rss usr sys
+    read -r rss usr sys < <(tail -1 "$work/rss")
+    echo "$(echo "$t1 - $t0" | bc -l) $rss $size $(echo "$usr + $sys" | bc -l)"
 }
 
 median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-echo "| side | wall (median of $ROUNDS) | peak RSS | archive | throughput |"
-echo "|---|---|---|---|---|"
-for side in tar calink-noscrub calink default; do
-    : >"$work/results"
-    for _ in $(seq "$ROUNDS"); do run "$side" >>"$work/results"; done
-    wall=$(awk '{print $1}' "$work/results" | median)
-    rss=$(awk '{print $2}' "$work/results" | median)
-    size=$(awk '{print $3}' "$work/results" | median)
+SIDES=(tar calink-noscrub calink default)
+# Rounds interleave the sides, so a burst of load elsewhere on the host hits them alike.
+for r in $(seq "$ROUNDS"); do
+    for side in "${SIDES[@]}"; do run "$side" >>"$work/results.$side"; done
+    say "round $r done"
+done
+
+echo "| side | wall (median of $ROUNDS) | CPU user+sys | peak RSS | archive | throughput (wall) |"
+echo "|---|---|---|---|---|---|"
+for side in "${SIDES[@]}"; do
+    wall=$(awk '{print $1}' "$work/results.$side" | median)
+    rss=$(awk '{print $2}' "$work/results.$side" | median)
+    size=$(awk '{print $3}' "$work/results.$side" | median)
+    cpu=$(awk '{print $4}' "$work/results.$side" | median)
     if [ "$side" = default ]; then
         tp="-"
     else
         tp=$(printf '%.0f MB/s' "$(echo "$bytes / $wall / 1000000" | bc -l)")
     fi
-    printf '| %s | %.2f s | %d MiB | %.1f MB | %s |\n' "$side" "$wall" $((rss / 1024)) \
+    printf '| %s | %.2f s | %.2f s | %d MiB | %.1f MB | %s |\n' "$side" "$wall" "$cpu" $((rss / 1024)) \
         "$(echo "$size / 1000000" | bc -l)" "$tp"
-    say "$side done"
 done
 echo
 echo "Corpus: ${CORPUS[*]} ($files files, $(echo "$bytes / 1000000" | bc) MB), page cache warm; $(nproc) CPUs."

@@ -52,6 +52,11 @@ pub fn scrub(name: &str, data: &[u8]) -> (Vec<u8>, usize) {
             out.extend_from_slice(b"[private key scrubbed by calink]\n");
             continue;
         }
+        // Every rule below needs a '=' or a ':'; most lines of a log have neither.
+        if !line.iter().any(|b| *b == b'=' || *b == b':') {
+            out.extend_from_slice(line);
+            continue;
+        }
         let mut l = line.to_vec();
         if pgpass {
             count += scrub_pgpass(&mut l);
