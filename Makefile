@@ -43,6 +43,8 @@ bench:
 	bash bench/pgqd.sh 10 100 500
 	$(CARGO) build --release --locked --bin walmgr
 	bash bench/walmgr.sh
+	$(CARGO) build --release --locked --bin calink
+	bash bench/calink.sh
 
 clean:
 	$(CARGO) clean

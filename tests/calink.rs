@@ -774,6 +774,44 @@ fn missing_files_and_failing_commands_are_recorded_and_the_run_goes_on() {
 }
 
 #[test]
+fn the_archive_being_written_and_the_obfuscation_map_are_never_collected() {
+    let d = tempfile::tempdir().unwrap();
+    let map = d.path().join("state/obfuscation.json");
+    fs::create_dir(d.path().join("out")).unwrap();
+    fs::write(d.path().join("keep"), "k\n").unwrap();
+    let ini = format!("[files]\nall = {}\n", d.path().display());
+    fs::write(d.path().join("calink.ini"), &ini).unwrap();
+    let mut cmd = calink();
+    cmd.arg("-c")
+        .arg(d.path().join("calink.ini"))
+        .arg("-o")
+        .arg(d.path().join("out"))
+        .args(["--obfuscate", "--obfuscation-map"])
+        .arg(&map);
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", show(&cmd, &o));
+    let archive = Archive::read(Path::new(String::from_utf8_lossy(&o.stdout).trim()));
+    assert_eq!(archive.file(&d.path().join("keep")), b"k\n");
+    assert!(
+        !archive
+            .members
+            .keys()
+            .any(|k| k.contains("/out/") || k.contains("obfuscation.json")),
+        "{:?}",
+        archive.members.keys()
+    );
+    let m = archive.manifest();
+    let excluded: Vec<&str> = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "calink's own file")
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(excluded.len(), 2, "{excluded:?}");
+}
+
+#[test]
 fn dry_run_lists_and_writes_nothing() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("f"), "abc").unwrap();
