@@ -25,29 +25,16 @@ struct Db {
 impl Db {
     fn new(tag: &str) -> Db {
         let name = format!("ele_schema_{tag}_{}", std::process::id());
-        psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
-        psql("postgres", &format!("CREATE DATABASE {name}"));
+        psql(
+            "postgres",
+            &["-c", &format!("DROP DATABASE IF EXISTS {name}")],
+        );
+        psql("postgres", &["-c", &format!("CREATE DATABASE {name}")]);
         Db { name }
     }
 
-    fn load_schema(&self) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                SOCKET,
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", &self.name, "-f", &schema()])
-            .output()
-            .expect("psql");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "create_schema.sql failed:\n{stderr}");
-        stderr
+    fn load_schema(&self) {
+        psql(&self.name, &["-f", &schema()]);
     }
 
     async fn client(&self) -> Client {
@@ -64,14 +51,13 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        psql("postgres", &["-c", &sql]);
     }
 }
 
-fn psql(db: &str, sql: &str) {
+/// psql on `db` as postgres over the socket, stopping at the first error.
+fn psql(db: &str, what: &[&str]) {
     let out = Command::new("psql")
         .args([
             "-X",
@@ -83,12 +69,13 @@ fn psql(db: &str, sql: &str) {
             "-U",
             "postgres",
         ])
-        .args(["-d", db, "-c", sql])
+        .args(["-d", db])
+        .args(what)
         .output()
         .expect("psql");
     assert!(
         out.status.success(),
-        "{sql}: {}",
+        "psql {what:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

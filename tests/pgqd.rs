@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::pg::pg_ids;
 use common::wait_for;
 
 use std::os::unix::process::CommandExt;
@@ -61,18 +62,68 @@ async fn pgq_db(with_pgq: bool) -> String {
     name
 }
 
-fn pg_ids() -> (u32, u32) {
-    let u = nix::unistd::User::from_name("postgres")
-        .unwrap()
-        .expect("user postgres must exist (apt install postgresql-15)");
-    (u.uid.as_raw(), u.gid.as_raw())
-}
-
 async fn drop_db(name: &str) {
     let admin = connect("postgres").await;
     let _ = admin
         .batch_execute(&format!("drop database if exists {name} with (force)"))
         .await;
+}
+
+/// Sessions ever opened to `db` (pg_stat_database, counted from outside it).
+async fn sessions(db: &str) -> i64 {
+    connect("postgres")
+        .await
+        .query_one(
+            "select sessions from pg_stat_database where datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The backend holding `db`'s ticker lock (pgqd's ticker session), if any.
+async fn ticker_pid(db: &str) -> Option<i32> {
+    connect("postgres")
+        .await
+        .query_opt(
+            "select l.pid from pg_locks l join pg_database d on d.oid = l.database \
+             where l.locktype = 'advisory' and l.granted and d.datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// Poll an async condition for up to `secs`.
+async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The numbers of every `{ticks: N, maint: N, retry: N}` line logged so far.
+fn stats_lines(log: &str) -> Vec<(u64, u64, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let body = &l[l.find("{ticks: ")? + 1..];
+            let body = body.strip_suffix('}')?;
+            let mut n = body
+                .split(", ")
+                .map(|kv| kv.split(": ").nth(1)?.parse().ok());
+            Some((n.next()??, n.next()??, n.next()??))
+        })
+        .collect()
 }
 
 async fn cur_table(c: &Client) -> i32 {
@@ -114,6 +165,8 @@ async fn rotates(c: &Client, before: i32, with_consumer: bool) -> bool {
 }
 
 /// Insert an event, then wait (up to `secs`) for a batch holding it; finish the batch.
+/// Whether `data`, inserted now, comes out of a batch within `secs`. The bound is for
+/// liveness only: on a loaded host the C pgqd as well takes seconds for one batch.
 async fn event_delivered(db: &str, data: &str, secs: u64) -> bool {
     let c = connect(db).await;
     c.execute("select pgq.insert_event('q', 'test', $1)", &[&data])
@@ -221,7 +274,13 @@ impl Pgqd {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pgqd"));
+        // postgres may not reach target/ (a checkout under a 0700 directory): run a copy.
+        let bin = if self.as_postgres {
+            common::pg::pgqd_bin()
+        } else {
+            env!("CARGO_BIN_EXE_pgqd")
+        };
+        let mut c = Command::new(bin);
         if self.as_postgres {
             let (uid, gid) = pg_ids();
             c.uid(uid)
@@ -288,8 +347,8 @@ async fn ticks_deliver_batches_in_several_databases_and_report_status() {
     let (a, b) = (pgq_db(true).await, pgq_db(true).await);
     let mut p = Pgqd::new(&format!("database_list = {a}, {b}"));
     p.start();
-    assert!(event_delivered(&a, "hello a", 10).await, "{}", p.log_text());
-    assert!(event_delivered(&b, "hello b", 10).await, "{}", p.log_text());
+    assert!(event_delivered(&a, "hello a", 30).await, "{}", p.log_text());
+    assert!(event_delivered(&b, "hello b", 30).await, "{}", p.log_text());
     assert!(
         wait_for(Duration::from_secs(5), || p.log_text().contains("{ticks: ")),
         "{}",
@@ -415,7 +474,7 @@ async fn databases_come_and_go_and_cut_connections_recover() {
     assert!(wait_for(Duration::from_secs(5), || p
         .log_text()
         .contains(&format!("Register database {db}"))));
-    assert!(event_delivered(&db, "found", 10).await, "{}", p.log_text());
+    assert!(event_delivered(&db, "found", 30).await, "{}", p.log_text());
     // Every pgqd connection to it cut: ticking resumes.
     let admin = connect("postgres").await;
     let killed: i64 = admin
@@ -428,7 +487,7 @@ async fn databases_come_and_go_and_cut_connections_recover() {
         .get(0);
     assert!(killed >= 1);
     assert!(
-        event_delivered(&db, "after cut", 20).await,
+        event_delivered(&db, "after cut", 30).await,
         "{}",
         p.log_text()
     );
@@ -465,18 +524,22 @@ async fn reload_control_flags_and_one_ticker_per_database() {
     let (a, b) = (pgq_db(true).await, pgq_db(true).await);
     let mut p = Pgqd::new(&format!("database_list = {a}"));
     p.start();
-    assert!(event_delivered(&a, "a1", 10).await);
+    assert!(event_delivered(&a, "a1", 30).await);
     assert!(
         !event_delivered(&b, "b-not-yet", 3).await,
         "b is not in database_list"
     );
+    let pid_a = ticker_pid(&a).await.expect("a's ticker holds the lock");
     // SIGHUP with a changed database_list.
     p.write_config(&format!("database_list = {a}, {b}"));
     assert_eq!(p.control("-r"), "SIGHUP sent");
     assert!(wait_for(Duration::from_secs(5), || p
         .log_text()
         .contains("configuration reloaded")));
-    assert!(event_delivered(&b, "b1", 10).await, "{}", p.log_text());
+    assert!(event_delivered(&b, "b1", 30).await, "{}", p.log_text());
+    // a, still listed, kept its ticker and its session.
+    assert_eq!(ticker_pid(&a).await, Some(pid_a), "{}", p.log_text());
+    assert!(event_delivered(&a, "a2", 30).await, "{}", p.log_text());
 
     // A second pgqd with the same pidfile is refused.
     let out = p.cmd().arg("-q").output().unwrap();
@@ -498,6 +561,39 @@ async fn reload_control_flags_and_one_ticker_per_database() {
         other.log_text()
     );
     drop(other);
+
+    // a dropped from the list: its workers stop, b's session is kept.
+    let pid_b = ticker_pid(&b).await.expect("b's ticker holds the lock");
+    p.write_config(&format!("database_list = {b}"));
+    assert_eq!(p.control("-r"), "SIGHUP sent");
+    assert!(
+        wait_for(Duration::from_secs(5), || p
+            .log_text()
+            .contains(&format!("Unregister database {a}"))),
+        "{}",
+        p.log_text()
+    );
+    assert!(
+        eventually(5, || async { ticker_pid(&a).await.is_none() }).await,
+        "a's ticker session ended"
+    );
+    assert!(
+        eventually(5, || async {
+            let n: i64 = connect("postgres")
+                .await
+                .query_one(
+                    "select count(*) from pg_stat_activity where datname = $1",
+                    &[&a],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        })
+        .await,
+        "no pgqd session left on a"
+    );
+    assert_eq!(ticker_pid(&b).await, Some(pid_b));
 
     assert_eq!(p.control("-k"), "SIGTERM sent");
     assert!(wait_for(Duration::from_secs(5), || p.pid().is_none()));
@@ -659,7 +755,7 @@ async fn stock_debian_ini_as_postgres_ticks_over_the_socket() {
         p.log_text()
     );
     assert!(
-        event_delivered(&db, "stock ini", 15).await,
+        event_delivered(&db, "stock ini", 30).await,
         "{}",
         p.log_text()
     );
@@ -696,5 +792,143 @@ async fn stock_debian_ini_as_postgres_ticks_over_the_socket() {
     .unwrap();
     assert!(p.child.take().unwrap().wait().unwrap().success());
     drop(c);
+    drop_db(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_pgq_costs_one_connection_per_check_and_pgq_is_found_later() {
+    let _g = SERIAL.lock().await;
+    let plain = pgq_db(false).await;
+    let mut p = Pgqd::new(&format!("database_list = {plain}"));
+    p.spawn();
+    let no_pgq = format!("{plain}: ticker: no pgq installed");
+    assert!(
+        wait_for(Duration::from_secs(5), || p.log_text().contains(&no_pgq)),
+        "{}",
+        p.log_text()
+    );
+    // check_period is 1 s: the ticker's check is the only session, so about six in
+    // six seconds (ticker, retry and maintenance each checking would make eighteen).
+    let before = sessions(&plain).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let opened = sessions(&plain).await - before;
+    assert!((4..=8).contains(&opened), "{opened} sessions in 6 s");
+    // The status shows the state and the reason apart.
+    assert!(wait_for(Duration::from_secs(5), || {
+        let out = p.cmd().arg("--status").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines().any(|l| {
+            l.starts_with(&plain)
+                && l.contains(" closed ")
+                && l.contains("ticker: no pgq installed")
+        })
+    }));
+    // pgq installed later: picked up at the next check, ticking, retry and maint run.
+    connect(&plain)
+        .await
+        .batch_execute(
+            "create extension pgq;
+             select pgq.create_queue('q');
+             select pgq.set_queue_config('q', 'ticker_max_count', '1');
+             select pgq.set_queue_config('q', 'ticker_max_lag', '0');
+             select pgq.register_consumer('q', 'c');",
+        )
+        .await
+        .unwrap();
+    assert!(
+        event_delivered(&plain, "late", 30).await,
+        "{}",
+        p.log_text()
+    );
+    assert!(p
+        .log_text()
+        .contains(&format!("{plain}: ticker: pgq version ok")));
+    assert!(
+        wait_for(Duration::from_secs(5), || stats_lines(&p.log_text())
+            .iter()
+            .any(|s| s.1 > 0)),
+        "maintenance ran: {}",
+        p.log_text()
+    );
+    assert_eq!(p.log_text().matches(&no_pgq).count(), 1, "{}", p.log_text());
+    drop(p);
+    drop_db(&plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_count_adds_up_the_events_moved() {
+    let _g = SERIAL.lock().await;
+    let db = pgq_db(true).await;
+    let mut p = Pgqd::new(&format!("database_list = {db}"));
+    p.spawn();
+    // Retry runs every 0.5 s with nothing to move: it counts 0, not its calls.
+    assert!(
+        wait_for(Duration::from_secs(10), || stats_lines(&p.log_text()).len()
+            >= 3),
+        "{}",
+        p.log_text()
+    );
+    assert!(
+        stats_lines(&p.log_text()).iter().all(|s| s.2 == 0),
+        "{}",
+        p.log_text()
+    );
+    // Twelve events taken and all sent back: more than one call's ten.
+    let c = connect(&db).await;
+    for i in 0..12 {
+        c.execute(
+            "select pgq.insert_event('q', 'test', $1)",
+            &[&format!("r{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    let mut retried = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while retried < 12 && Instant::now() < deadline {
+        if let Some(batch) = c
+            .query_one("select pgq.next_batch('q', 'c')", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+        {
+            for ev in c
+                .query(
+                    "select ev_id, ev_data from pgq.get_batch_events($1)",
+                    &[&batch],
+                )
+                .await
+                .unwrap()
+            {
+                if ev
+                    .get::<_, Option<String>>(1)
+                    .is_some_and(|d| d.starts_with('r'))
+                {
+                    c.execute(
+                        "select pgq.event_retry($1, $2, 0)",
+                        &[&batch, &ev.get::<_, i64>(0)],
+                    )
+                    .await
+                    .unwrap();
+                    retried += 1;
+                }
+            }
+            c.execute("select pgq.finish_batch($1)", &[&batch])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(retried, 12);
+    let total = || stats_lines(&p.log_text()).iter().map(|s| s.2).sum::<u64>();
+    assert!(
+        wait_for(Duration::from_secs(10), || total() >= 12),
+        "{}",
+        p.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(total(), 12, "{}", p.log_text());
+    drop(c);
+    drop(p);
     drop_db(&db).await;
 }

@@ -4,9 +4,9 @@
 //! lock files `.s.PGSQL.<port>.lock`. Pure parsing is separate from reading, and every
 //! path is taken under a root directory, so tests run against a temporary tree.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::conf::{parse_conf, Settings};
 use crate::fsutil::PathError;
 
 /// Debian's compiled-in socket directory (unix_socket_directories' default).
@@ -30,123 +30,6 @@ pub enum ClusterError {
 
 fn read(path: &Path) -> Result<String, ClusterError> {
     std::fs::read_to_string(path).map_err(|e| PathError::new("read", path, e).into())
-}
-
-// ---- postgresql.conf ------------------------------------------------------------
-
-/// One `name = value` line of a configuration file (name lower-cased, value unquoted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfLine {
-    pub name: String,
-    pub value: String,
-    pub line: usize,
-}
-
-/// The lines of one postgresql.conf-format text, as PostgreSQL's lexer reads them:
-/// `#` comments, an optional `=`, a value quoted with `'` (`''` or `\'` for a quote,
-/// `\n`-style escapes) or bare up to white space or `#`. Include directives are
-/// returned like settings (`include`, `include_if_exists`, `include_dir`).
-pub fn parse_conf(text: &str) -> Result<Vec<ConfLine>, (usize, String)> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let mut rest = raw.trim_start();
-        if rest.is_empty() || rest.starts_with('#') {
-            continue;
-        }
-        let name_len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$'))
-            .unwrap_or(rest.len());
-        let name = &rest[..name_len];
-        if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-            return Err((n, format!("syntax error in {raw:?}")));
-        }
-        rest = rest[name_len..].trim_start();
-        if let Some(r) = rest.strip_prefix('=') {
-            rest = r.trim_start();
-        }
-        let (value, after) = if let Some(q) = rest.strip_prefix('\'') {
-            unquote(q).ok_or_else(|| (n, format!("unterminated quoted string in {raw:?}")))?
-        } else {
-            let end = rest
-                .find(|c: char| c.is_whitespace() || c == '#')
-                .unwrap_or(rest.len());
-            if end == 0 {
-                return Err((n, format!("{name}: no value")));
-            }
-            (rest[..end].to_string(), &rest[end..])
-        };
-        let after = after.trim_start();
-        if !(after.is_empty() || after.starts_with('#')) {
-            return Err((n, format!("syntax error after the value in {raw:?}")));
-        }
-        out.push(ConfLine {
-            name: name.to_ascii_lowercase(),
-            value,
-            line: n,
-        });
-    }
-    Ok(out)
-}
-
-/// The body of a quoted value (after the opening quote): the value and the rest of
-/// the line after the closing quote.
-fn unquote(s: &str) -> Option<(String, &str)> {
-    let mut out = String::new();
-    let mut it = s.char_indices().peekable();
-    while let Some((i, c)) = it.next() {
-        match c {
-            '\'' => {
-                if let Some((_, '\'')) = it.peek() {
-                    it.next();
-                    out.push('\'');
-                } else {
-                    return Some((out, &s[i + 1..]));
-                }
-            }
-            '\\' => {
-                let (_, e) = it.next()?;
-                match e {
-                    'b' => out.push('\u{8}'),
-                    'f' => out.push('\u{c}'),
-                    'n' => out.push('\n'),
-                    'r' => out.push('\r'),
-                    't' => out.push('\t'),
-                    '0'..='7' => {
-                        let mut v = e.to_digit(8)?;
-                        for _ in 0..2 {
-                            match it.peek() {
-                                Some((_, d @ '0'..='7')) => {
-                                    v = v * 8 + d.to_digit(8)?;
-                                    it.next();
-                                }
-                                _ => break,
-                            }
-                        }
-                        out.push(char::from_u32(v)?);
-                    }
-                    other => out.push(other),
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    None
-}
-
-/// The settings in effect after reading a configuration file, its includes, and what
-/// else was merged in: the last value of each name wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settings {
-    values: BTreeMap<String, String>,
-}
-
-impl Settings {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
-    }
 }
 
 /// Paths as the host sees them, found under `root` (`/` in production).
@@ -219,7 +102,7 @@ impl Layout {
                     }
                 }
                 _ => {
-                    into.values.insert(l.name, l.value);
+                    into.set(l.name, l.value);
                 }
             }
         }
@@ -298,6 +181,15 @@ impl Layout {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(PathError::new("read", &p, e).into()),
         }
+    }
+
+    /// The pid of a live postmaster on `data_dir`, from the first line of its
+    /// postmaster.pid alone, so that a file caught half-rewritten still counts as
+    /// running (for guards such as "do not restore over a running server").
+    pub fn running_postmaster(&self, data_dir: &Path) -> Option<i32> {
+        let text = std::fs::read_to_string(self.at(&data_dir.join("postmaster.pid"))).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        crate::daemon::pid_alive(pid.abs()).then_some(pid.abs())
     }
 
     /// The socket lock files `.s.PGSQL.<port>.lock` in `dirs` (host paths), by
@@ -525,6 +417,7 @@ pub struct SocketLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::conf::DEBIAN_CONF;
 
     /// /var/lib/postgresql/15/main/postmaster.pid of a running Debian 12 server.
     const POSTMASTER_PID: &str = "2220\n/var/lib/postgresql/15/main\n1796194966\n5432\n\
@@ -532,26 +425,6 @@ mod tests {
     /// /var/run/postgresql/.s.PGSQL.5432.lock of the same server.
     const SOCKET_LOCK: &str =
         "2220\n/var/lib/postgresql/15/main\n1796194966\n5432\n/var/run/postgresql\n";
-
-    /// /etc/postgresql/15/main/postgresql.conf as Debian ships it (the active lines,
-    /// with their comments).
-    const DEBIAN_CONF: &str = "\
-# -----------------------------
-# PostgreSQL configuration file
-# -----------------------------
-data_directory = '/var/lib/postgresql/15/main'\t\t# use data in another directory
-hba_file = '/etc/postgresql/15/main/pg_hba.conf'\t# host-based authentication file
-external_pid_file = '/var/run/postgresql/15-main.pid'\t\t\t# write an extra PID file
-#listen_addresses = 'localhost'\t\t# what IP address(es) to listen on;
-port = 5432\t\t\t\t# (change requires restart)
-max_connections = 100\t\t\t# (change requires restart)
-unix_socket_directories = '/var/run/postgresql'\t# comma-separated list of directories
-shared_buffers = 128MB\t\t\t# min 128kB
-log_line_prefix = '%m [%p] %q%u@%d '\t\t# special values:
-cluster_name = '15/main'\t\t\t# added to process titles if nonempty
-datestyle = 'iso, mdy'
-include_dir = 'conf.d'\t\t\t# include files ending in '.conf' from
-";
 
     #[test]
     fn pid_file_and_socket_lock() {
@@ -585,30 +458,6 @@ include_dir = 'conf.d'\t\t\t# include files ending in '.conf' from
             .unwrap_err()
             .contains("pid"));
         assert!(parse_pid_file("1\n/d\n1\n99999\n").is_err());
-    }
-
-    #[test]
-    fn conf_lines_as_postgres_reads_them() {
-        let l = parse_conf(DEBIAN_CONF).unwrap();
-        let get = |n: &str| {
-            l.iter()
-                .rev()
-                .find(|c| c.name == n)
-                .map(|c| c.value.as_str())
-        };
-        assert_eq!(get("port"), Some("5432"));
-        assert_eq!(get("shared_buffers"), Some("128MB"));
-        assert_eq!(get("log_line_prefix"), Some("%m [%p] %q%u@%d "));
-        assert_eq!(get("include_dir"), Some("conf.d"));
-        assert_eq!(get("listen_addresses"), None);
-        let l = parse_conf("A 'it''s \\'x\\' \\\\ \\n'\nb=on#c\nc.d = -1.5").unwrap();
-        assert_eq!(l[0].name, "a");
-        assert_eq!(l[0].value, "it's 'x' \\ \n");
-        assert_eq!((l[1].value.as_str(), l[2].name.as_str()), ("on", "c.d"));
-        assert_eq!(parse_conf("x = 'open").unwrap_err().0, 1);
-        assert_eq!(parse_conf("ok = 1\nport = 1 2").unwrap_err().0, 2);
-        assert!(parse_conf("= 1").is_err());
-        assert!(parse_conf("port =").is_err());
     }
 
     fn write(root: &Path, p: &str, text: &str) {
@@ -688,6 +537,14 @@ include_dir = 'conf.d'\t\t\t# include files ending in '.conf' from
         let pid = lay.postmaster_pid(&data).unwrap().unwrap();
         assert_eq!((pid.pid, pid.status), (2220, Some(PmStatus::Ready)));
         assert_eq!(lay.postmaster_pid(Path::new("/nowhere")).unwrap(), None);
+        // This test's own pid stands in for a live postmaster; a torn file still counts.
+        let me = std::process::id() as i32;
+        write(r, "/srv/pg/postmaster.pid", &format!("{me}\n/srv/pg\n"));
+        assert_eq!(lay.running_postmaster(Path::new("/srv/pg")), Some(me));
+        assert!(lay.postmaster_pid(Path::new("/srv/pg")).is_err());
+        write(r, "/srv/pg/postmaster.pid", "999999999\n");
+        assert_eq!(lay.running_postmaster(Path::new("/srv/pg")), None);
+        assert_eq!(lay.running_postmaster(Path::new("/nowhere")), None);
         let locks = lay
             .socket_locks(&[PathBuf::from("/var/run/postgresql"), PathBuf::from("/none")])
             .unwrap();

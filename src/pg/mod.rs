@@ -3,6 +3,7 @@
 //! value quoting for the server's configuration, cluster discovery.
 
 pub mod cluster;
+pub mod conf;
 pub mod conninfo;
 pub mod error;
 pub mod lsn;

@@ -130,9 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(supervise(args, cfg, startup))?;
+    let code = runtime.block_on(supervise(args, cfg, startup));
+    // Tasks and sessions are gone before the pidfile: once it is, pgqd is.
+    drop(runtime);
     drop(pidfile);
-    Ok(code)
+    code
 }
 
 /// `-s/-k/-r`: signal the running daemon named by the pidfile.

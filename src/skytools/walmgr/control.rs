@@ -34,10 +34,7 @@ pub fn remove_control(st: &WalStore, which: &str) -> Result<()> {
 
 /// The pid in `<data>/postmaster.pid` if that process is alive.
 pub fn running_postmaster(data: &Path) -> Option<i32> {
-    let pm = crate::pg::cluster::Layout::default()
-        .postmaster_pid(data)
-        .ok()??;
-    pm.alive().then_some(pm.pid)
+    crate::pg::cluster::Layout::default().running_postmaster(data)
 }
 
 pub fn boot(s: &Slave) -> Result<()> {

@@ -40,3 +40,36 @@ pub fn cluster_error(e: ClusterError) -> WalmgrError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_conninfo_without_its_password() {
+        let d = tempfile::tempdir().unwrap();
+        // A socket directory with no server: the connect fails at once.
+        let ci = format!(
+            "host={} user=u password=hunter2 dbname=x",
+            d.path().display()
+        );
+        let e = block_on(connect(&ci)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "PostgreSQL (host={} user=u password=*** dbname=x): error connecting to server",
+                d.path().display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = block_on(connect("port=x password='hunter2'"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "PostgreSQL (port=x password=***): bad conninfo: invalid connection string"
+            ),
+            "{e}"
+        );
+    }
+}

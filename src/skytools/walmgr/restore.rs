@@ -340,7 +340,7 @@ fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) ->
                 path: s.ini.clone(),
                 section: "walmgr".into(),
                 key: key.into(),
-                value: v.into(),
+                value: crate::pg::redact(v),
                 reason: e.to_string(),
             })
         })
@@ -660,6 +660,17 @@ mod tests {
             standby.ends_with("recovery_prefetch = 'off'\n"),
             "{standby}"
         );
+        // A continued ini line puts a newline in the value: refused, key named.
+        let mut multi = s.clone();
+        multi.primary_conninfo = Some("host=m password=hunter2\nuser=x".into());
+        let e = recovery_settings(&multi, &set, false, 15)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("primary_conninfo") && e.contains("newline"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
         assert!(!s.store.paths.completed_wals.join("STOP").exists());
         let aside: Vec<_> = fs::read_dir(root)
             .unwrap()
