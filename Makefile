@@ -34,6 +34,7 @@ e2e-deb: deb
 	bash tests/e2e/deb-eventd.sh
 	bash tests/e2e/deb-skytools.sh
 	bash tests/e2e/deb-walmgr.sh
+	bash tests/e2e/deb-calink.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd
@@ -42,6 +43,8 @@ bench:
 	bash bench/pgqd.sh 10 100 500
 	$(CARGO) build --release --locked --bin walmgr
 	bash bench/walmgr.sh
+	$(CARGO) build --release --locked --bin calink
+	bash bench/calink.sh
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,6 @@
 //! hostkit: the one internal crate every hostkit program shares.
 //!
-//! Infrastructure first (cli, config, daemon, logging, fsutil, proc, pg, amqp, ganeti),
+//! Infrastructure first (cli, config, daemon, logging, fsutil, glob, proc, pg, amqp, ganeti),
 //! then the programs grouped by the package family they ship in. A program uses the
 //! infrastructure and its own family, never another program (`tests/layering.rs`).
 //! `src/bin/<program>.rs` only calls into here.
@@ -11,9 +11,11 @@ pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod ganeti;
+pub mod glob;
 pub mod logging;
 pub mod pg;
 pub mod proc;
 
+pub mod calink;
 pub mod skytools;
 pub mod synnefo;

@@ -14,6 +14,7 @@ fn every_program_command_is_well_formed() {
         ("pgqd", hostkit::skytools::pgqd::command()),
         ("scriptmgr", hostkit::skytools::scriptmgr::command()),
         ("walmgr", hostkit::skytools::walmgr::command()),
+        ("calink", hostkit::calink::command()),
     ];
     for (program, cmd) in commands {
         assert_eq!(cmd.get_name(), program, "command() of {program}");

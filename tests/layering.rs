@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// Infrastructure: `src/<name>.rs` or `src/<name>/`.
 const INFRASTRUCTURE: &[&str] = &[
-    "cli", "config", "daemon", "logging", "fsutil", "proc", "pg", "amqp", "ganeti",
+    "cli", "config", "daemon", "logging", "fsutil", "glob", "proc", "pg", "amqp", "ganeti",
 ];
 
 /// A family: `src/<name>/`, its programs, and its modules every program of it may use.
@@ -60,6 +60,7 @@ const BINARIES: &[(&str, &str)] = &[
     ("pgqd", "skytools::pgqd"),
     ("scriptmgr", "skytools::scriptmgr"),
     ("walmgr", "skytools::walmgr"),
+    ("calink", "calink"),
 ];
 
 /// Where a module stands in the layering.

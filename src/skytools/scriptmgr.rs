@@ -131,7 +131,7 @@ pub fn load(path: &Path) -> anyhow::Result<(BTreeMap<String, Service>, Vec<Job>)
     Ok((services, jobs))
 }
 
-/// Files matching a glob pattern (`*` and `?` in the last path component only, which is
+/// Files matching a glob pattern (wildcards in the last path component only, which is
 /// how config_list is written: /etc/skytools/*.ini).
 fn glob_files(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
     let p = Path::new(pattern);
@@ -157,28 +157,11 @@ fn glob_files(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
     for e in entries {
         let e = e?;
         let fname = e.file_name().to_string_lossy().into_owned();
-        if wildcard(&name, &fname) && e.path().is_file() {
+        if crate::glob::matches(&name, &fname) && e.path().is_file() {
             out.push(e.path());
         }
     }
     Ok(out)
-}
-
-/// Shell-style `*`/`?` matching of one path component.
-fn wildcard(pat: &str, s: &str) -> bool {
-    fn go(p: &[char], s: &[char]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    let (p, s): (Vec<char>, Vec<char>) = (pat.chars().collect(), s.chars().collect());
-    !s.first()
-        .is_some_and(|c| *c == '.' && p.first() != Some(&'.'))
-        && go(&p, &s)
 }
 
 fn job_pid(job: &Job) -> Option<i32> {
@@ -316,10 +299,10 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(wildcard("*.ini", "pgqd.ini"));
-        assert!(!wildcard("*.ini", "pgqd.ini~"));
-        assert!(!wildcard("*.ini", ".hidden.ini"));
-        assert!(wildcard("job?.ini", "job1.ini"));
+        assert!(crate::glob::matches("*.ini", "pgqd.ini"));
+        assert!(!crate::glob::matches("*.ini", "pgqd.ini~"));
+        assert!(!crate::glob::matches("*.ini", ".hidden.ini"));
+        assert!(crate::glob::matches("job?.ini", "job1.ini"));
     }
 
     #[test]
