@@ -206,6 +206,8 @@ impl Spool {
             let line = line.map_err(|e| PathError::new("read", &path, e))?;
             let m: Message = serde_json::from_str(&line)
                 .map_err(|e| corrupt(format!("message {}: {e}", i + 1)))?;
+            m.check()
+                .map_err(|e| corrupt(format!("message {}: {e}", i + 1)))?;
             messages.push(m);
         }
         if messages.len() != header.count {
@@ -332,6 +334,20 @@ mod tests {
         .unwrap();
         let e = s.read(&trunc).unwrap_err().to_string();
         assert!(e.contains("header says 2 messages, found 1"), "{e}");
+    }
+
+    #[test]
+    fn unpublishable_messages_read_back_as_corrupt() {
+        // Written by an older build that did not check names: must be quarantined, not
+        // handed to the broker (where it panicked the drain on every start).
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path(), 0).unwrap();
+        let mut m = msg(1);
+        m.routing_key = "k".repeat(300);
+        let name = s.append("eventd", &[m]).unwrap();
+        let e = s.read(&name).unwrap_err();
+        assert!(matches!(e, SpoolError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("routing key is 300 bytes"), "{e}");
     }
 
     #[test]
