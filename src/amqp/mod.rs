@@ -110,11 +110,11 @@ pub fn redact(url: &str) -> String {
         return url.to_string();
     };
     let scheme = &url[..url.len() - rest.len()];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // The last '@' ends the userinfo even when a raw '/' in the password would make
+    // the authority look shorter.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}{user}:***@{host}{path}"),
+            Some((user, _)) => format!("{scheme}{user}:***@{host}"),
             None => url.to_string(),
         },
         None => url.to_string(),
@@ -136,6 +136,7 @@ mod tests {
         assert!(validate_url("amqp://h:notaport/").is_err());
         assert_eq!(redact("amqp://u:pw@h:1/v"), "amqp://u:***@h:1/v");
         assert_eq!(redact("amqp://h/v"), "amqp://h/v");
+        assert_eq!(redact("amqp://u:p/w@h/v"), "amqp://u:***@h/v");
     }
 
     #[test]
