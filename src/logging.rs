@@ -132,9 +132,47 @@ pub fn init(program: &str, target: &Target, level: LevelFilter) -> Result<(), Lo
     if fresh {
         // Only fails if another logger was installed first, which we never do.
         let _ = log::set_logger(logger);
+        install_panic_hook();
     }
     log::set_max_level(level);
     Ok(())
+}
+
+/// A panic in a detached daemon (or in a tokio task, which survives it) would otherwise
+/// print to a closed stderr and leave no trace: log it too, then run the default hook.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !logs_to_stderr_now() {
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("unnamed");
+            log::error!("BUG: thread {name} panicked{at}: {what}");
+        }
+        default(info);
+    }));
+}
+
+/// Like [`logs_to_stderr`], but never waits on the sink lock: a panic raised while a
+/// log line was being written must not deadlock its own hook (it then skips the log).
+fn logs_to_stderr_now() -> bool {
+    match LOGGER.get() {
+        None => true,
+        Some(l) => match l.sink.try_lock() {
+            Ok(s) => matches!(*s, Sink::Stderr),
+            Err(std::sync::TryLockError::Poisoned(p)) => matches!(*p.into_inner(), Sink::Stderr),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        },
+    }
 }
 
 /// True while log records go to stderr (or no logger is installed yet), so a caller that
@@ -231,6 +269,26 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("/nonexistent/dir/x.log"), "{e}");
+    }
+
+    #[test]
+    fn panics_are_logged_to_the_configured_sink() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p.log");
+        init("prog", &Target::File(path.clone()), LevelFilter::Info).unwrap();
+        let r = std::thread::Builder::new()
+            .name("drainer".into())
+            .spawn(|| panic!("boom {}", 42))
+            .unwrap()
+            .join();
+        assert!(r.is_err());
+        init("prog", &Target::Stderr, LevelFilter::Info).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("BUG: thread drainer panicked at src/logging.rs:")
+                && text.contains(": boom 42"),
+            "{text}"
+        );
     }
 
     #[test]

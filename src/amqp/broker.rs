@@ -167,6 +167,13 @@ impl Broker {
 
     /// Publish one message; the returned future resolves when the broker confirms.
     pub async fn publish(&mut self, msg: &Message) -> Result<PublisherConfirm, BrokerError> {
+        // Message::check runs where messages are built and read back; this is the last
+        // line before lapin, whose short-string conversion panics on long names.
+        msg.check().map_err(|e| BrokerError::Failed {
+            url: String::new(),
+            op: "check message",
+            reason: e.to_string(),
+        })?;
         self.connect().await?;
         let live = self.live.as_mut().expect("connected");
         let fail = |op, e: lapin::Error| BrokerError::Failed {

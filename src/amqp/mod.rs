@@ -21,18 +21,60 @@ pub struct Message {
     pub body: Box<RawValue>,
 }
 
+/// AMQP carries exchange names and routing keys as "short strings": at most 255 bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("cannot encode message body: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("{what} is {len} bytes, AMQP allows at most {MAX_NAME_BYTES}: {start}...")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        /// The first bytes, so the operator can tell which instance or network it was.
+        start: String,
+    },
+}
+
 impl Message {
     /// Serialize `body` once; the spool and the wire carry exactly these bytes.
     pub fn new<T: Serialize>(
         exchange: &str,
         routing_key: &str,
         body: &T,
-    ) -> Result<Message, serde_json::Error> {
-        Ok(Message {
+    ) -> Result<Message, MessageError> {
+        let m = Message {
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
             body: serde_json::value::to_raw_value(body)?,
-        })
+        };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Whether the broker can take this message's names at all. Checked where a
+    /// message is built and again where one is read back from the spool, so an
+    /// unpublishable message is refused or quarantined instead of reaching lapin
+    /// (whose short-string conversion panics).
+    pub fn check(&self) -> Result<(), MessageError> {
+        for (what, v) in [
+            ("exchange", &self.exchange),
+            ("routing key", &self.routing_key),
+        ] {
+            if v.len() > MAX_NAME_BYTES {
+                let mut cut = 40;
+                while !v.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                return Err(MessageError::TooLong {
+                    what,
+                    len: v.len(),
+                    start: v[..cut].to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -68,11 +110,11 @@ pub fn redact(url: &str) -> String {
         return url.to_string();
     };
     let scheme = &url[..url.len() - rest.len()];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // The last '@' ends the userinfo even when a raw '/' in the password would make
+    // the authority look shorter.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}{user}:***@{host}{path}"),
+            Some((user, _)) => format!("{scheme}{user}:***@{host}"),
             None => url.to_string(),
         },
         None => url.to_string(),
@@ -94,6 +136,19 @@ mod tests {
         assert!(validate_url("amqp://h:notaport/").is_err());
         assert_eq!(redact("amqp://u:pw@h:1/v"), "amqp://u:***@h:1/v");
         assert_eq!(redact("amqp://h/v"), "amqp://h/v");
+        assert_eq!(redact("amqp://u:p/w@h/v"), "amqp://u:***@h/v");
+    }
+
+    #[test]
+    fn names_longer_than_a_short_string_are_refused() {
+        let long = "x".repeat(256);
+        let e = Message::new("ganeti", &long, &1).unwrap_err().to_string();
+        assert!(e.starts_with("routing key is 256 bytes"), "{e}");
+        assert!(Message::new(&long, "k", &1).is_err());
+        Message::new("ganeti", &"x".repeat(255), &1).unwrap();
+        // A multi-byte character straddling the excerpt's end must not panic either.
+        let e = Message::new("ganeti", &"é".repeat(200), &1).unwrap_err();
+        assert!(matches!(e, MessageError::TooLong { len: 400, .. }));
     }
 
     #[test]

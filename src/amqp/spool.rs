@@ -201,10 +201,14 @@ impl Spool {
         if header.hostkit_spool != 1 {
             return Err(corrupt(format!("unknown version {}", header.hostkit_spool)));
         }
-        let mut messages = Vec::with_capacity(header.count);
+        // The count comes from the file: a flipped bit must end as Corrupt (quarantine),
+        // not as an allocation failure that aborts the daemon.
+        let mut messages = Vec::with_capacity(header.count.min(1024));
         for (i, line) in lines.enumerate() {
             let line = line.map_err(|e| PathError::new("read", &path, e))?;
             let m: Message = serde_json::from_str(&line)
+                .map_err(|e| corrupt(format!("message {}: {e}", i + 1)))?;
+            m.check()
                 .map_err(|e| corrupt(format!("message {}: {e}", i + 1)))?;
             messages.push(m);
         }
@@ -332,6 +336,28 @@ mod tests {
         .unwrap();
         let e = s.read(&trunc).unwrap_err().to_string();
         assert!(e.contains("header says 2 messages, found 1"), "{e}");
+        let huge = format!("{:020}-hook-1{SUFFIX}", 7);
+        fs::write(
+            d.path().join(&huge),
+            format!("{{\"hostkit_spool\":1,\"count\":{}}}\n", usize::MAX / 2),
+        )
+        .unwrap();
+        let e = s.read(&huge).unwrap_err();
+        assert!(matches!(e, SpoolError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn unpublishable_messages_read_back_as_corrupt() {
+        // Written by an older build that did not check names: must be quarantined, not
+        // handed to the broker (where it panicked the drain on every start).
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path(), 0).unwrap();
+        let mut m = msg(1);
+        m.routing_key = "k".repeat(300);
+        let name = s.append("eventd", &[m]).unwrap();
+        let e = s.read(&name).unwrap_err();
+        assert!(matches!(e, SpoolError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("routing key is 300 bytes"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::net::Ipv6Addr;
 
 use super::configdata::firewall;
 
+/// Most NICs an instance hook may describe.
+pub const MAX_NICS: usize = 1024;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HookEnvError {
     #[error("missing environment variable {0}")]
@@ -186,6 +189,15 @@ pub fn parse(vars: &BTreeMap<String, String>) -> Result<InstanceHook, HookEnvErr
         value: count_raw.to_string(),
         reason: "not a number".into(),
     })?;
+    // Ganeti itself allows 8 NICs (constants.MAX_NICS); the bound is generous but keeps
+    // a hostile or broken count from allocating every index below it.
+    if count > MAX_NICS {
+        return Err(HookEnvError::Bad {
+            var: v.name("NIC_COUNT"),
+            value: count_raw.to_string(),
+            reason: format!("more than {MAX_NICS} NICs"),
+        });
+    }
     let nic_prefix = format!("{}NIC", v.prefix);
     let found: BTreeSet<usize> = vars
         .keys()
@@ -371,6 +383,15 @@ mod tests {
         let mut e = base.clone();
         e.insert("GANETI_POST_INSTANCE_NIC_COUNT".into(), "x".into());
         assert!(parse(&e).unwrap_err().to_string().contains("not a number"));
+        let mut e = base.clone();
+        e.insert(
+            "GANETI_POST_INSTANCE_NIC_COUNT".into(),
+            usize::MAX.to_string(),
+        );
+        assert!(parse(&e)
+            .unwrap_err()
+            .to_string()
+            .contains("more than 1024 NICs"));
         let mut e = base;
         e.insert(
             "GANETI_POST_INSTANCE_NIC0_NETWORK_SUBNET6".into(),

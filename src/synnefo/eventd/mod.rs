@@ -229,7 +229,7 @@ async fn serve(
             ..DrainConfig::default()
         },
     );
-    let drain_task = tokio::spawn(drain.run(drain_rx, stop_rx));
+    let mut drain_task = tokio::spawn(drain.run(drain_rx, stop_rx));
     log::info!(
         "{PROGRAM} {} started: queue {}, spool {}, node {node}, broker {}",
         env!("CARGO_PKG_VERSION"),
@@ -251,8 +251,24 @@ async fn serve(
     startup.ready()?;
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Why the loop ended, if not by a signal: the daemon then exits non-zero so that
+    // systemd's Restart=on-failure (and the operator) notices.
+    let mut failure: Option<anyhow::Error> = None;
+    let mut drain_ended = false;
     loop {
         tokio::select! {
+            // The drain only returns after stop is sent; ending earlier (a panic) would
+            // leave eventd spooling forever with nothing published.
+            r = &mut drain_task => {
+                drain_ended = true;
+                let why = match r {
+                    Err(e) if e.is_panic() => "panicked".to_string(),
+                    Err(e) => format!("failed: {e}"),
+                    Ok(_) => "ended unexpectedly".to_string(),
+                };
+                failure = Some(anyhow::anyhow!("the publishing task {why}; stopping"));
+                break;
+            }
             change = watch.next() => match change {
                 Ok(Change::Rescan) => d.rescan(),
                 Ok(Change::Jobs(jobs)) if !d.paused => {
@@ -261,7 +277,7 @@ async fn serve(
                 }
                 Ok(Change::Jobs(_)) => {}
                 Err(e) => {
-                    log::error!("inotify: {e}");
+                    failure = Some(anyhow::anyhow!("watching {}: {e}", d.settings.queue_dir.display()));
                     break;
                 }
             },
@@ -282,10 +298,17 @@ async fn serve(
         }
     }
     let _ = stop_tx.send(true);
-    let _ = drain_task.await;
+    if !drain_ended {
+        let _ = drain_task.await;
+    }
     d.compact();
-    log::info!("{PROGRAM} stopped");
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            log::info!("{PROGRAM} stopped");
+            Ok(())
+        }
+    }
 }
 
 impl Daemon {
