@@ -15,5 +15,6 @@ pub mod logging;
 pub mod pg;
 pub mod proc;
 
+pub mod ele;
 pub mod skytools;
 pub mod synnefo;
