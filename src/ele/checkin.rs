@@ -149,6 +149,12 @@ pub enum CacheError {
 }
 
 pub const CACHE_FILE: &str = "report.json";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ele_tools";
+
+/// `[Report] cache_dir`: ele_report writes it, ele_ctl reads it.
+pub fn cache_dir(cfg: &crate::config::Config) -> Result<PathBuf, crate::config::ConfigError> {
+    cfg.section("Report").path_or("cache_dir", DEFAULT_CACHE_DIR)
+}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -181,6 +187,26 @@ impl Cache {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default())
+    }
+
+    /// The cache as it is, for a reader that must not create it (ele_ctl): empty when
+    /// missing or unreadable.
+    pub fn peek(dir: &Path) -> Cache {
+        std::fs::read(dir.join(CACHE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The data directories and ports of the instances it holds.
+    pub fn remembered(&self) -> Vec<(PathBuf, u16)> {
+        self.entries
+            .values()
+            .filter_map(|e| {
+                let data = e.checkin.s_data_dir.as_ref()?;
+                Some((PathBuf::from(data), u16::try_from(e.checkin.n_port).ok()?))
+            })
+            .collect()
     }
 
     /// Whether `c` was sent unchanged less than `max_age` ago.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 
+use super::checkin::Cache;
 use super::discover::{self, Discovery, Facts, Role, Source};
 use crate::cli::ExitError;
 use crate::config::{Config, ConfigError};
@@ -127,7 +128,9 @@ impl ExitError for Error {
     }
 }
 
-fn settings(args: &Args) -> Result<Discovery, Error> {
+/// `[Discovery]`, and the clusters ele_report has seen (so a stopped cluster made
+/// outside postgresql-common can be started).
+fn settings(args: &Args) -> Result<(Discovery, Vec<(PathBuf, u16)>), Error> {
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(super::DEFAULT_CONFIG), false),
@@ -136,10 +139,13 @@ fn settings(args: &Args) -> Result<Discovery, Error> {
         return if explicit {
             Err(Error::NoConfig(path))
         } else {
-            Ok(Discovery::default())
+            let cache = Cache::peek(Path::new(super::checkin::DEFAULT_CACHE_DIR));
+            Ok((Discovery::default(), cache.remembered()))
         };
     }
-    Ok(Discovery::from_config(&Config::load(&path)?)?)
+    let cfg = Config::load(&path)?;
+    let cache = Cache::peek(&super::checkin::cache_dir(&cfg)?);
+    Ok((Discovery::from_config(&cfg)?, cache.remembered()))
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
@@ -148,9 +154,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         &crate::logging::Target::Stderr,
         log::LevelFilter::Warn,
     );
-    let d = settings(args)?;
+    let (d, remembered) = settings(args)?;
     let host = super::hostname();
-    let found = crate::pg::block_on(discover::discover(&d, &host));
+    let found = crate::pg::block_on(discover::discover(&d, &host, &remembered));
     if args.cluster == "list" && args.action.is_none() {
         println!(
             "{}",

@@ -52,6 +52,9 @@ pub enum Source {
     PgLsclusters,
     /// A running postmaster in /proc.
     Postmaster,
+    /// Reported before (ele_report's cache), its data directory still there: how a
+    /// stopped cluster made outside postgresql-common is still found.
+    Remembered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,8 +216,9 @@ struct Sighting {
 }
 
 /// Find every cluster and read what can be read about it. `host` is this host's name
-/// (a master on the local host is named by it).
-pub async fn discover(d: &Discovery, host: &str) -> Found {
+/// (a master on the local host is named by it); `remembered` are the data directories
+/// and ports of clusters seen before.
+pub async fn discover(d: &Discovery, host: &str, remembered: &[(PathBuf, u16)]) -> Found {
     let mut found = Found::default();
     let mut sightings: Vec<(Source, Sighting)> = Vec::new();
     socket_locks(d, &mut sightings, &mut found.problems);
@@ -224,6 +228,19 @@ pub async fn discover(d: &Discovery, host: &str) -> Found {
     }
     if let Some(proc) = &d.proc {
         postmasters(proc, &mut sightings, &mut found.problems);
+    }
+    for (data, port) in remembered {
+        // A data directory removed since: the cluster is gone, not unreadable.
+        if data.join("PG_VERSION").exists() {
+            sightings.push((
+                Source::Remembered,
+                Sighting {
+                    data_dir: Some(data.clone()),
+                    port: Some(*port),
+                    ..Sighting::default()
+                },
+            ));
+        }
     }
     let mut clusters = merge(sightings);
     if !d.ports.is_empty() {
@@ -510,7 +527,8 @@ fn read_files(c: &mut Facts) {
     let lay = Layout::default();
     match cluster::data_version(&data) {
         Ok(v) => c.version = Some(v.to_string()),
-        Err(e) => c.problems.push(e.to_string()),
+        // Not a data directory, or not ours to read: nothing else there will be.
+        Err(e) => return c.problems.push(e.to_string()),
     }
     match lay.postmaster_pid(&data) {
         Ok(Some(p)) if p.alive() => {
@@ -969,7 +987,7 @@ mod tests {
             ports: vec![],
             connect_timeout: Duration::from_secs(1),
         };
-        let found = discover(&disc, "db1").await;
+        let found = discover(&disc, "db1", &[]).await;
         assert!(found.problems.is_empty(), "{:?}", found.problems);
         assert_eq!(found.clusters.len(), 2, "{:?}", found.clusters);
         let c = &found.clusters[0];
@@ -994,9 +1012,13 @@ mod tests {
             ports: vec![5999],
             ..disc
         };
-        let found = discover(&only, "db1").await;
-        assert_eq!(found.clusters.len(), 1);
+        let found = discover(&only, "db1", &[(other.clone(), 5999), (r.join("gone"), 6000)]).await;
+        assert_eq!(found.clusters.len(), 1, "the gone one is not reported");
         assert_eq!(found.clusters[0].port, 5999);
+        assert_eq!(
+            found.clusters[0].seen_by,
+            BTreeSet::from([Source::SocketLock, Source::Remembered])
+        );
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Settings {
                 Duration::from_secs(10),
                 Duration::from_secs(1)..=Duration::from_secs(600),
             )?,
-            cache_dir: rep.path_or("cache_dir", "/var/cache/ele_tools")?,
+            cache_dir: checkin::cache_dir(&cfg)?,
             resend_after: rep.duration(
                 "resend_after",
                 Duration::from_secs(86400),
@@ -190,7 +190,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
 
 async fn report(args: &Args, s: &Settings) -> Result<ExitCode, Error> {
     let host = super::hostname();
-    let found = discover::discover(&s.discovery, &host).await;
+    let mut cache = if args.dry_run || args.json {
+        Cache::peek(&s.cache_dir)
+    } else {
+        Cache::open(&s.cache_dir)?
+    };
+    let found = discover::discover(&s.discovery, &host, &cache.remembered()).await;
     let mut problems: Vec<Error> = found
         .problems
         .iter()
@@ -223,11 +228,6 @@ async fn report(args: &Args, s: &Settings) -> Result<ExitCode, Error> {
         .iter()
         .filter_map(|c| Checkin::from_facts(c, &host))
         .collect();
-    let mut cache = if args.dry_run {
-        Cache::open(&s.cache_dir).unwrap_or_default()
-    } else {
-        Cache::open(&s.cache_dir)?
-    };
     let (fresh, due): (Vec<&Checkin>, Vec<&Checkin>) = checkins
         .iter()
         .partition(|c| cache.fresh(c, s.resend_after));
