@@ -42,9 +42,18 @@ impl Admin {
         psql_admin("postgres", &format!("CREATE DATABASE {name}"));
         let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
         let mut c = Command::new("psql");
-        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", SOCKET, "-U", "postgres"])
-            .args(["-d", &name, "-f"])
-            .arg(schema);
+        c.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            SOCKET,
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", &name, "-f"])
+        .arg(schema);
         ok(&mut c);
         Admin { name }
     }
@@ -229,7 +238,9 @@ fn stderr(o: &Output) -> String {
 }
 
 fn lsn_bytes(c: &Cluster, f: &str) -> i64 {
-    c.psql(&format!("SELECT ({f}() - '0/0')::bigint")).parse().unwrap()
+    c.psql(&format!("SELECT ({f}() - '0/0')::bigint"))
+        .parse()
+        .unwrap()
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -256,20 +267,46 @@ fn report_end_to_end() {
     let v = json(&o);
     assert_eq!(v.as_array().unwrap().len(), 4, "{v:#}");
     let sources = |port| by_port(&v, port)["seen_by"].clone();
-    assert_eq!(sources(p1), serde_json::json!(["socket_lock", "postmaster"]));
-    assert_eq!(sources(p2), serde_json::json!(["socket_lock", "postmaster"]));
+    assert_eq!(
+        sources(p1),
+        serde_json::json!(["socket_lock", "postmaster"])
+    );
+    assert_eq!(
+        sources(p2),
+        serde_json::json!(["socket_lock", "postmaster"])
+    );
     assert_eq!(sources(p3), serde_json::json!(["postmaster"]));
     assert_eq!(sources(p4), serde_json::json!(["debian", "pg_lsclusters"]));
-    let (pri, rep, hand, dr) = (by_port(&v, p1), by_port(&v, p2), by_port(&v, p3), by_port(&v, p4));
-    assert_eq!((pri["name"].as_str(), pri["role"].as_str()), (Some("pay"), Some("primary")));
-    assert_eq!((rep["name"].as_str(), rep["role"].as_str()), (Some("pay"), Some("replica")));
+    let (pri, rep, hand, dr) = (
+        by_port(&v, p1),
+        by_port(&v, p2),
+        by_port(&v, p3),
+        by_port(&v, p4),
+    );
+    assert_eq!(
+        (pri["name"].as_str(), pri["role"].as_str()),
+        (Some("pay"), Some("primary"))
+    );
+    assert_eq!(
+        (rep["name"].as_str(), rep["role"].as_str()),
+        (Some("pay"), Some("replica"))
+    );
     assert_eq!(rep["master_host"], format!("{}:{p1}", host()));
     assert_eq!(rep["system_identifier"], pri["system_identifier"]);
-    assert_eq!((pri["timeline"].as_u64(), rep["timeline"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (pri["timeline"].as_u64(), rep["timeline"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(hand["name"], "scratch");
     assert_eq!(hand["data_dir"], h.scratch.data.display().to_string());
-    assert_eq!((dr["debian"].as_str(), dr["online"].as_bool()), (Some("15/dr"), Some(false)));
-    assert_eq!((dr["version"].as_str(), dr["role"].as_str()), (Some("15"), Some("primary")));
+    assert_eq!(
+        (dr["debian"].as_str(), dr["online"].as_bool()),
+        (Some("15/dr"), Some(false))
+    );
+    assert_eq!(
+        (dr["version"].as_str(), dr["role"].as_str()),
+        (Some("15"), Some("primary"))
+    );
     let server_version = h.primary.psql(
         "SELECT current_setting('server_version_num')::int / 10000 || '.' || \
          current_setting('server_version_num')::int % 10000",
@@ -278,8 +315,9 @@ fn report_end_to_end() {
 
     // Lag: replay paused on the replica while the primary writes ~6 MB of WAL.
     h.replica.psql("SELECT pg_wal_replay_pause()");
-    h.primary
-        .psql("CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS t FROM generate_series(1, 6000) g");
+    h.primary.psql(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS t FROM generate_series(1, 6000) g",
+    );
     h.primary.psql("CHECKPOINT");
 
     // --dry-run prints what would be sent and sends nothing.
@@ -287,8 +325,14 @@ fn report_end_to_end() {
     assert_eq!(code(&o), 0, "{}", show(&c, &o));
     let would = json(&o);
     assert_eq!(would.as_array().unwrap().len(), 4, "{would:#}");
-    assert_eq!(by_port_checkin(&would, p2)["sMasterHost"], format!("{}:{p1}", host()));
-    assert_eq!(h.admin.sql("SELECT count(*) FROM utility.ele_instance"), "0");
+    assert_eq!(
+        by_port_checkin(&would, p2)["sMasterHost"],
+        format!("{}:{p1}", host())
+    );
+    assert_eq!(
+        h.admin.sql("SELECT count(*) FROM utility.ele_instance"),
+        "0"
+    );
 
     // The report: scratch has no herd, and ele_report says so.
     let pri_before = lsn_bytes(&h.primary, "pg_current_wal_lsn");
@@ -307,16 +351,32 @@ fn report_end_to_end() {
     let pri_row: Vec<&str> = rows[0].split('|').collect();
     assert_eq!(
         pri_row[..5],
-        ["pay", &p1.to_string(), "t", v15, &h.primary.data.display().to_string()]
+        [
+            "pay",
+            &p1.to_string(),
+            "t",
+            v15,
+            &h.primary.data.display().to_string()
+        ]
     );
     let pri_lsn: i64 = pri_row[5].parse().unwrap();
-    assert!((pri_before..=pri_after).contains(&pri_lsn), "{pri_before} {pri_lsn} {pri_after}");
+    assert!(
+        (pri_before..=pri_after).contains(&pri_lsn),
+        "{pri_before} {pri_lsn} {pri_after}"
+    );
     assert_eq!(pri_row[6], "", "a primary has no master");
     assert_eq!(
         rows[1..],
         [
-            format!("pay|{p2}|t|{v15}|{}|{rep_lsn}|{p1}", h.replica.data.display()),
-            format!("dr|{p4}|f|15|{}|{}|", h.dr.data.display(), control_lsn(&h.dr.data)),
+            format!(
+                "pay|{p2}|t|{v15}|{}|{rep_lsn}|{p1}",
+                h.replica.data.display()
+            ),
+            format!(
+                "dr|{p4}|f|15|{}|{}|",
+                h.dr.data.display(),
+                control_lsn(&h.dr.data)
+            ),
         ]
     );
     assert!(pri_lsn - rep_lsn > 5 << 20, "{pri_lsn} {rep_lsn}");
@@ -359,11 +419,18 @@ fn report_end_to_end() {
         .args(["-w", "-m", "fast", "stop"]));
     let (c, o) = ele_report(&ini, &[]);
     assert_eq!(code(&o), 0, "{}", show(&c, &o));
-    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "quiet: {}", show(&c, &o));
+    assert!(
+        o.stdout.is_empty() && o.stderr.is_empty(),
+        "quiet: {}",
+        show(&c, &o)
+    );
     let rows = h.admin.instances();
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(rows[0].starts_with(&format!("pay|{p1}|f|")), "{rows:?}");
-    assert!(rows[2].starts_with(&format!("scratch|{p3}|t|{v15}|")), "{rows:?}");
+    assert!(
+        rows[2].starts_with(&format!("scratch|{p3}|t|{v15}|")),
+        "{rows:?}"
+    );
     let gone = h.ini(
         "gone.ini",
         &format!("db_host = {SOCKET}\ndb_user = postgres\ndb_name = nosuchdb\n"),
@@ -399,7 +466,11 @@ fn report_end_to_end() {
     assert_one_line_error(
         "ele_report",
         &stderr(&o),
-        &format!("cluster ghost on port {}: read {}/PG_VERSION", p4 + 1, ghost.display()),
+        &format!(
+            "cluster ghost on port {}: read {}/PG_VERSION",
+            p4 + 1,
+            ghost.display()
+        ),
     );
     // (A fresh cache remembers no stopped hand-made cluster: the two running or
     // Debian ones are what this run can know of.)
@@ -412,10 +483,15 @@ fn report_end_to_end() {
     assert_eq!(names, [format!("scratch|{p3}"), format!("dr|{p4}")]);
 
     // Bad configuration: one line naming what is wrong, exit 1.
-    let typo = h.sb.write("typo.ini", "[Upstream]\ndb_port = fivefourthreetwo\n");
+    let typo =
+        h.sb.write("typo.ini", "[Upstream]\ndb_port = fivefourthreetwo\n");
     let (c, o) = ele_report(&typo, &[]);
     assert_eq!(code(&o), 1, "{}", show(&c, &o));
-    assert_one_line_error("ele_report", &stderr(&o), "[Upstream] db_port = \"fivefourthreetwo\"");
+    assert_one_line_error(
+        "ele_report",
+        &stderr(&o),
+        "[Upstream] db_port = \"fivefourthreetwo\"",
+    );
     let (c, o) = ele_report(Path::new("/nonexistent/report.ini"), &[]);
     assert_eq!(code(&o), 1, "{}", show(&c, &o));
     assert_one_line_error(
@@ -451,4 +527,132 @@ fn control_lsn(data: &Path) -> i64 {
     let lsn = line.rsplit(' ').next().unwrap();
     let (hi, lo) = lsn.split_once('/').unwrap();
     (i64::from_str_radix(hi, 16).unwrap() << 32) + i64::from_str_radix(lo, 16).unwrap()
+}
+
+fn pid_of(c: &Cluster) -> String {
+    std::fs::read_to_string(c.data.join("postmaster.pid"))
+        .map(|t| t.lines().next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn ctl_start_stop_reload_promote() {
+    let h = Host::new("ctl", 56311);
+    let [_p1, p2, _p3, p4] = h.ports;
+    let ini = h.ini("report.ini", "", "cache", "");
+    // ele_report first: its cache is how a stopped hand-made cluster is found again.
+    let (c, o) = ele_report(&ini, &[]);
+    assert_eq!(code(&o), 5, "scratch has no herd: {}", show(&c, &o));
+
+    let (c, o) = ele_ctl(&ini, &["list"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(json(&o).as_array().unwrap().len(), 4);
+
+    // Unknown and ambiguous names; the exit status says which.
+    let (c, o) = ele_ctl(&ini, &["nosuch", "status"]);
+    assert_eq!(code(&o), 5, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), &format!("15/dr (port {p4})"));
+    assert!(stderr(&o).contains("unknown cluster nosuch; clusters here: "));
+    let (c, o) = ele_ctl(&ini, &["pay", "status"]);
+    assert_eq!(code(&o), 5, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "ambiguous");
+    let (c, o) = ele_ctl(&ini, &["scratch", "status"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(json(&o)["online"], true);
+
+    // The hand-made cluster, through pg_ctl -D.
+    let (c, o) = ele_ctl(&ini, &["scratch", "stop"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert!(!h.scratch.running());
+    let (c, o) = ele_ctl(&ini, &["scratch", "stop"]);
+    assert_eq!(code(&o), 4, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "is not running");
+    let (c, o) = ele_ctl(&ini, &["scratch", "status"]);
+    assert_eq!(code(&o), 4, "{}", show(&c, &o));
+    assert_eq!(json(&o)["online"], false);
+    let (c, o) = ele_ctl(&ini, &["scratch", "start"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(h.scratch.psql("SELECT 1"), "1");
+    let (c, o) = ele_ctl(&ini, &["scratch", "start"]);
+    assert_eq!(code(&o), 3, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "is already running");
+    h.scratch.psql("ALTER SYSTEM SET work_mem = '7MB'");
+    let (c, o) = ele_ctl(&ini, &["scratch", "reload"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert!(common::wait_for(std::time::Duration::from_secs(10), || h
+        .scratch
+        .psql("SHOW work_mem")
+        == "7MB"));
+    let before = pid_of(&h.scratch);
+    let (c, o) = ele_ctl(&ini, &["scratch", "restart", "-m", "immediate"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_ne!(pid_of(&h.scratch), before);
+
+    // A smart stop waits for this session; it times out, then --force gets through.
+    let mut sleeper = common::cmd::Bg(Some(
+        h.scratch
+            .psql_cmd("SELECT pg_sleep(60)")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(common::wait_for(std::time::Duration::from_secs(10), || h
+        .scratch
+        .psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+        )
+        == "1"));
+    let (c, o) = ele_ctl(&ini, &["scratch", "stop", "-m", "smart", "-t", "2"]);
+    assert_eq!(code(&o), 6, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "stop did not finish within 2s");
+    let (c, o) = ele_ctl(
+        &ini,
+        &["scratch", "stop", "-m", "smart", "-t", "2", "--force"],
+    );
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert!(!h.scratch.running() || pid_of(&h.scratch).is_empty());
+    sleeper.wait();
+
+    // The Debian-style cluster through pg_ctlcluster (its log is the conf dir's `log`).
+    let (c, o) = ele_ctl(&ini, &["15/dr", "start"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(h.dr.psql("SELECT 1"), "1");
+    let debian_log = h.sb.p("dr-debian.log");
+    assert!(
+        std::fs::metadata(&debian_log).unwrap().len() > 0,
+        "pg_ctlcluster logs there"
+    );
+    let (c, o) = ele_ctl(&ini, &["15/dr", "stop"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert!(!h.dr.running());
+    // ... and without pg_ctlcluster on the PATH: pg_ctl -D.
+    for action in ["start", "stop"] {
+        let mut c = as_postgres(postgres_bin(env!("CARGO_BIN_EXE_ele_ctl")));
+        c.env("PATH", "/nonexistent").arg("-c").arg(&ini);
+        c.args([&p4.to_string(), action]);
+        let o = run(&mut c);
+        assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    }
+    assert!(h.dr.data.join("startup.log").exists());
+    assert!(!h.dr.running());
+
+    // Promote the replica: it returns out of recovery, and the next report says primary.
+    let (c, o) = ele_ctl(&ini, &[&p2.to_string(), "promote"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(h.replica.in_recovery(), Some(false));
+    let (c, o) = ele_ctl(&ini, &[&p2.to_string(), "promote"]);
+    assert_eq!(code(&o), 7, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "is not a replica");
+    let (c, o) = ele_report(&ini, &[]);
+    assert_eq!(code(&o), 5, "{}", show(&c, &o));
+    let rows = h.admin.instances();
+    let replica_row = rows
+        .iter()
+        .find(|r| r.starts_with(&format!("pay|{p2}|")))
+        .unwrap();
+    assert!(replica_row.ends_with('|'), "a primary now: {rows:?}");
+    assert_eq!(h.admin.sql("SELECT count(*) FROM utility.v_dr_pairs"), "0");
+    let _ = (&h.primary, &h.sb2);
+    finish();
 }

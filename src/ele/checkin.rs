@@ -85,7 +85,10 @@ pub async fn send(client: &Client, c: &Checkin) -> Result<(), tokio_postgres::Er
 }
 
 /// The instances of `host` the upstream holds: (herd base name lower-cased, port).
-pub async fn held(client: &Client, host: &str) -> Result<BTreeSet<(String, i32)>, tokio_postgres::Error> {
+pub async fn held(
+    client: &Client,
+    host: &str,
+) -> Result<BTreeSet<(String, i32)>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT lower(base_name)::text, db_port::int FROM utility.v_flat_instance \
@@ -136,6 +139,9 @@ pub struct Cache {
 struct Entry {
     sent: u64,
     checkin: Checkin,
+    /// The upstream stored it. One it ignored is kept (remembered, see
+    /// [`Cache::remembered`]) but never fresh: it is sent again every run.
+    accepted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +159,8 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ele_tools";
 
 /// `[Report] cache_dir`: ele_report writes it, ele_ctl reads it.
 pub fn cache_dir(cfg: &crate::config::Config) -> Result<PathBuf, crate::config::ConfigError> {
-    cfg.section("Report").path_or("cache_dir", DEFAULT_CACHE_DIR)
+    cfg.section("Report")
+        .path_or("cache_dir", DEFAULT_CACHE_DIR)
 }
 
 fn now() -> u64 {
@@ -212,26 +219,23 @@ impl Cache {
     /// Whether `c` was sent unchanged less than `max_age` ago.
     pub fn fresh(&self, c: &Checkin, max_age: Duration) -> bool {
         self.entries.get(&c.key()).is_some_and(|e| {
-            e.checkin == *c && now().saturating_sub(e.sent) < max_age.as_secs()
+            e.accepted && e.checkin == *c && now().saturating_sub(e.sent) < max_age.as_secs()
         })
     }
 
-    pub fn record(&mut self, c: &Checkin) {
+    /// `c` was sent now; `accepted`: the upstream holds it.
+    pub fn record(&mut self, c: &Checkin, accepted: bool) {
         self.entries.insert(
             c.key(),
             Entry {
                 sent: now(),
                 checkin: c.clone(),
+                accepted,
             },
         );
     }
 
-    /// Drop what the upstream must hear again: instances it ignored, instances that
-    /// are gone from this host.
-    pub fn forget(&mut self, key: &str) {
-        self.entries.remove(key);
-    }
-
+    /// Keep only the instances still on this host.
     pub fn retain(&mut self, keep: &BTreeSet<String>) {
         self.entries.retain(|k, _| keep.contains(k));
     }
@@ -271,7 +275,7 @@ mod tests {
         );
         let c = checkin();
         assert!(!cache.fresh(&c, Duration::from_secs(60)));
-        cache.record(&c);
+        cache.record(&c, true);
         cache.save(&dir).unwrap();
         let cache = Cache::open(&dir).unwrap();
         assert!(cache.fresh(&c, Duration::from_secs(60)));
@@ -281,9 +285,18 @@ mod tests {
             ..c.clone()
         };
         assert!(!cache.fresh(&moved, Duration::from_secs(60)));
+        let mut cache = cache;
+        cache.record(&c, false);
+        assert!(
+            !cache.fresh(&c, Duration::from_secs(60)),
+            "ignored: sent again"
+        );
+        assert_eq!(cache.remembered(), [(PathBuf::from("/srv/pay"), 5433)]);
 
         std::fs::write(dir.join(CACHE_FILE), "not json").unwrap();
-        assert!(!Cache::open(&dir).unwrap().fresh(&c, Duration::from_secs(60)));
+        assert!(!Cache::open(&dir)
+            .unwrap()
+            .fresh(&c, Duration::from_secs(60)));
 
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(Cache::open(&dir)
@@ -298,7 +311,16 @@ mod tests {
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["sHerd", "sHost", "nPort", "sVer", "bOnline", "sDataDir", "sMasterHost", "nXlog"]
+            [
+                "sHerd",
+                "sHost",
+                "nPort",
+                "sVer",
+                "bOnline",
+                "sDataDir",
+                "sMasterHost",
+                "nXlog"
+            ]
         );
     }
 }

@@ -133,7 +133,7 @@ impl ExitError for Error {
 fn settings(args: &Args) -> Result<(Discovery, Vec<(PathBuf, u16)>), Error> {
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
-        None => (PathBuf::from(super::DEFAULT_CONFIG), false),
+        None => (PathBuf::from(discover::DEFAULT_CONFIG), false),
     };
     if !path.exists() {
         return if explicit {
@@ -155,7 +155,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         log::LevelFilter::Warn,
     );
     let (d, remembered) = settings(args)?;
-    let host = super::hostname();
+    let host = discover::hostname();
     let found = crate::pg::block_on(discover::discover(&d, &host, &remembered));
     if args.cluster == "list" && args.action.is_none() {
         println!(
@@ -405,7 +405,11 @@ impl Control<'_> {
                 })
             }
         };
-        if r.is_err() && self.pidfile().is_some_and(|p| p.status == Some(PmStatus::Starting)) {
+        if r.is_err()
+            && self
+                .pidfile()
+                .is_some_and(|p| p.status == Some(PmStatus::Starting))
+        {
             return Err(self.timed_out("start"));
         }
         r
@@ -545,14 +549,21 @@ mod tests {
         assert_eq!(pick(&all, "5433").unwrap().name, "pay");
         let e = pick(&all, "main").unwrap_err();
         assert_eq!(e.code(), 5);
-        assert!(e.to_string().contains("15/main (port 5432), 13/main (port 5433)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("15/main (port 5432), 13/main (port 5433)"),
+            "{e}"
+        );
         let e = pick(&all, "nosuch").unwrap_err();
         assert_eq!(
             e.to_string(),
             "unknown cluster nosuch; clusters here: 15/main (port 5432), \
              13/main (port 5433), pay on port 5433"
         );
-        assert_eq!(pick(&[], "x").unwrap_err().to_string(), "unknown cluster x; clusters here: none");
+        assert_eq!(
+            pick(&[], "x").unwrap_err().to_string(),
+            "unknown cluster x; clusters here: none"
+        );
     }
 
     #[test]

@@ -25,6 +25,17 @@ use crate::config::{Config, ConfigError};
 use crate::pg::cluster::{self, Layout, Settings, DEFAULT_CONF_ROOT};
 use crate::pg::lsn::Lsn;
 
+/// Both programs read it: ele_report all of it, ele_ctl `[Discovery]` and the cache
+/// directory.
+pub const DEFAULT_CONFIG: &str = "/etc/ele_tools/report.ini";
+
+/// This host's name, as the upstream knows its servers.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// The section of report.ini these settings are read from.
 pub const SECTION: &str = "Discovery";
 const KEYS: &[&str] = &[
@@ -314,7 +325,12 @@ fn debian(d: &Discovery, out: &mut Vec<(Source, Sighting)>, problems: &mut Vec<S
             }
         };
         for name in names {
-            if !root.join(&ver).join(&name).join("postgresql.conf").is_file() {
+            if !root
+                .join(&ver)
+                .join(&name)
+                .join("postgresql.conf")
+                .is_file()
+            {
                 continue;
             }
             match lay.cluster(&ver, &name) {
@@ -657,7 +673,10 @@ async fn query_server(c: &mut Facts, timeout: Duration) {
     };
     let conninfo = format!(
         "host='{}' port={} dbname=postgres application_name=ele_tools connect_timeout={}",
-        sock.display().to_string().replace('\\', "\\\\").replace('\'', "\\'"),
+        sock.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'"),
         c.port,
         timeout.as_secs().max(1)
     );
@@ -744,11 +763,7 @@ pub fn master_of(conninfo: &str, host: &str, own_port: u16) -> Option<String> {
     if kv.is_empty() {
         return None;
     }
-    let get = |k: &str| {
-        kv.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let first = |v: &str| v.split(',').next().unwrap_or("").trim().to_string();
     let h = get("host")
         .map(first)
@@ -881,7 +896,12 @@ mod tests {
             Some("db1")
         );
         assert_eq!(
-            master_of("postgresql://rep:pw@db0:5444/x?sslmode=require", "db1", 5432).as_deref(),
+            master_of(
+                "postgresql://rep:pw@db0:5444/x?sslmode=require",
+                "db1",
+                5432
+            )
+            .as_deref(),
             Some("db0:5444")
         );
         assert_eq!(master_of("", "db1", 5432), None);
@@ -969,7 +989,11 @@ mod tests {
         // A stale lock (pid 0x7fffffff is not alive) naming the same data directory.
         write(
             &r.join("sock/.s.PGSQL.5444.lock"),
-            &format!("2147483647\n{}\n1\n5444\n{}\n", data.display(), r.join("sock").display()),
+            &format!(
+                "2147483647\n{}\n1\n5444\n{}\n",
+                data.display(),
+                r.join("sock").display()
+            ),
         );
         // A hand-made cluster's directory seen only through its lock file.
         let other = r.join("handmade");
@@ -1012,7 +1036,12 @@ mod tests {
             ports: vec![5999],
             ..disc
         };
-        let found = discover(&only, "db1", &[(other.clone(), 5999), (r.join("gone"), 6000)]).await;
+        let found = discover(
+            &only,
+            "db1",
+            &[(other.clone(), 5999), (r.join("gone"), 6000)],
+        )
+        .await;
         assert_eq!(found.clusters.len(), 1, "the gone one is not reported");
         assert_eq!(found.clusters[0].port, 5999);
         assert_eq!(

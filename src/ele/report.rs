@@ -24,7 +24,7 @@ pub const PROGRAM: &str = "ele_report";
 #[command(name = PROGRAM, version, long_about = None)]
 pub struct Args {
     /// Configuration file
-    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = super::DEFAULT_CONFIG)]
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = discover::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Log what is found and sent
     #[arg(short = 'd', long = "debug")]
@@ -98,7 +98,13 @@ impl ExitError for Error {
 }
 
 const UPSTREAM: &str = "Upstream";
-const UPSTREAM_KEYS: &[&str] = &["db_host", "db_port", "db_user", "db_name", "connect_timeout"];
+const UPSTREAM_KEYS: &[&str] = &[
+    "db_host",
+    "db_port",
+    "db_user",
+    "db_name",
+    "connect_timeout",
+];
 const REPORT: &str = "Report";
 const REPORT_KEYS: &[&str] = &["cache_dir", "resend_after"];
 
@@ -189,7 +195,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
 }
 
 async fn report(args: &Args, s: &Settings) -> Result<ExitCode, Error> {
-    let host = super::hostname();
+    let host = discover::hostname();
     let mut cache = if args.dry_run || args.json {
         Cache::peek(&s.cache_dir)
     } else {
@@ -292,10 +298,9 @@ async fn send_all(
         }
     };
     for c in sent {
-        if held.contains(&(c.s_herd.to_lowercase(), c.n_port)) {
-            cache.record(c);
-        } else {
-            cache.forget(&c.key());
+        let accepted = held.contains(&(c.s_herd.to_lowercase(), c.n_port));
+        cache.record(c, accepted);
+        if !accepted {
             problems.push(Error::Ignored(checkin::why_ignored(&client, c).await));
         }
     }
@@ -341,7 +346,12 @@ mod tests {
     fn defaults_are_the_originals() {
         let s = load("[Upstream]\n").unwrap();
         assert_eq!(
-            (s.db_host.as_str(), s.db_port, s.db_user.as_str(), s.db_name.as_str()),
+            (
+                s.db_host.as_str(),
+                s.db_port,
+                s.db_user.as_str(),
+                s.db_name.as_str()
+            ),
             ("", 5432, "util_user", "admin")
         );
         assert_eq!(s.cache_dir, PathBuf::from("/var/cache/ele_tools"));
@@ -350,7 +360,9 @@ mod tests {
             "port=5432 user='util_user' dbname='admin' application_name=ele_report connect_timeout=10"
         );
         let s = load("[Upstream]\ndb_host = admin.example.com\ndb_user = o'brien\n").unwrap();
-        assert!(s.conninfo().starts_with("host='admin.example.com' port=5432 user='o\\'brien'"));
+        assert!(s
+            .conninfo()
+            .starts_with("host='admin.example.com' port=5432 user='o\\'brien'"));
     }
 
     #[test]
@@ -363,7 +375,10 @@ mod tests {
         let e = load("[Upstrem]\n").unwrap_err();
         assert!(e.to_string().contains("[Upstrem]"), "{e}");
         let e = Settings::load(Path::new("/nonexistent/report.ini")).unwrap_err();
-        assert_eq!(e.to_string(), "Config /nonexistent/report.ini does not exist!");
+        assert_eq!(
+            e.to_string(),
+            "Config /nonexistent/report.ini does not exist!"
+        );
     }
 
     #[test]
