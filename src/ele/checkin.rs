@@ -39,17 +39,24 @@ impl Checkin {
     pub fn from_facts(f: &Facts, host: &str) -> Option<Checkin> {
         let data = f.data_dir.as_ref()?;
         let version = f.server_version.clone().or(f.version.clone())?;
+        let replica = f.role == Some(Role::Replica);
+        // sp_instance_checkin takes an online report with version and data directory
+        // but no master for a primary's. A replica whose master is not known (no
+        // primary_conninfo: it restores from an archive) leaves the data directory out,
+        // so the upstream keeps the master it has.
+        let s_data_dir = if replica && f.master_host.is_none() && f.online {
+            None
+        } else {
+            Some(data.display().to_string())
+        };
         Some(Checkin {
             s_herd: f.name.clone(),
             s_host: host.to_string(),
             n_port: i32::from(f.port),
             s_ver: Some(version),
             b_online: f.online,
-            s_data_dir: Some(data.display().to_string()),
-            s_master_host: match f.role {
-                Some(Role::Replica) => f.master_host.clone(),
-                _ => None,
-            },
+            s_data_dir,
+            s_master_host: if replica { f.master_host.clone() } else { None },
             n_xlog: f.wal_position().and_then(|p| i64::try_from(p).ok()),
         })
     }
@@ -303,6 +310,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("writable by others"));
+    }
+
+    #[test]
+    fn a_replica_without_master_is_not_a_full_report() {
+        let mut f = Facts {
+            name: "pay".into(),
+            port: 5433,
+            data_dir: Some("/srv/pay".into()),
+            version: Some("15".into()),
+            server_version: Some("15.10".into()),
+            online: true,
+            role: Some(Role::Replica),
+            master_host: Some("db0".into()),
+            ..Facts::default()
+        };
+        let c = Checkin::from_facts(&f, "db1").unwrap();
+        assert_eq!(
+            (
+                c.s_ver.as_deref(),
+                c.s_data_dir.as_deref(),
+                c.s_master_host.as_deref()
+            ),
+            (Some("15.10"), Some("/srv/pay"), Some("db0"))
+        );
+        f.master_host = None;
+        let c = Checkin::from_facts(&f, "db1").unwrap();
+        assert_eq!((c.s_data_dir, c.s_master_host), (None, None));
+        f.role = Some(Role::Primary);
+        f.master_host = Some("stale".into());
+        let c = Checkin::from_facts(&f, "db1").unwrap();
+        assert_eq!(
+            (c.s_data_dir.as_deref(), c.s_master_host),
+            (Some("/srv/pay"), None)
+        );
+        f.data_dir = None;
+        assert!(
+            Checkin::from_facts(&f, "db1").is_none(),
+            "nothing true to send"
+        );
     }
 
     #[test]

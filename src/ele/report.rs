@@ -65,9 +65,9 @@ pub enum Error {
     Log(#[from] crate::logging::LogError),
     #[error("cannot write the cache: {0}")]
     SaveCache(#[source] crate::fsutil::PathError),
-    #[error("upstream {target} unreachable: {detail}")]
+    #[error("{target} unreachable: {detail}")]
     Upstream { target: String, detail: String },
-    #[error("upstream {target}: {what}: {detail}")]
+    #[error("{target}: {what}: {detail}")]
     UpstreamCall {
         target: String,
         what: String,
@@ -159,6 +159,19 @@ impl Settings {
             )?,
             discovery: Discovery::from_config(&cfg)?,
         })
+    }
+
+    /// How the admin database is named in messages.
+    pub fn label(&self) -> String {
+        let host = if self.db_host.is_empty() {
+            "the local socket"
+        } else {
+            &self.db_host
+        };
+        format!(
+            "admin database {} on {host} port {} as {}",
+            self.db_name, self.db_port, self.db_user
+        )
     }
 
     /// libpq conninfo of the admin database; the password comes from ~/.pgpass.
@@ -263,7 +276,7 @@ async fn send_all(
     problems: &mut Vec<Error>,
 ) {
     let conninfo = s.conninfo();
-    let target = crate::pg::redact(&conninfo);
+    let target = s.label();
     log::debug!("sending {} instance(s) to {target}", due.len());
     let client = match crate::pg::connect(&conninfo).await {
         Ok(c) => c,
@@ -363,6 +376,10 @@ mod tests {
         assert!(s
             .conninfo()
             .starts_with("host='admin.example.com' port=5432 user='o\\'brien'"));
+        assert_eq!(
+            s.label(),
+            "admin database admin on admin.example.com port 5432 as o'brien"
+        );
     }
 
     #[test]
