@@ -34,7 +34,6 @@ e2e-deb: deb
 	bash tests/e2e/deb-eventd.sh
 	bash tests/e2e/deb-skytools.sh
 	bash tests/e2e/deb-walmgr.sh
-	bash tests/e2e/deb-calink.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd

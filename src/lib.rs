@@ -17,5 +17,6 @@ pub mod pg;
 pub mod proc;
 
 pub mod calink;
+pub mod ele;
 pub mod skytools;
 pub mod synnefo;

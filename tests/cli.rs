@@ -15,6 +15,8 @@ fn every_program_command_is_well_formed() {
         ("scriptmgr", hostkit::skytools::scriptmgr::command()),
         ("walmgr", hostkit::skytools::walmgr::command()),
         ("calink", hostkit::calink::command()),
+        ("ele_report", hostkit::ele::report::command()),
+        ("ele_ctl", hostkit::ele::ctl::command()),
     ];
     for (program, cmd) in commands {
         assert_eq!(cmd.get_name(), program, "command() of {program}");

@@ -38,7 +38,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ele",
         programs: &["report", "ctl"],
-        shared: &["checkin"],
+        shared: &["checkin", "discover"],
     },
     Family {
         name: "calink",
@@ -61,6 +61,8 @@ const BINARIES: &[(&str, &str)] = &[
     ("scriptmgr", "skytools::scriptmgr"),
     ("walmgr", "skytools::walmgr"),
     ("calink", "calink"),
+    ("ele_report", "ele::report"),
+    ("ele_ctl", "ele::ctl"),
 ];
 
 /// Where a module stands in the layering.

@@ -11,6 +11,8 @@ use crate::fsutil::PathError;
 
 /// Debian's compiled-in socket directory (unix_socket_directories' default).
 pub const DEFAULT_SOCKET_DIR: &str = super::conninfo::DEFAULT_SOCKET_DIR;
+/// Where postgresql-common keeps `<version>/<name>/` unless PG_CLUSTER_CONF_ROOT says.
+pub const DEFAULT_CONF_ROOT: &str = "/etc/postgresql";
 /// PostgreSQL gives up on include nesting deeper than this (CONF_FILE_MAX_DEPTH).
 const MAX_INCLUDE_DEPTH: usize = 10;
 
@@ -36,6 +38,9 @@ fn read(path: &Path) -> Result<String, ClusterError> {
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    /// Where `<version>/<name>/` are (a host path): postgresql-common's
+    /// PG_CLUSTER_CONF_ROOT, `/etc/postgresql` unless set.
+    conf_root: PathBuf,
 }
 
 impl Default for Layout {
@@ -46,7 +51,22 @@ impl Default for Layout {
 
 impl Layout {
     pub fn new(root: impl Into<PathBuf>) -> Layout {
-        Layout { root: root.into() }
+        Layout {
+            root: root.into(),
+            conf_root: PathBuf::from(DEFAULT_CONF_ROOT),
+        }
+    }
+
+    /// The same layout with the clusters' configuration directories under `dir` (a
+    /// host path), as postgresql-common reads PG_CLUSTER_CONF_ROOT.
+    pub fn with_conf_root(mut self, dir: impl Into<PathBuf>) -> Layout {
+        self.conf_root = dir.into();
+        self
+    }
+
+    /// Where the clusters' configuration directories are (a host path).
+    pub fn conf_root(&self) -> &Path {
+        &self.conf_root
     }
 
     /// Where the host path `p` (absolute) is under the root.
@@ -109,9 +129,10 @@ impl Layout {
         Ok(())
     }
 
-    /// Every cluster under `/etc/postgresql/<version>/<name>/`, by version then name.
+    /// Every cluster under `/etc/postgresql/<version>/<name>/` (the conf root), by
+    /// version then name.
     pub fn clusters(&self) -> Result<Vec<Cluster>, ClusterError> {
-        let etc = Path::new("/etc/postgresql");
+        let etc = self.conf_root.as_path();
         let mut out = Vec::new();
         for ver in sorted_dirs(&self.at(etc))? {
             for name in sorted_dirs(&self.at(&etc.join(&ver)))? {
@@ -129,7 +150,7 @@ impl Layout {
     /// One cluster's settings as its configuration gives them, Debian's defaults for
     /// what it leaves out.
     pub fn cluster(&self, version: &str, name: &str) -> Result<Cluster, ClusterError> {
-        let conf_dir = Path::new("/etc/postgresql").join(version).join(name);
+        let conf_dir = self.conf_root.join(version).join(name);
         let conf = conf_dir.join("postgresql.conf");
         let mut s = Settings::default();
         self.read_conf(&conf, &mut s)?;
