@@ -34,6 +34,8 @@ e2e-deb: deb
 	bash tests/e2e/deb-eventd.sh
 	bash tests/e2e/deb-skytools.sh
 	bash tests/e2e/deb-walmgr.sh
+	bash tests/e2e/deb-calink.sh
+	bash tests/e2e/deb-ele.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd
