@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod fsutil;
 pub mod ganeti;
 pub mod glob;

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 /// Infrastructure: `src/<name>.rs` or `src/<name>/`.
 const INFRASTRUCTURE: &[&str] = &[
-    "cli", "config", "daemon", "logging", "fsutil", "glob", "proc", "pg", "amqp", "ganeti",
+    "cli", "config", "daemon", "digest", "logging", "fsutil", "glob", "proc", "pg", "amqp",
+    "ganeti",
 ];
 
 /// A family: `src/<name>/`, its programs, and its modules every program of it may use.

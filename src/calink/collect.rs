@@ -381,7 +381,7 @@ impl Run<'_, '_> {
             let mut e = Entry::new(Kind::Command, label.clone(), None);
             e.archive_name = Some(self.member(&s.output.commands_file()));
             e.size = Some((out.len() + err.len()) as u64);
-            e.sha256 = Some(super::manifest::sha256_hex(
+            e.sha256 = Some(crate::digest::sha256_hex(
                 &[out.as_slice(), err.as_slice()].concat(),
             ));
             e.exit_code = r.exit_code;

@@ -1,8 +1,8 @@
 //! manifest.json: every item calink was asked for, what became of it and why, so a
 //! reader of the archive can tell a file that was empty from one that was never read.
 
+use crate::digest::sha256_hex;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -107,13 +107,6 @@ impl Entry {
     pub fn incomplete(&self) -> bool {
         self.status == Status::Skipped || self.truncated || self.timed_out
     }
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]

@@ -26,12 +26,13 @@ use std::time::SystemTime;
 
 use super::backupset::{self, CommitInfo, Received, SetName, Staging};
 use super::basebackup::{Tablespace, TarWriter};
-use super::codec::{Compression, HashWriter};
+use super::codec::Compression;
 use super::config::{Master, Slave, StoreSettings};
 use super::error::{Result, WalmgrError};
 use super::pg;
 use super::store::WalStore;
 use super::walname::WalName;
+use crate::digest::HashWriter;
 use crate::fsutil;
 use crate::pg::lsn::Lsn;
 

@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{Compression, HashReader, HashWriter};
+use super::codec::Compression;
 use super::error::{io_err, Result, WalmgrError};
+use crate::digest::{HashReader, HashWriter};
 use crate::fsutil::{self, PathError, TEMP_PREFIX};
 use crate::pg::lsn::Lsn;
 
@@ -722,7 +723,7 @@ mod tests {
         let mut st =
             Staging::create(fb, &SetName::parse(set).unwrap(), c, c.default_level()).unwrap();
         let r = st.receive(&mut &tar[..]).unwrap();
-        assert_eq!(r.sha256, super::super::codec::sha256_hex(&tar));
+        assert_eq!(r.sha256, crate::digest::sha256_hex(&tar));
         assert_eq!(r.bytes, tar.len() as u64);
         assert_eq!(r.tablespace_map.as_deref(), Some("16400 /srv/ts1\n"));
         st.commit(
@@ -786,7 +787,7 @@ mod tests {
             .unwrap()
             .read_to_end(&mut raw)
             .unwrap();
-        assert_eq!(super::super::codec::sha256_hex(&raw), b.sha256);
+        assert_eq!(crate::digest::sha256_hex(&raw), b.sha256);
         assert!(has_backups(&fb));
         assert_eq!(
             oldest_start_segment(&fb).unwrap().as_deref(),

@@ -23,11 +23,11 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::backupset::{self, Set, SetName};
-use super::codec::HashReader;
 use super::config::{Slave, StoreSettings};
 use super::control::{remove_control, running_postmaster};
 use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::store::{self, WalStore};
+use crate::digest::HashReader;
 use crate::fsutil::{self, PathError};
 use crate::pg::quote::conf_value;
 

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{Compression, HashReader, HashWriter};
+use super::codec::Compression;
 use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::walname::{Kind, WalName};
+use crate::digest::{HashReader, HashWriter};
 use crate::fsutil::{self, TEMP_PREFIX};
 
 pub const META_EXT: &str = ".meta";
@@ -48,10 +49,10 @@ impl Meta {
         system_identifier: Option<u64>,
     ) -> io::Result<(Meta, Cow<'a, [u8]>)> {
         let stored = compression.compress(level, data)?;
-        let sha256 = super::codec::sha256_hex(data);
+        let sha256 = crate::digest::sha256_hex(data);
         let stored_sha256 = match stored {
             Cow::Borrowed(_) => sha256.clone(),
-            Cow::Owned(ref z) => super::codec::sha256_hex(z),
+            Cow::Owned(ref z) => crate::digest::sha256_hex(z),
         };
         let meta = Meta {
             name: name.to_string(),
