@@ -26,6 +26,29 @@ deb_for() {
     [ ${#d[@]} = 1 ] || { echo "$CHECKS_NAME: error: several debs: ${d[*]}" >&2; exit 1; }
     echo "${d[0]}"
 }
+# installed_pkg PACKAGE: installed, or removed with its conffiles left.
+installed_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed\|config-files'; }
+# as_pg COMMAND...: run as postgres in the script's $tmp (root's cwd may be unreadable).
+as_pg() { (cd "$tmp" && runuser -u postgres -- "$@"); }
+# install_fresh PACKAGE DEB PATH: purge what an earlier run left of PACKAGE, refuse a PATH
+# (its main program) that exists without belonging to it, then apt-get install DEB (its
+# output in $tmp/apt-install.log, shown on failure). Sets installed=1 for the cleanup.
+install_fresh() {
+    local pkg=$1 deb=$2 path=$3
+    if installed_pkg "$pkg"; then
+        say "$pkg is already installed (left over from an earlier run?): purging it first"
+        apt-get purge -y -q "$pkg" >/dev/null 2>&1 || abort "purge the previously installed $pkg"
+    fi
+    [ -e "$path" ] && abort "$path exists but does not belong to $pkg ($(dpkg -S "$path" 2>&1))"
+    say "installing"
+    installed=1
+    if apt-get install -y -q --no-install-recommends "$deb" >"$tmp/apt-install.log" 2>&1; then
+        ok "apt-get install $deb"
+    else
+        cat "$tmp/apt-install.log"
+        abort "apt-get install $deb"
+    fi
+}
 # abort MESSAGE: a failure that makes the remaining steps meaningless.
 abort() {
     nok "$*"

@@ -26,7 +26,6 @@ CHECKS_NAME="deb-calink"
 # shellcheck source=tests/e2e/checks.sh
 . tests/e2e/checks.sh
 
-installed_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed\|config-files'; }
 
 cleanup() {
     local rc=$?
@@ -48,21 +47,8 @@ deb=./$deb
 say "testing $deb"
 tmp=$(mktemp -d /tmp/hk-deb-calink-e2e.XXXXXX)
 
-if installed_pkg $PKG; then
-    say "$PKG is already installed (left over from an earlier run?): purging it first"
-    apt-get purge -y -q $PKG >/dev/null 2>&1 || abort "purge the previously installed $PKG"
-fi
-[ -e $CALINK ] && abort "$CALINK exists but does not belong to $PKG ($(dpkg -S $CALINK 2>&1))"
-
 # ---- install -------------------------------------------------------------------------
-say "installing"
-installed=1
-if apt-get install -y -q --no-install-recommends "$deb" >"$tmp/apt-install.log" 2>&1; then
-    ok "apt-get install $deb"
-else
-    cat "$tmp/apt-install.log"
-    abort "apt-get install $deb"
-fi
+install_fresh $PKG "$deb" $CALINK
 version=$(dpkg-query -W -f='${Version}' $PKG)
 check "$CALINK belongs to $PKG" sh -c "dpkg -S $CALINK | grep -q '^$PKG: '"
 check "calink --version reports $version" sh -c "$CALINK --version | grep -qF -- '${version%%-*}'"

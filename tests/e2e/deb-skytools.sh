@@ -62,7 +62,6 @@ CHECKS_NAME=deb-skytools
 
 # sql STATEMENT: run it in the test database, print the result unaligned.
 sql() { "${PSQL[@]}" -d "$DB" -c "$1"; }
-installed_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed\|config-files'; }
 
 # Live pgqd processes of user skytools (the bench or a developer may run other pgqd;
 # the daemon's first fork stays a zombie where PID 1 does not reap, e.g. containers).

@@ -38,9 +38,6 @@ CHECKS_NAME="deb-walmgr"
 # shellcheck source=tests/e2e/checks.sh
 . tests/e2e/checks.sh
 
-installed_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed\|config-files'; }
-# as_pg COMMAND...: run as postgres in the test directory (root's cwd may be unreadable).
-as_pg() { (cd "$tmp" && runuser -u postgres -- "$@"); }
 # q PORT SQL: one value from a private cluster.
 q() { as_pg "$PGBIN/psql" -h "$tmp" -p "$1" -U postgres -d postgres -X -q -tA -v ON_ERROR_STOP=1 -c "$2"; }
 pg_stop() { [ -f "$1/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$1" -m immediate -w stop >/dev/null 2>&1; }
@@ -103,21 +100,8 @@ tmp=$(mktemp -d /tmp/hk-deb-wal-e2e.XXXXXX)
 chmod 755 "$tmp"
 chown postgres: "$tmp"
 
-if installed_pkg $PKG; then
-    say "$PKG is already installed (left over from an earlier run?): purging it first"
-    apt-get purge -y -q $PKG >/dev/null 2>&1 || abort "purge the previously installed $PKG"
-fi
-[ -e $WALMGR ] && abort "$WALMGR exists but does not belong to $PKG ($(dpkg -S $WALMGR 2>&1))"
-
 # ---- install -------------------------------------------------------------------------
-say "installing"
-installed=1
-if apt-get install -y -q --no-install-recommends "$deb" >"$tmp/apt-install.log" 2>&1; then
-    ok "apt-get install $deb"
-else
-    cat "$tmp/apt-install.log"
-    abort "apt-get install $deb"
-fi
+install_fresh $PKG "$deb" $WALMGR
 version=$(dpkg-query -W -f='${Version}' $PKG)
 check "$WALMGR belongs to $PKG" sh -c "dpkg -S $WALMGR | grep -q '^$PKG: '"
 check "walmgr --version reports $version" sh -c "$WALMGR --version | grep -qF -- '$version'"
