@@ -198,6 +198,46 @@ async fn event_delivered(db: &str, data: &str, secs: u64) -> bool {
     false
 }
 
+/// Consume batches as consumer `c` for up to 10 s, sending every event whose data
+/// `pick` accepts back with `pgq.event_retry` (retry at once), until `want` have been;
+/// returns how many were.
+async fn send_back(c: &Client, want: usize, pick: impl Fn(&str) -> bool) -> usize {
+    let mut retried = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while retried < want && Instant::now() < deadline {
+        if let Some(batch) = c
+            .query_one("select pgq.next_batch('q', 'c')", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+        {
+            for ev in c
+                .query(
+                    "select ev_id, ev_data from pgq.get_batch_events($1)",
+                    &[&batch],
+                )
+                .await
+                .unwrap()
+            {
+                if ev.get::<_, Option<String>>(1).is_some_and(|d| pick(&d)) {
+                    c.execute(
+                        "select pgq.event_retry($1, $2, 0)",
+                        &[&batch, &ev.get::<_, i64>(0)],
+                    )
+                    .await
+                    .unwrap();
+                    retried += 1;
+                }
+            }
+            c.execute("select pgq.finish_batch($1)", &[&batch])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    retried
+}
+
 struct Pgqd {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -395,38 +435,7 @@ async fn retried_events_come_back_and_tables_rotate() {
         .await
         .unwrap();
     // Take the event, and ask for it again immediately.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut retried = false;
-    while Instant::now() < deadline && !retried {
-        if let Some(batch) = c
-            .query_one("select pgq.next_batch('q', 'c')", &[])
-            .await
-            .unwrap()
-            .get::<_, Option<i64>>(0)
-        {
-            for ev in c
-                .query(
-                    "select ev_id, ev_data from pgq.get_batch_events($1)",
-                    &[&batch],
-                )
-                .await
-                .unwrap()
-            {
-                if ev.get::<_, Option<String>>(1).as_deref() == Some("again") {
-                    let id: i64 = ev.get(0);
-                    c.execute("select pgq.event_retry($1, $2, 0)", &[&batch, &id])
-                        .await
-                        .unwrap();
-                    retried = true;
-                }
-            }
-            c.execute("select pgq.finish_batch($1)", &[&batch])
-                .await
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(retried);
+    assert_eq!(send_back(&c, 1, |d| d == "again").await, 1);
     // pgqd's retry worker puts it back in the queue; a later batch has it again.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut back = false;
@@ -883,43 +892,7 @@ async fn the_retry_count_adds_up_the_events_moved() {
         .await
         .unwrap();
     }
-    let mut retried = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while retried < 12 && Instant::now() < deadline {
-        if let Some(batch) = c
-            .query_one("select pgq.next_batch('q', 'c')", &[])
-            .await
-            .unwrap()
-            .get::<_, Option<i64>>(0)
-        {
-            for ev in c
-                .query(
-                    "select ev_id, ev_data from pgq.get_batch_events($1)",
-                    &[&batch],
-                )
-                .await
-                .unwrap()
-            {
-                if ev
-                    .get::<_, Option<String>>(1)
-                    .is_some_and(|d| d.starts_with('r'))
-                {
-                    c.execute(
-                        "select pgq.event_retry($1, $2, 0)",
-                        &[&batch, &ev.get::<_, i64>(0)],
-                    )
-                    .await
-                    .unwrap();
-                    retried += 1;
-                }
-            }
-            c.execute("select pgq.finish_batch($1)", &[&batch])
-                .await
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(retried, 12);
+    assert_eq!(send_back(&c, 12, |d| d.starts_with('r')).await, 12);
     let total = || stats_lines(&p.log_text()).iter().map(|s| s.2).sum::<u64>();
     assert!(
         wait_for(Duration::from_secs(10), || total() >= 12),
