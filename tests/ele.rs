@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::cmd::{assert_one_line_error, finish, ok, run, show};
-use common::pg::{as_postgres, chown_pg, pgtool, postgres_bin, Cluster, Sandbox};
+use common::pg::{as_postgres, chown_pg, pgtool, postgres_bin, Cluster, HostDb, Sandbox};
 
-const SOCKET: &str = "/var/run/postgresql";
+const SOCKET: &str = common::pg::HOST_SOCKET;
 
 fn host() -> String {
     nix::unistd::gethostname()
@@ -23,43 +23,21 @@ fn host() -> String {
         .into_owned()
 }
 
-fn psql_admin(db: &str, sql: &str) -> String {
-    let mut c = Command::new("psql");
-    c.args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h", SOCKET])
-        .args(["-U", "postgres", "-d", db, "-c", sql]);
-    ok(&mut c).trim().to_string()
-}
-
-/// The admin database, dropped on drop.
+/// The admin database: a database of its own on the host's server with
+/// sql/create_schema.sql loaded.
 struct Admin {
-    name: String,
+    db: HostDb,
 }
 
 impl Admin {
     fn new(tag: &str) -> Admin {
-        let name = format!("ele_it_{tag}_{}", std::process::id());
-        psql_admin("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
-        psql_admin("postgres", &format!("CREATE DATABASE {name}"));
-        let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
-        let mut c = Command::new("psql");
-        c.args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            SOCKET,
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", &name, "-f"])
-        .arg(schema);
-        ok(&mut c);
-        Admin { name }
+        let db = HostDb::new(&format!("ele_it_{tag}"));
+        db.load_admin_schema();
+        Admin { db }
     }
 
     fn sql(&self, sql: &str) -> String {
-        psql_admin(&self.name, sql)
+        self.db.sql(sql)
     }
 
     /// `base_name|port|online|version|pgdata|xlog_pos|master's port` by port.
@@ -74,17 +52,6 @@ impl Admin {
         .lines()
         .map(str::to_string)
         .collect()
-    }
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
-            psql_admin(
-                "postgres",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            )
-        });
     }
 }
 
@@ -196,7 +163,7 @@ impl Host {
         let upstream = if upstream.is_empty() {
             format!(
                 "db_host = {SOCKET}\ndb_port = 5432\ndb_user = postgres\ndb_name = {}\n",
-                self.admin.name
+                self.admin.db.name
             )
         } else {
             upstream.to_string()

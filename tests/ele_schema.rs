@@ -3,43 +3,30 @@
 //!
 //! Each test makes its own database and drops it at the end.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use common::pg::{HostDb, HOST_SOCKET};
 use tokio_postgres::{Client, NoTls};
 
-const SOCKET: &str = "/var/run/postgresql";
-
-fn schema() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sql/create_schema.sql")
-        .display()
-        .to_string()
-}
-
-/// A database of its own, dropped on drop.
+/// A database of its own (dropped on drop) and a session to it.
 struct Db {
-    name: String,
+    host: HostDb,
 }
 
 impl Db {
     fn new(tag: &str) -> Db {
-        let name = format!("ele_schema_{tag}_{}", std::process::id());
-        psql(
-            "postgres",
-            &["-c", &format!("DROP DATABASE IF EXISTS {name}")],
-        );
-        psql("postgres", &["-c", &format!("CREATE DATABASE {name}")]);
-        Db { name }
+        Db {
+            host: HostDb::new(&format!("ele_schema_{tag}")),
+        }
     }
 
     fn load_schema(&self) {
-        psql(&self.name, &["-f", &schema()]);
+        self.host.load_admin_schema();
     }
 
     async fn client(&self) -> Client {
         let (client, conn) = tokio_postgres::connect(
-            &format!("host={SOCKET} user=postgres dbname={}", self.name),
+            &format!("host={HOST_SOCKET} user=postgres dbname={}", self.host.name),
             NoTls,
         )
         .await
@@ -47,37 +34,6 @@ impl Db {
         tokio::spawn(conn);
         client
     }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        psql("postgres", &["-c", &sql]);
-    }
-}
-
-/// psql on `db` as postgres over the socket, stopping at the first error.
-fn psql(db: &str, what: &[&str]) {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            SOCKET,
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", db])
-        .args(what)
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "psql {what:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// What the schema holds, as text: tables with their columns, views, functions with

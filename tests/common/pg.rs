@@ -395,3 +395,75 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// The host's own PostgreSQL server's socket directory (Debian's default).
+pub const HOST_SOCKET: &str = "/var/run/postgresql";
+
+/// psql as postgres over the host server's socket on `db`, stopping at the first error:
+/// its unaligned, tuples-only output, trimmed (panics, with psql's stderr, on failure).
+pub fn host_psql(db: &str, what: &[&str]) -> String {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-q",
+        "-tA",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        HOST_SOCKET,
+    ])
+    .args(["-U", "postgres", "-d", db])
+    .args(what);
+    ok(&mut c).trim().to_string()
+}
+
+/// A database of its own on the host's server, dropped (with its sessions) on drop.
+pub struct HostDb {
+    pub name: String,
+}
+
+impl HostDb {
+    /// `<prefix>_<pid>`, made afresh.
+    pub fn new(prefix: &str) -> HostDb {
+        let name = format!("{prefix}_{}", std::process::id());
+        host_psql(
+            "postgres",
+            &["-c", &format!("DROP DATABASE IF EXISTS {name}")],
+        );
+        host_psql("postgres", &["-c", &format!("CREATE DATABASE {name}")]);
+        HostDb { name }
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        host_psql(&self.name, &["-c", sql])
+    }
+
+    /// Load the ElepHaaS admin schema, sql/create_schema.sql.
+    pub fn load_admin_schema(&self) {
+        let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
+        host_psql(&self.name, &["-f", schema.to_str().unwrap()]);
+    }
+}
+
+impl Drop for HostDb {
+    fn drop(&mut self) {
+        // Not host_psql: a failure here must not panic while a test is already unwinding.
+        let _ = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                HOST_SOCKET,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-c")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
