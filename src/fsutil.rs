@@ -93,6 +93,29 @@ pub fn write_atomic_with<F>(
 where
     F: FnOnce(&mut File) -> io::Result<()>,
 {
+    replace_with(path, mode, true, fill)?;
+    if sync_parent {
+        sync_dir(parent_dir(path))?;
+    }
+    Ok(())
+}
+
+/// Temp file + rename, without fsync: a reader never sees a partial file under `path`,
+/// but after a crash the file may be missing or empty. Only for a consumer that makes
+/// the file durable itself or asks again after a crash: PostgreSQL does both with what
+/// restore_command leaves at `%p` (it reads it, then keeps a segment with its own
+/// fsync-and-rename, and after a crash restarts recovery and asks again).
+pub fn publish_with<F>(path: &Path, mode: u32, fill: F) -> Result<(), PathError>
+where
+    F: FnOnce(&mut File) -> io::Result<()>,
+{
+    replace_with(path, mode, false, fill)
+}
+
+fn replace_with<F>(path: &Path, mode: u32, fsync: bool, fill: F) -> Result<(), PathError>
+where
+    F: FnOnce(&mut File) -> io::Result<()>,
+{
     let tmp = temp_path_for(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -102,19 +125,17 @@ where
             .open(&tmp)
             .map_err(|e| PathError::new("create", &tmp, e))?;
         fill(&mut f).map_err(|e| PathError::new("write", &tmp, e))?;
-        f.sync_all().map_err(|e| PathError::new("fsync", &tmp, e))?;
+        if fsync {
+            f.sync_all().map_err(|e| PathError::new("fsync", &tmp, e))?;
+        }
         drop(f);
         fs::rename(&tmp, path).map_err(|e| PathError::new("rename into", path, e))?;
         Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        return result;
     }
-    if sync_parent {
-        sync_dir(parent_dir(path))?;
-    }
-    Ok(())
+    result
 }
 
 /// A file writer that starts the kernel's writeback of every full megabyte as soon as it
@@ -203,6 +224,22 @@ mod tests {
             write_atomic_with(&p, 0o600, true, |_| Err(io::Error::other("boom"))).unwrap_err();
         assert!(err.to_string().contains("boom"));
         assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn publish_replaces_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("RECOVERYXLOG");
+        publish_with(&p, 0o600, |f| f.write_all(b"new")).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        let err = publish_with(&p, 0o600, |f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("boom"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(fs::read(&p).unwrap(), b"new");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 

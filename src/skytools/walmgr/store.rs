@@ -304,12 +304,14 @@ impl WalStore {
         )
     }
 
-    /// Write `name`'s original bytes durably to `dst` (temp beside it, fsync, rename,
-    /// fsync dir); nothing appears under `dst` unless every check passed.
+    /// Write `name`'s original bytes to `dst`; nothing appears under `dst` unless every
+    /// check passed. `dst` is restore_command's `%p`: published whole (temp + rename) but not fsynced,
+    /// as PostgreSQL fsyncs a segment it keeps and asks again after a crash
+    /// (fsutil::publish_with); pgBackRest's archive-get does not fsync either.
     pub fn fetch(&self, meta: &Meta, dst: &Path) -> Result<()> {
         let mut failure = None;
-        let r = fsutil::write_atomic_with(dst, 0o600, true, |f| {
-            let mut bw = io::BufWriter::with_capacity(1 << 20, fsutil::EarlyWriteback::new(f));
+        let r = fsutil::publish_with(dst, 0o600, |f| {
+            let mut bw = io::BufWriter::with_capacity(1 << 20, f);
             if let Err(e) = self.read_verified(meta, &mut bw) {
                 failure = Some(e);
                 return Err(io::Error::other("verification failed"));

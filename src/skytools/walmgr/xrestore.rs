@@ -169,7 +169,7 @@ fn deliver_unchecked(src: &Path, wal: &WalName, dst: &Path) -> Result<()> {
     if wal.kind == Kind::Segment {
         super::walheader::check(src, &data, wal, None)?;
     }
-    crate::fsutil::write_atomic(dst, &data, 0o600)?;
+    crate::fsutil::publish_with(dst, 0o600, |f| std::io::Write::write_all(f, &data))?;
     log::info!(
         "{}: restored from {} (no .meta: not checksummed)",
         wal.name,
