@@ -421,8 +421,8 @@ fn run_measuring_rss(c: &mut Command) -> (Option<i32>, i64) {
         .unwrap();
     let mut status = 0;
     // SAFETY: wait4 writes only into the two out-parameters it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(
         r,
         child.id() as i32,
@@ -914,4 +914,33 @@ fn dry_run_lists_and_writes_nothing() {
     assert!(out.contains("command mark: touch"), "{out}");
     assert_eq!(fs::read_dir(c.out()).unwrap().count(), 0);
     assert!(!d.path().join("ran").exists());
+}
+
+#[test]
+fn progress_on_a_terminal_and_quiet_otherwise() {
+    let c = Case::new("[commands]\nhello = echo hi\n");
+    // stderr a pipe (cron, a script): nothing on it.
+    let (o, _) = c.run(&[]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // On a terminal (script(1) gives it one): what it does, as it does it.
+    let out = c.path("out-tty");
+    fs::create_dir(&out).unwrap();
+    let line = format!(
+        "{} -c {} -o {}",
+        env!("CARGO_BIN_EXE_calink"),
+        c.path("calink.ini").display(),
+        out.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", show(&cmd, &o));
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(tty.contains("calink: running [hello]: echo hi"), "{tty}");
+    assert!(tty.contains("calink: [hello]: exit code 0 in "), "{tty}");
 }

@@ -227,6 +227,12 @@ fn report_end_to_end() {
     let h = Host::new("rep", 56301);
     let [p1, p2, p3, p4] = h.ports;
     let ini = h.ini("report.ini", "", "cache", "");
+    let (c, o) = ele_report(&ini, &["--version"]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("ele_report "),
+        "{}",
+        show(&c, &o)
+    );
 
     // What discovery sees, and which sources saw it.
     let (c, o) = ele_report(&ini, &["--json"]);
