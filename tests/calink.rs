@@ -944,3 +944,19 @@ fn progress_on_a_terminal_and_quiet_otherwise() {
     assert!(tty.contains("calink: running [hello]: echo hi"), "{tty}");
     assert!(tty.contains("calink: [hello]: exit code 0 in "), "{tty}");
 }
+
+/// The info items as another program uses them: library functions returning values
+/// that serialize to the documented JSON.
+#[test]
+fn the_info_items_are_a_library_api() {
+    use hostkit::calink::info;
+    let l = serde_json::to_value(info::loadavg().unwrap()).unwrap();
+    for k in ["1", "5", "15"] {
+        assert!(l["average"][k].is_number(), "{l}");
+    }
+    assert!(l["entities"]["current"].as_u64().unwrap() >= 1, "{l}");
+    assert!(l["entities"]["total"].as_u64().unwrap() >= 1, "{l}");
+    assert!(l["last_pid"].is_u64(), "{l}");
+    let me = std::process::id();
+    assert!(info::ps().unwrap().iter().any(|p| p.pid == me));
+}

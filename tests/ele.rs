@@ -622,8 +622,32 @@ fn report_to_an_upstream_that_wants_a_password() {
     );
     assert_eq!(stored(), "");
 
-    // 0600: reported, quietly (the debug log went to the file).
+    // 0600, but this host's server has no environment: connected, and the instance the
+    // upstream silently dropped is named, with why.
     write_pgpass(SECRET, 0o600);
+    cluster_psql(
+        &c,
+        "admin",
+        &["-c", "UPDATE utility.ele_server SET environment_id = NULL"],
+    );
+    let (cmd, o, _) = report("noenv");
+    assert_eq!(code(&o), 5, "{}", show(&cmd, &o));
+    assert_one_line_error(
+        "ele_report",
+        &stderr(&o),
+        &format!(
+            "instance pw on port {port} ignored by the upstream: server {} has no environment",
+            host()
+        ),
+    );
+    assert_eq!(stored(), "");
+    cluster_psql(
+        &c,
+        "admin",
+        &["-c", "UPDATE utility.ele_server SET environment_id = 1"],
+    );
+
+    // Reported, quietly (the debug log went to the file).
     let (cmd, o, log) = report("right");
     assert_eq!(code(&o), 0, "{}", show(&cmd, &o));
     assert!(
@@ -674,6 +698,27 @@ fn ctl_start_stop_reload_promote() {
     let (c, o) = ele_ctl(&ini, &["list"]);
     assert_eq!(code(&o), 0, "{}", show(&c, &o));
     assert_eq!(json(&o).as_array().unwrap().len(), 4);
+
+    // As an admin system calls it: over SSH as the database owner, the exit status and
+    // the one line coming through.
+    let sshd = common::sshd::Sshd::start(&h.sb, common::pg::free_port());
+    let remote = |args: &[&str]| {
+        let mut c = sshd.client();
+        c.arg("127.0.0.1")
+            .arg(postgres_bin(env!("CARGO_BIN_EXE_ele_ctl")))
+            .arg("-c")
+            .arg(&ini)
+            .args(args);
+        let o = run(&mut c);
+        (c, o)
+    };
+    let (c, o) = remote(&["scratch", "status"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(json(&o)["name"], "scratch");
+    let (c, o) = remote(&["nosuch", "status"]);
+    assert_eq!(code(&o), 5, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "unknown cluster nosuch");
+    drop(sshd);
 
     // Unknown and ambiguous names; the exit status says which.
     let (c, o) = ele_ctl(&ini, &["nosuch", "status"]);

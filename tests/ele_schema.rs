@@ -149,9 +149,47 @@ async fn twice_on_an_empty_database_changes_nothing() {
     assert!(first
         .iter()
         .any(|l| l.starts_with("col ele_herd.base_name")));
-    assert!(first
+    // The original's signatures, parameter names and defaults exactly (what reporters
+    // written against ele_tools call with named arguments).
+    for sig in [
+        "fn sp_discover_server(shost character varying) ",
+        "fn sp_get_herd(sname character varying, nport integer, nenv integer) ",
+        "fn sp_instance_checkin(sherd character varying, shost character varying, \
+         nport integer, sver character varying DEFAULT NULL::character varying, \
+         bonline boolean DEFAULT NULL::boolean, sdatadir character varying DEFAULT \
+         NULL::character varying, smasterhost character varying DEFAULT NULL::character \
+         varying, nxlog bigint DEFAULT NULL::bigint) ",
+    ] {
+        assert!(
+            first.iter().any(|l| l.starts_with(sig)),
+            "{sig}: {:#?}",
+            first
+                .iter()
+                .filter(|l| l.starts_with("fn "))
+                .collect::<Vec<_>>()
+        );
+    }
+    let returns: Vec<String> = c
+        .query(
+            "SELECT p.proname || ' ' || pg_get_function_result(p.oid) FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'utility' \
+             AND p.proname IN ('sp_discover_server', 'sp_get_herd', 'sp_instance_checkin') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
         .iter()
-        .any(|l| l.starts_with("fn sp_instance_checkin(sherd character varying, shost")));
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        returns,
+        [
+            "sp_discover_server integer",
+            "sp_get_herd integer",
+            "sp_instance_checkin void"
+        ]
+    );
     seed(&c).await;
     checkin(
         &c,
