@@ -27,11 +27,17 @@ BEGIN;
 
 CREATE SCHEMA IF NOT EXISTS utility;
 
--- util_exec is the role reporters are made members of; it owns nothing.
+-- util_exec is the role reporters are made members of; it owns nothing. Roles belong
+-- to the whole server: a run on another database at the same moment may make it
+-- between the check and the CREATE (then this one waits for it and finds the key taken).
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'util_exec') THEN
-    CREATE ROLE util_exec NOLOGIN;
+    BEGIN
+      CREATE ROLE util_exec NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+      NULL;
+    END;
   END IF;
 END;
 $$ LANGUAGE plpgsql;

@@ -695,3 +695,78 @@ async fn over_what_the_original_script_left() {
         "the WAL position stored on the first check-in"
     );
 }
+
+/// util_exec belongs to the whole server: a run of the script on another database that
+/// makes it between this run's check and its CREATE ROLE must not fail this run. On a
+/// private cluster (where util_exec does not exist yet), one session makes the role and
+/// holds its transaction open until the script is seen waiting on it.
+#[test]
+fn a_run_racing_another_for_util_exec_fails_nothing() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let sb = common::pg::Sandbox::new("ele-role");
+    let c = common::pg::Cluster::initdb(&sb, "roles", common::pg::free_port(), 16, "");
+    c.start();
+    let psql = || {
+        let mut p = Command::new("psql");
+        p.args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&c.sock)
+            .args([
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ]);
+        p
+    };
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'util_exec'"),
+        "0"
+    );
+    let mut other = common::cmd::Bg(Some(
+        psql()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut to_other = other.0.as_mut().unwrap().stdin.take().unwrap();
+    writeln!(to_other, "BEGIN;\nCREATE ROLE util_exec NOLOGIN;").unwrap();
+    to_other.flush().unwrap();
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
+    let mut run = common::cmd::Bg(Some(
+        psql()
+            .arg("-f")
+            .arg(&schema)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let waiting = common::wait_for(std::time::Duration::from_secs(30), || {
+        c.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%CREATE ROLE util_exec%'",
+        ) == "1"
+    });
+    assert!(
+        waiting,
+        "the script never waited on the other session's role"
+    );
+    writeln!(to_other, "COMMIT;").unwrap();
+    drop(to_other);
+    assert!(other.wait().success());
+    let child = run.0.take().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'util_exec'"),
+        "1"
+    );
+}
