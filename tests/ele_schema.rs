@@ -735,6 +735,13 @@ fn a_run_racing_another_for_util_exec_fails_nothing() {
     let mut to_other = other.0.as_mut().unwrap().stdin.take().unwrap();
     writeln!(to_other, "BEGIN;\nCREATE ROLE util_exec NOLOGIN;").unwrap();
     to_other.flush().unwrap();
+    let made = common::wait_for(std::time::Duration::from_secs(30), || {
+        c.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'idle in transaction' AND query = 'CREATE ROLE util_exec NOLOGIN;'",
+        ) == "1"
+    });
+    assert!(made, "the other session did not make the role");
     let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
     let mut run = common::cmd::Bg(Some(
         psql()
@@ -748,7 +755,7 @@ fn a_run_racing_another_for_util_exec_fails_nothing() {
     let waiting = common::wait_for(std::time::Duration::from_secs(30), || {
         c.psql(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE wait_event_type = 'Lock' AND query LIKE '%CREATE ROLE util_exec%'",
+             WHERE wait_event_type = 'Lock' AND query LIKE 'DO $$%CREATE ROLE util_exec%'",
         ) == "1"
     });
     assert!(
