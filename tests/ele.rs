@@ -569,12 +569,20 @@ fn report_to_an_upstream_that_wants_a_password() {
             .arg("-L")
             .arg(&log);
         let o = run(&mut cmd);
-        let everything = format!(
+        // Its output, its log and its cache.
+        let mut everything = format!(
             "{}{}{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr),
             std::fs::read_to_string(&log).unwrap()
         );
+        for f in std::fs::read_dir(sb.p(&format!("cache-{case}")))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            everything.push_str(&String::from_utf8_lossy(&std::fs::read(f.path()).unwrap()));
+        }
         for pw in [SECRET, WRONG, "Ele-pw-7c1e"] {
             assert!(
                 !everything.contains(pw),
@@ -657,6 +665,10 @@ fn report_to_an_upstream_that_wants_a_password() {
     );
     assert!(log.contains("sending 1 instance(s)"), "{log}");
     assert_eq!(stored(), format!("pw|{port}|t"));
+    assert!(
+        sb.p("cache-right/report.json").exists(),
+        "the cache was looked at"
+    );
     finish();
 }
 
