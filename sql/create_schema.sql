@@ -117,6 +117,10 @@ CREATE INDEX IF NOT EXISTS idx_server_environment_id ON utility.ele_server (envi
 CREATE INDEX IF NOT EXISTS idx_instance_server_id ON utility.ele_instance (server_id);
 CREATE INDEX IF NOT EXISTS idx_instance_herd_id ON utility.ele_instance (herd_id);
 CREATE INDEX IF NOT EXISTS idx_instance_master_id ON utility.ele_instance (master_id);
+-- The names hostkit's first version of this script gave the same indexes.
+DROP INDEX IF EXISTS utility.idx_ele_instance_herd;
+DROP INDEX IF EXISTS utility.idx_ele_instance_server;
+DROP INDEX IF EXISTS utility.idx_ele_instance_master;
 CREATE INDEX IF NOT EXISTS idx_ele_server_hostname
     ON utility.ele_server (lower(hostname));
 CREATE INDEX IF NOT EXISTS idx_ele_herd_base_name
@@ -151,6 +155,8 @@ BEGIN
     -- left alone) are replaced, not doubled.
     EXECUTE format('DROP TRIGGER IF EXISTS t_%s_timestamp_b_iu ON utility.%I',
                    sTable, sTable);
+    -- The name hostkit's first version of this script used.
+    EXECUTE format('DROP TRIGGER IF EXISTS t_%s_audit ON utility.%I', sTable, sTable);
     EXECUTE format('CREATE TRIGGER t_%s_timestamp_b_iu BEFORE INSERT OR UPDATE '
                    'ON utility.%I FOR EACH ROW EXECUTE FUNCTION utility.sp_audit_stamps()',
                    sTable, sTable);
