@@ -2,7 +2,10 @@
 --
 -- One idempotent script: run it on an empty database, run it again, or run it over an
 -- admin database that already has the ElepHaaS tables and the original ele_tools
--- functions; each time it ends in the same schema and fails nothing. It only adds:
+-- functions, or over what the original script itself left (its tables without
+-- ele_herd.base_name, its indexes and triggers, its functions without the view and the
+-- SQL function it could not make); each time it ends in the same schema and fails
+-- nothing. It only adds:
 -- tables, columns and indexes are created if missing, never dropped; views and
 -- functions (which hold no data) are replaced. Everything happens in one transaction,
 -- so a failure leaves the database as it was.
@@ -24,11 +27,17 @@ BEGIN;
 
 CREATE SCHEMA IF NOT EXISTS utility;
 
--- util_exec is the role reporters are made members of; it owns nothing.
+-- util_exec is the role reporters are made members of; it owns nothing. Roles belong
+-- to the whole server: a run on another database at the same moment may make it
+-- between the check and the CREATE (then this one waits for it and finds the key taken).
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'util_exec') THEN
-    CREATE ROLE util_exec NOLOGIN;
+    BEGIN
+      CREATE ROLE util_exec NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+      NULL;
+    END;
   END IF;
 END;
 $$ LANGUAGE plpgsql;
@@ -59,9 +68,11 @@ CREATE TABLE IF NOT EXISTS utility.ele_herd (
   modified_dt     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- A herd table made from the original instructions lacks base_name.
-ALTER TABLE utility.ele_herd ADD COLUMN IF NOT EXISTS base_name VARCHAR(40);
+-- A herd table made by the original script lacks base_name (its herd_name has no
+-- length limit, so neither has the column added here).
+ALTER TABLE utility.ele_herd ADD COLUMN IF NOT EXISTS base_name VARCHAR;
 UPDATE utility.ele_herd SET base_name = lower(herd_name) WHERE base_name IS NULL;
+ALTER TABLE utility.ele_herd ALTER COLUMN base_name SET NOT NULL;
 
 CREATE TABLE IF NOT EXISTS utility.ele_server (
   server_id       SERIAL PRIMARY KEY,
@@ -99,15 +110,21 @@ ALTER TABLE utility.ele_server ALTER COLUMN created_dt SET DEFAULT now(),
 ALTER TABLE utility.ele_instance ALTER COLUMN created_dt SET DEFAULT now(),
                                  ALTER COLUMN modified_dt SET DEFAULT now();
 
--- Lookups the check-in makes on every report. Not unique: a legacy database may hold
--- duplicates, and this script must not fail on them.
+-- The original's indexes, under its names (so a database it made keeps them and gets
+-- no second copy), and the lookups the check-in makes on every report. None unique: a
+-- legacy database may hold duplicates, and this script must not fail on them.
+CREATE INDEX IF NOT EXISTS idx_server_environment_id ON utility.ele_server (environment_id);
+CREATE INDEX IF NOT EXISTS idx_instance_server_id ON utility.ele_instance (server_id);
+CREATE INDEX IF NOT EXISTS idx_instance_herd_id ON utility.ele_instance (herd_id);
+CREATE INDEX IF NOT EXISTS idx_instance_master_id ON utility.ele_instance (master_id);
+-- The names hostkit's first version of this script gave the same indexes.
+DROP INDEX IF EXISTS utility.idx_ele_instance_herd;
+DROP INDEX IF EXISTS utility.idx_ele_instance_server;
+DROP INDEX IF EXISTS utility.idx_ele_instance_master;
 CREATE INDEX IF NOT EXISTS idx_ele_server_hostname
     ON utility.ele_server (lower(hostname));
 CREATE INDEX IF NOT EXISTS idx_ele_herd_base_name
     ON utility.ele_herd (lower(base_name), db_port, environment_id);
-CREATE INDEX IF NOT EXISTS idx_ele_instance_herd ON utility.ele_instance (herd_id);
-CREATE INDEX IF NOT EXISTS idx_ele_instance_server ON utility.ele_instance (server_id);
-CREATE INDEX IF NOT EXISTS idx_ele_instance_master ON utility.ele_instance (master_id);
 
 --------------------------------------------------------------------------------
 -- Audit stamps
@@ -134,9 +151,14 @@ BEGIN
   FOREACH sTable IN ARRAY ARRAY['ele_environment', 'ele_herd', 'ele_server',
                                 'ele_instance']
   LOOP
+    -- The original's trigger names: its triggers (on PUBLIC.sp_audit_stamps, which is
+    -- left alone) are replaced, not doubled.
+    EXECUTE format('DROP TRIGGER IF EXISTS t_%s_timestamp_b_iu ON utility.%I',
+                   sTable, sTable);
+    -- The name hostkit's first version of this script used.
     EXECUTE format('DROP TRIGGER IF EXISTS t_%s_audit ON utility.%I', sTable, sTable);
-    EXECUTE format('CREATE TRIGGER t_%s_audit BEFORE INSERT OR UPDATE ON utility.%I '
-                   'FOR EACH ROW EXECUTE FUNCTION utility.sp_audit_stamps()',
+    EXECUTE format('CREATE TRIGGER t_%s_timestamp_b_iu BEFORE INSERT OR UPDATE '
+                   'ON utility.%I FOR EACH ROW EXECUTE FUNCTION utility.sp_audit_stamps()',
                    sTable, sTable);
   END LOOP;
 END;

@@ -13,6 +13,7 @@
 //! holding our pipes.) Without a timeout the child stays in our process group, so a Ctrl-C
 //! at the terminal reaches it as it reaches us.
 
+use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -86,6 +87,8 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     user: Option<String>,
     output: Output,
+    /// With [`Output::Capture`]: keep only the last this many bytes of each output.
+    tail_cap: Option<usize>,
     timeout: Option<Duration>,
     grace: Duration,
 }
@@ -97,6 +100,10 @@ pub struct Outcome {
     /// Empty unless output was captured.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Bytes cut from the head of stdout / stderr as they were read
+    /// ([`Cmd::capture_tail`]); 0 without a cap.
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
     /// The timeout expired and the process group was signalled.
     pub timed_out: bool,
     pub duration: Duration,
@@ -143,6 +150,7 @@ impl Cmd {
             cwd: None,
             user: None,
             output: Output::Capture,
+            tail_cap: None,
             timeout: None,
             grace: DEFAULT_GRACE,
         }
@@ -190,6 +198,14 @@ impl Cmd {
 
     pub fn output(&mut self, o: Output) -> &mut Cmd {
         self.output = o;
+        self
+    }
+
+    /// Capture at most the last `cap` bytes of stdout and of stderr: what comes before is
+    /// dropped as it is read (and counted), so a command that writes without end costs
+    /// `cap` bytes of memory per stream, not its output's size.
+    pub fn capture_tail(&mut self, cap: u64) -> &mut Cmd {
+        self.tail_cap = Some(usize::try_from(cap).unwrap_or(usize::MAX));
         self
     }
 
@@ -311,8 +327,8 @@ impl Cmd {
             source,
         })?;
         let pid = Pid::from_raw(child.id() as i32);
-        let stdout = child.stdout.take().map(collect);
-        let stderr = child.stderr.take().map(collect);
+        let stdout = child.stdout.take().map(|p| collect(p, self.tail_cap));
+        let stderr = child.stderr.take().map(|p| collect(p, self.tail_cap));
 
         let timed_out = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -348,8 +364,8 @@ impl Cmd {
         let limit = self
             .timeout
             .map(|t| start + t + self.grace + Duration::from_secs(1));
-        let stdout = stdout.map(|r| r.finish(limit)).unwrap_or_default();
-        let stderr = stderr.map(|r| r.finish(limit)).unwrap_or_default();
+        let (stdout, stdout_dropped) = stdout.map(|r| r.finish(limit)).unwrap_or_default();
+        let (stderr, stderr_dropped) = stderr.map(|r| r.finish(limit)).unwrap_or_default();
         drop(done_tx);
         if let Some(w) = watchdog {
             let _ = w.join();
@@ -370,6 +386,8 @@ impl Cmd {
             status,
             stdout,
             stderr,
+            stdout_dropped,
+            stderr_dropped,
             timed_out: timed_out.load(Ordering::SeqCst),
             duration,
             input_error,
@@ -377,15 +395,47 @@ impl Cmd {
     }
 }
 
+/// What a pipe gave: everything, or with a cap its last `cap` bytes in a ring and the
+/// count of those dropped before them.
+#[derive(Default)]
+struct Captured {
+    ring: VecDeque<u8>,
+    cap: Option<usize>,
+    dropped: u64,
+}
+
+impl Captured {
+    fn push(&mut self, chunk: &[u8]) {
+        let Some(cap) = self.cap else {
+            return self.ring.extend(chunk);
+        };
+        if chunk.len() >= cap {
+            self.dropped += (self.ring.len() + chunk.len() - cap) as u64;
+            self.ring.clear();
+            self.ring.extend(&chunk[chunk.len() - cap..]);
+            return;
+        }
+        let over = (self.ring.len() + chunk.len()).saturating_sub(cap);
+        if over > 0 {
+            self.ring.drain(..over);
+            self.dropped += over as u64;
+        }
+        self.ring.extend(chunk);
+    }
+}
+
 /// A pipe read to its end in a thread of its own (a blocked reader must not hold up the
 /// wait or the other pipe).
 struct Reader {
-    buf: Arc<Mutex<Vec<u8>>>,
+    buf: Arc<Mutex<Captured>>,
     eof: mpsc::Receiver<()>,
 }
 
-fn collect(mut pipe: impl Read + Send + 'static) -> Reader {
-    let buf = Arc::new(Mutex::new(Vec::new()));
+fn collect(mut pipe: impl Read + Send + 'static, cap: Option<usize>) -> Reader {
+    let buf = Arc::new(Mutex::new(Captured {
+        cap,
+        ..Captured::default()
+    }));
     let (tx, eof) = mpsc::channel();
     let b = buf.clone();
     std::thread::spawn(move || {
@@ -396,7 +446,7 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Reader {
                 Ok(n) => b
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&chunk[..n]),
+                    .push(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
@@ -407,8 +457,9 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Reader {
 }
 
 impl Reader {
-    /// What was read, once the pipe is closed or `limit` has passed.
-    fn finish(self, limit: Option<Instant>) -> Vec<u8> {
+    /// What was kept and how many bytes were dropped, once the pipe is closed or
+    /// `limit` has passed.
+    fn finish(self, limit: Option<Instant>) -> (Vec<u8>, u64) {
         match limit {
             Some(l) => {
                 let _ = self
@@ -419,7 +470,8 @@ impl Reader {
                 let _ = self.eof.recv();
             }
         }
-        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()))
+        let c = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()));
+        (Vec::from(c.ring), c.dropped)
     }
 }
 
@@ -442,6 +494,27 @@ mod tests {
         assert_eq!(o.describe(), "exited with exit status: 3");
         let o = Cmd::new("true").run().unwrap();
         assert!(o.success());
+    }
+
+    #[test]
+    fn a_tail_cap_keeps_the_end_and_counts_what_it_dropped() {
+        // 3 MB in 8 KiB reads and larger: only the last 10 bytes are ever kept.
+        let o = Cmd::shell("head -c 3000000 /dev/zero; printf 0123456789; printf e >&2")
+            .capture_tail(10)
+            .run()
+            .unwrap();
+        assert!(o.success(), "{o:?}");
+        assert_eq!(o.stdout, b"0123456789");
+        assert_eq!(o.stdout_dropped, 3_000_000);
+        assert_eq!((o.stderr.as_slice(), o.stderr_dropped), (&b"e"[..], 0));
+        let mut c = Captured {
+            cap: Some(4),
+            ..Captured::default()
+        };
+        for chunk in [&b"ab"[..], b"cde", b"", b"fghijk", b"l"] {
+            c.push(chunk);
+        }
+        assert_eq!((Vec::from(c.ring), c.dropped), (b"ijkl".to_vec(), 8));
     }
 
     #[test]

@@ -409,6 +409,86 @@ fn a_huge_file_is_cut_to_its_tail_and_the_total_cap_skips_the_rest() {
     );
 }
 
+/// Run `c` to its end (stdin, stdout and stderr /dev/null): its exit code and its peak
+/// RSS in KiB, as wait4(2) reports them for that one child.
+// Reaped by wait4 itself, which std's Child cannot do (it has no rusage).
+#[allow(clippy::zombie_processes)]
+fn run_measuring_rss(c: &mut Command) -> (Option<i32>, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let child = c
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 writes only into the two out-parameters it is given.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(
+        r,
+        child.id() as i32,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
+    let status = std::process::ExitStatus::from_raw(status);
+    (status.code(), usage.ru_maxrss)
+}
+
+#[test]
+fn a_command_writing_without_end_is_cut_as_it_is_read() {
+    // 200 MB on stdout, 50 MB on stderr, 1 MiB kept of each: calink never holds more.
+    const CAP: u64 = 1 << 20;
+    const OUT: u64 = 200_000_000 + 8;
+    const ERR: u64 = 50_000_000;
+    let c = Case::new(
+        "[calink]\nmax_file_size = 1M\n[commands]\n\
+         flood = head -c 200000000 /dev/zero; printf 'the end\\n'; head -c 50000000 /dev/zero >&2\n",
+    );
+    let (code, rss_kib) = run_measuring_rss(&mut c.cmd());
+    assert_eq!(code, Some(3), "truncated => incomplete");
+    // Before the cap was applied while reading, calink held all 200 MB.
+    assert!(
+        rss_kib < 100 << 10,
+        "calink's peak RSS {rss_kib} KiB: the output was not bounded while read"
+    );
+    let path = fs::read_dir(c.out())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let a = Archive::read(&path);
+    let e = a.entry("flood");
+    assert_eq!(e["truncated"], true, "{e}");
+    assert_eq!(e["stdout_dropped"], OUT - CAP, "{e}");
+    assert_eq!(e["stderr_dropped"], ERR - CAP, "{e}");
+    assert_eq!(e["source_size"], OUT + ERR, "{e}");
+    assert_eq!(e["size"], 2 * CAP, "{e}");
+    let log = a.commands_log();
+    assert!(
+        log.contains(&format!(
+            "truncated: stdout, last {CAP} of {OUT} bytes kept, {} dropped\n\
+             truncated: stderr, last {CAP} of {ERR} bytes kept, {} dropped\n",
+            OUT - CAP,
+            ERR - CAP
+        )),
+        "{}",
+        &log[..log.len().min(600)]
+    );
+    // Exactly the tail: the last CAP bytes of stdout, then of stderr.
+    let mut want = b"--- stdout ---\n".to_vec();
+    want.extend(vec![0u8; CAP as usize - 8]);
+    want.extend_from_slice(b"the end\n--- stderr ---\n");
+    want.extend(vec![0u8; CAP as usize]);
+    let raw = a.commands_log().into_bytes();
+    let at = raw
+        .windows(15)
+        .position(|w| w == b"--- stdout ---\n")
+        .unwrap();
+    assert_eq!(raw[at..at + want.len()], want[..]);
+}
+
 #[test]
 fn secrets_are_scrubbed_in_files_and_the_commands_log() {
     let d = tempfile::tempdir().unwrap();
@@ -836,4 +916,49 @@ fn dry_run_lists_and_writes_nothing() {
     assert!(out.contains("command mark: touch"), "{out}");
     assert_eq!(fs::read_dir(c.out()).unwrap().count(), 0);
     assert!(!d.path().join("ran").exists());
+}
+
+#[test]
+fn progress_on_a_terminal_and_quiet_otherwise() {
+    let c = Case::new("[commands]\nhello = echo hi\n");
+    // stderr a pipe (cron, a script): nothing on it.
+    let (o, _) = c.run(&[]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // On a terminal (script(1) gives it one): what it does, as it does it.
+    let out = c.path("out-tty");
+    fs::create_dir(&out).unwrap();
+    let line = format!(
+        "{} -c {} -o {}",
+        env!("CARGO_BIN_EXE_calink"),
+        c.path("calink.ini").display(),
+        out.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", show(&cmd, &o));
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(tty.contains("calink: running [hello]: echo hi"), "{tty}");
+    assert!(tty.contains("calink: [hello]: exit code 0 in "), "{tty}");
+}
+
+/// The info items as another program uses them: library functions returning values
+/// that serialize to the documented JSON.
+#[test]
+fn the_info_items_are_a_library_api() {
+    use hostkit::calink::info;
+    let l = serde_json::to_value(info::loadavg().unwrap()).unwrap();
+    for k in ["1", "5", "15"] {
+        assert!(l["average"][k].is_number(), "{l}");
+    }
+    assert!(l["entities"]["current"].as_u64().unwrap() >= 1, "{l}");
+    assert!(l["entities"]["total"].as_u64().unwrap() >= 1, "{l}");
+    assert!(l["last_pid"].is_u64(), "{l}");
+    let me = std::process::id();
+    assert!(info::ps().unwrap().iter().any(|p| p.pid == me));
 }

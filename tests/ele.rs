@@ -227,6 +227,12 @@ fn report_end_to_end() {
     let h = Host::new("rep", 56301);
     let [p1, p2, p3, p4] = h.ports;
     let ini = h.ini("report.ini", "", "cache", "");
+    let (c, o) = ele_report(&ini, &["--version"]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("ele_report "),
+        "{}",
+        show(&c, &o)
+    );
 
     // What discovery sees, and which sources saw it.
     let (c, o) = ele_report(&ini, &["--json"]);
@@ -418,7 +424,11 @@ fn report_end_to_end() {
     );
     let (c, o) = ele_report(&down, &[]);
     assert_eq!(code(&o), 3, "{}", show(&c, &o));
-    assert_one_line_error("ele_report", &stderr(&o), "unreachable");
+    assert_one_line_error(
+        "ele_report",
+        &stderr(&o),
+        "cannot connect to admin database admin on 127.0.0.1 port 1 as postgres: ",
+    );
 
     // A cluster that cannot be read: exit 4, and the others are still reported.
     h.admin.sql("DELETE FROM utility.ele_instance");
@@ -476,6 +486,192 @@ fn report_end_to_end() {
     finish();
 }
 
+/// psql as root, as postgres over `c`'s socket (which trusts postgres), on `db`.
+fn cluster_psql(c: &Cluster, db: &str, what: &[&str]) -> String {
+    let mut p = Command::new("psql");
+    p.args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&c.sock)
+        .args(["-p", &c.port.to_string(), "-U", "postgres", "-d", db])
+        .args(what);
+    ok(&mut p).trim().to_string()
+}
+
+/// The admin database on a cluster that wants passwords: ele_report's password comes
+/// from ~/.pgpass (0600); a wrong one, or a file others may read (ignored), fails with
+/// one line and exit 3, and the password shows nowhere, debug log included.
+#[test]
+fn report_to_an_upstream_that_wants_a_password() {
+    const ROLE: &str = "hk_ele_reporter";
+    const SECRET: &str = "Ele-pw-7c1e:x";
+    const WRONG: &str = "Ele-wrong-5d2a";
+    let sb = Sandbox::new("ele-pw");
+    let port = common::pg::free_port();
+    let c = Cluster::with_password(&sb, "pw", port, ROLE, SECRET);
+    // The admin database lives on that cluster, and the cluster reports itself.
+    cluster_psql(&c, "postgres", &["-c", "CREATE DATABASE admin"]);
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
+    cluster_psql(&c, "admin", &["-f", schema.to_str().unwrap()]);
+    cluster_psql(
+        &c,
+        "admin",
+        &[
+            "-c",
+            &format!("GRANT util_exec TO {ROLE}"),
+            "-c",
+            "INSERT INTO utility.ele_environment (env_name) VALUES ('test')",
+            "-c",
+            &format!(
+                "INSERT INTO utility.ele_server (environment_id, hostname) VALUES (1, '{}')",
+                host()
+            ),
+            "-c",
+            &format!(
+                "INSERT INTO utility.ele_herd (environment_id, base_name, herd_name, db_port) \
+                 VALUES (1, 'pw', 'pw', {port})"
+            ),
+        ],
+    );
+    let home = sb.mkdir("home");
+    let pgpass = home.join(".pgpass");
+    let write_pgpass = |pw: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        sb.write(
+            "home/.pgpass",
+            format!(
+                "# host:port:db:user:password\n127.0.0.1:{port}:admin:{ROLE}:{}\n",
+                pw.replace(':', "\\:")
+            ),
+        );
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // Each case with a cache of its own, so each has its report due.
+    let ini = |case: &str| {
+        sb.mkdir(&format!("etc-{case}"));
+        sb.write(
+            &format!("{case}.ini"),
+            format!(
+                "[Upstream]\ndb_host = 127.0.0.1\ndb_port = {port}\ndb_user = {ROLE}\ndb_name = admin\n\
+                 [Report]\ncache_dir = {}\n[Discovery]\nsocket_dirs = {}\nconf_root = {}\n\
+                 pg_lsclusters = none\nports = {port}\n",
+                sb.p(&format!("cache-{case}")).display(),
+                c.sock.display(),
+                sb.p(&format!("etc-{case}")).display(),
+            ),
+        )
+    };
+    let report = |case: &str| {
+        let log = sb.write(&format!("{case}.log"), "");
+        let mut cmd = as_postgres(postgres_bin(env!("CARGO_BIN_EXE_ele_report")));
+        cmd.env("HOME", &home)
+            .arg("-c")
+            .arg(ini(case))
+            .arg("-d")
+            .arg("-L")
+            .arg(&log);
+        let o = run(&mut cmd);
+        // Its output, its log and its cache.
+        let mut everything = format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(&log).unwrap()
+        );
+        for f in std::fs::read_dir(sb.p(&format!("cache-{case}")))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            everything.push_str(&String::from_utf8_lossy(&std::fs::read(f.path()).unwrap()));
+        }
+        for pw in [SECRET, WRONG, "Ele-pw-7c1e"] {
+            assert!(
+                !everything.contains(pw),
+                "the password is shown: {}",
+                show(&cmd, &o)
+            );
+        }
+        (cmd, o, std::fs::read_to_string(&log).unwrap())
+    };
+    let stored = || {
+        cluster_psql(
+            &c,
+            "admin",
+            &[
+                "-c",
+                "SELECT base_name, db_port, is_online FROM utility.v_flat_instance",
+            ],
+        )
+    };
+    let target =
+        format!("cannot connect to admin database admin on 127.0.0.1 port {port} as {ROLE}: ");
+
+    // A wrong password: refused, one line, exit 3; nothing stored.
+    write_pgpass(WRONG, 0o600);
+    let (cmd, o, _) = report("wrong");
+    assert_eq!(code(&o), 3, "{}", show(&cmd, &o));
+    assert_one_line_error(
+        "ele_report",
+        &stderr(&o),
+        &format!("{target}password authentication failed for user \"{ROLE}\""),
+    );
+    assert_eq!(stored(), "");
+
+    // The right password in a file others may read: ignored, and the line says so.
+    write_pgpass(SECRET, 0o640);
+    let (cmd, o, _) = report("open");
+    assert_eq!(code(&o), 3, "{}", show(&cmd, &o));
+    assert_one_line_error(
+        "ele_report",
+        &stderr(&o),
+        &format!(
+            "(password file {} has group or world access; permissions should be u=rw (0600) or less; ignored)",
+            pgpass.display()
+        ),
+    );
+    assert_eq!(stored(), "");
+
+    // 0600, but this host's server has no environment: connected, and the instance the
+    // upstream silently dropped is named, with why.
+    write_pgpass(SECRET, 0o600);
+    cluster_psql(
+        &c,
+        "admin",
+        &["-c", "UPDATE utility.ele_server SET environment_id = NULL"],
+    );
+    let (cmd, o, _) = report("noenv");
+    assert_eq!(code(&o), 5, "{}", show(&cmd, &o));
+    assert_one_line_error(
+        "ele_report",
+        &stderr(&o),
+        &format!(
+            "instance pw on port {port} ignored by the upstream: server {} has no environment",
+            host()
+        ),
+    );
+    assert_eq!(stored(), "");
+    cluster_psql(
+        &c,
+        "admin",
+        &["-c", "UPDATE utility.ele_server SET environment_id = 1"],
+    );
+
+    // Reported, quietly (the debug log went to the file).
+    let (cmd, o, log) = report("right");
+    assert_eq!(code(&o), 0, "{}", show(&cmd, &o));
+    assert!(
+        o.stdout.is_empty() && o.stderr.is_empty(),
+        "{}",
+        show(&cmd, &o)
+    );
+    assert!(log.contains("sending 1 instance(s)"), "{log}");
+    assert_eq!(stored(), format!("pw|{port}|t"));
+    assert!(
+        sb.p("cache-right/report.json").exists(),
+        "the cache was looked at"
+    );
+    finish();
+}
+
 fn by_port_checkin(v: &serde_json::Value, port: u16) -> &serde_json::Value {
     v.as_array()
         .unwrap()
@@ -514,6 +710,27 @@ fn ctl_start_stop_reload_promote() {
     let (c, o) = ele_ctl(&ini, &["list"]);
     assert_eq!(code(&o), 0, "{}", show(&c, &o));
     assert_eq!(json(&o).as_array().unwrap().len(), 4);
+
+    // As an admin system calls it: over SSH as the database owner, the exit status and
+    // the one line coming through.
+    let sshd = common::sshd::Sshd::start(&h.sb, common::pg::free_port());
+    let remote = |args: &[&str]| {
+        let mut c = sshd.client();
+        c.arg("127.0.0.1")
+            .arg(postgres_bin(env!("CARGO_BIN_EXE_ele_ctl")))
+            .arg("-c")
+            .arg(&ini)
+            .args(args);
+        let o = run(&mut c);
+        (c, o)
+    };
+    let (c, o) = remote(&["scratch", "status"]);
+    assert_eq!(code(&o), 0, "{}", show(&c, &o));
+    assert_eq!(json(&o)["name"], "scratch");
+    let (c, o) = remote(&["nosuch", "status"]);
+    assert_eq!(code(&o), 5, "{}", show(&c, &o));
+    assert_one_line_error("ele_ctl", &stderr(&o), "unknown cluster nosuch");
+    drop(sshd);
 
     // Unknown and ambiguous names; the exit status says which.
     let (c, o) = ele_ctl(&ini, &["nosuch", "status"]);

@@ -149,9 +149,47 @@ async fn twice_on_an_empty_database_changes_nothing() {
     assert!(first
         .iter()
         .any(|l| l.starts_with("col ele_herd.base_name")));
-    assert!(first
+    // The original's signatures, parameter names and defaults exactly (what reporters
+    // written against ele_tools call with named arguments).
+    for sig in [
+        "fn sp_discover_server(shost character varying) ",
+        "fn sp_get_herd(sname character varying, nport integer, nenv integer) ",
+        "fn sp_instance_checkin(sherd character varying, shost character varying, \
+         nport integer, sver character varying DEFAULT NULL::character varying, \
+         bonline boolean DEFAULT NULL::boolean, sdatadir character varying DEFAULT \
+         NULL::character varying, smasterhost character varying DEFAULT NULL::character \
+         varying, nxlog bigint DEFAULT NULL::bigint) ",
+    ] {
+        assert!(
+            first.iter().any(|l| l.starts_with(sig)),
+            "{sig}: {:#?}",
+            first
+                .iter()
+                .filter(|l| l.starts_with("fn "))
+                .collect::<Vec<_>>()
+        );
+    }
+    let returns: Vec<String> = c
+        .query(
+            "SELECT p.proname || ' ' || pg_get_function_result(p.oid) FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'utility' \
+             AND p.proname IN ('sp_discover_server', 'sp_get_herd', 'sp_instance_checkin') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
         .iter()
-        .any(|l| l.starts_with("fn sp_instance_checkin(sherd character varying, shost")));
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        returns,
+        [
+            "sp_discover_server integer",
+            "sp_get_herd integer",
+            "sp_instance_checkin void"
+        ]
+    );
     seed(&c).await;
     checkin(
         &c,
@@ -492,5 +530,250 @@ async fn over_a_legacy_elephaas_database() {
     assert_eq!(
         created, "2020-01-01",
         "the audit trigger must keep created_dt"
+    );
+}
+
+/// What the original ele_tools script left on an empty database (its tables without
+/// ele_herd.base_name, its indexes and triggers, its functions; the view and the SQL
+/// function it could not make missing), with rows an operator entered: our script runs
+/// over it twice, ends with one object of each kind under the original's names, keeps
+/// the rows, and ele_report then reports a real cluster into it.
+#[tokio::test]
+async fn over_what_the_original_script_left() {
+    let db = Db::new("orig");
+    let fixture = common::fixture("ele/legacy_ele_tools.sql");
+    // As the original was run: psql going on past the statements that fail.
+    let o = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            HOST_SOCKET,
+            "-U",
+            "postgres",
+            "-d",
+            &db.host.name,
+        ])
+        .arg("-f")
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("column h.base_name does not exist").count()
+            + err.matches("column \"base_name\" does not exist").count(),
+        2,
+        "the view and sp_get_herd fail, nothing else: {err}"
+    );
+    assert_eq!(err.matches("ERROR").count(), 2, "{err}");
+    let c = db.client().await;
+    let left = catalog(&c).await;
+    let has = |cat: &[String], p: &str| cat.iter().any(|l| l.starts_with(p));
+    assert!(!has(&left, "col ele_herd.base_name"), "{left:#?}");
+    assert!(!has(&left, "view v_flat_instance") && !has(&left, "fn sp_get_herd("));
+    assert!(has(
+        &left,
+        "fn sp_instance_checkin(sherd character varying, shost"
+    ));
+    assert!(
+        has(&left, "trigger t_ele_herd_timestamp_b_iu")
+            && has(&left, "index idx_instance_herd_id ")
+    );
+
+    let sb = common::pg::Sandbox::new("ele-orig");
+    let port = common::pg::free_port();
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    c.batch_execute(&format!(
+        "INSERT INTO utility.ele_environment (env_name, env_descr) VALUES ('prod', '');
+         INSERT INTO utility.ele_herd (environment_id, herd_name, herd_descr, db_port, pgdata, vhost)
+              VALUES (1, 'Pay', NULL, {port}, '/srv/pg/pay', 'db-pay'),
+                     (1, 'A herd whose name is longer than forty characters', '', 5999, '/x', '');
+         INSERT INTO utility.ele_server (environment_id, hostname) VALUES (1, '{}');
+         INSERT INTO utility.ele_instance (version, local_pgdata, xlog_pos, is_online, herd_id, server_id)
+              VALUES ('9.6', '', 42, false, 2, 1);",
+        host.to_uppercase()
+    ))
+    .await
+    .unwrap();
+
+    db.load_schema();
+    let first = catalog(&c).await;
+    db.load_schema();
+    assert_eq!(catalog(&c).await, first, "a second run changed the schema");
+    let triggers: Vec<&String> = first.iter().filter(|l| l.starts_with("trigger ")).collect();
+    assert_eq!(
+        triggers,
+        [
+            "trigger t_ele_environment_timestamp_b_iu",
+            "trigger t_ele_herd_timestamp_b_iu",
+            "trigger t_ele_instance_timestamp_b_iu",
+            "trigger t_ele_server_timestamp_b_iu"
+        ],
+        "the original's triggers replaced, not doubled"
+    );
+    for on in [
+        "ele_instance USING btree (herd_id)",
+        "ele_instance USING btree (server_id)",
+        "ele_instance USING btree (master_id)",
+        "ele_server USING btree (environment_id)",
+    ] {
+        let n = first
+            .iter()
+            .filter(|l| l.starts_with("index ") && l.ends_with(&format!("ON utility.{on}")))
+            .count();
+        assert_eq!(n, 1, "one index on {on}: {first:#?}");
+    }
+    let herds: Vec<String> = c
+        .query(
+            "SELECT base_name::text FROM utility.ele_herd ORDER BY herd_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        herds,
+        ["pay", "a herd whose name is longer than forty characters"]
+    );
+    assert_eq!(
+        flat(&c).await,
+        vec![(
+            host.to_uppercase(),
+            5999,
+            "9.6".into(),
+            "/x".into(),
+            Some(42),
+            false,
+            None
+        )]
+    );
+
+    // ele_report, as from cron, reports a real cluster named pay into it.
+    let cluster = common::pg::Cluster::initdb(&sb, "pay", port, 16, "cluster_name = 'pay'\n");
+    cluster.start();
+    sb.mkdir("etc");
+    let ini = sb.write(
+        "report.ini",
+        format!(
+            "[Upstream]\ndb_host = {HOST_SOCKET}\ndb_user = postgres\ndb_name = {}\n\
+             [Report]\ncache_dir = {}\n[Discovery]\nsocket_dirs = {}\nconf_root = {}\n\
+             pg_lsclusters = none\nports = {port}\n",
+            db.host.name,
+            sb.p("cache").display(),
+            sb.sock().display(),
+            sb.p("etc").display()
+        ),
+    );
+    let mut cmd =
+        common::pg::as_postgres(common::pg::postgres_bin(env!("CARGO_BIN_EXE_ele_report")));
+    cmd.arg("-c").arg(&ini);
+    let o = common::cmd::run(&mut cmd);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        common::cmd::show(&cmd, &o)
+    );
+    let rows = flat(&c).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let pay = rows.iter().find(|r| r.1 == i32::from(port)).unwrap();
+    assert_eq!(
+        (pay.0.as_str(), pay.3.as_str(), pay.5, pay.6),
+        (
+            host.to_uppercase().as_str(),
+            cluster.data.to_str().unwrap(),
+            true,
+            None
+        )
+    );
+    assert!(
+        pay.4.unwrap() > 0,
+        "the WAL position stored on the first check-in"
+    );
+}
+
+/// util_exec belongs to the whole server: a run of the script on another database that
+/// makes it between this run's check and its CREATE ROLE must not fail this run. On a
+/// private cluster (where util_exec does not exist yet), one session makes the role and
+/// holds its transaction open until the script is seen waiting on it.
+#[test]
+fn a_run_racing_another_for_util_exec_fails_nothing() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let sb = common::pg::Sandbox::new("ele-role");
+    let c = common::pg::Cluster::initdb(&sb, "roles", common::pg::free_port(), 16, "");
+    c.start();
+    let psql = || {
+        let mut p = Command::new("psql");
+        p.args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&c.sock)
+            .args([
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ]);
+        p
+    };
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'util_exec'"),
+        "0"
+    );
+    let mut other = common::cmd::Bg(Some(
+        psql()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut to_other = other.0.as_mut().unwrap().stdin.take().unwrap();
+    writeln!(to_other, "BEGIN;\nCREATE ROLE util_exec NOLOGIN;").unwrap();
+    to_other.flush().unwrap();
+    let made = common::wait_for(std::time::Duration::from_secs(30), || {
+        c.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'idle in transaction' AND query = 'CREATE ROLE util_exec NOLOGIN;'",
+        ) == "1"
+    });
+    assert!(made, "the other session did not make the role");
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/create_schema.sql");
+    let mut run = common::cmd::Bg(Some(
+        psql()
+            .arg("-f")
+            .arg(&schema)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let waiting = common::wait_for(std::time::Duration::from_secs(30), || {
+        c.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'DO $$%CREATE ROLE util_exec%'",
+        ) == "1"
+    });
+    assert!(
+        waiting,
+        "the script never waited on the other session's role"
+    );
+    writeln!(to_other, "COMMIT;").unwrap();
+    drop(to_other);
+    assert!(other.wait().success());
+    let child = run.0.take().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'util_exec'"),
+        "1"
     );
 }

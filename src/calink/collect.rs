@@ -387,6 +387,11 @@ impl Run<'_, '_> {
             e.exit_code = r.exit_code;
             e.timed_out = r.timed_out;
             e.truncated = r.truncated();
+            e.stdout_dropped = r.stdout_dropped();
+            e.stderr_dropped = r.stderr_dropped();
+            if e.truncated {
+                e.source_size = Some(r.stdout_size + r.stderr_size);
+            }
             e.scrubbed = n_out + n_err;
             let desc = r.describe();
             if r.error.is_some() {

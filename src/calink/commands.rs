@@ -21,7 +21,8 @@ pub struct Ran {
     pub timed_out: bool,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// Bytes the command wrote to stdout and stderr before they were cut to their tail.
+    /// Bytes the command wrote to stdout and stderr; what is not kept of them was
+    /// dropped as it was read (only the last `cap` bytes are ever held).
     pub stdout_size: u64,
     pub stderr_size: u64,
     pub error: Option<String>,
@@ -29,7 +30,16 @@ pub struct Ran {
 
 impl Ran {
     pub fn truncated(&self) -> bool {
-        self.stdout_size > self.stdout.len() as u64 || self.stderr_size > self.stderr.len() as u64
+        self.stdout_dropped() > 0 || self.stderr_dropped() > 0
+    }
+
+    /// Bytes cut from the head of stdout.
+    pub fn stdout_dropped(&self) -> u64 {
+        self.stdout_size.saturating_sub(self.stdout.len() as u64)
+    }
+
+    pub fn stderr_dropped(&self) -> u64 {
+        self.stderr_size.saturating_sub(self.stderr.len() as u64)
     }
 
     pub fn describe(&self) -> String {
@@ -50,11 +60,13 @@ impl Ran {
     }
 }
 
-/// Run `line` with a time limit, keeping at most the last `cap` bytes of each output.
+/// Run `line` with a time limit, keeping at most the last `cap` bytes of each output
+/// (bounded while it runs: the rest is dropped as it is read, and counted).
 pub fn run(label: &str, line: &str, timeout: Duration, cap: u64) -> Ran {
     let start = std::time::Instant::now();
     let mut cmd = Cmd::shell(line);
     cmd.output(Output::Capture)
+        .capture_tail(cap)
         .timeout(timeout)
         .grace(Duration::from_secs(2));
     let mut ran = Ran {
@@ -76,10 +88,10 @@ pub fn run(label: &str, line: &str, timeout: Duration, cap: u64) -> Ran {
             ran.signal = o.status.signal();
             ran.duration = o.duration;
             ran.timed_out = o.timed_out;
-            ran.stdout_size = o.stdout.len() as u64;
-            ran.stderr_size = o.stderr.len() as u64;
-            ran.stdout = tail(o.stdout, cap);
-            ran.stderr = tail(o.stderr, cap);
+            ran.stdout_size = o.stdout.len() as u64 + o.stdout_dropped;
+            ran.stderr_size = o.stderr.len() as u64 + o.stderr_dropped;
+            ran.stdout = o.stdout;
+            ran.stderr = o.stderr;
         }
         Err(e) => {
             ran.duration = start.elapsed();
@@ -87,15 +99,6 @@ pub fn run(label: &str, line: &str, timeout: Duration, cap: u64) -> Ran {
         }
     }
     ran
-}
-
-/// The last `cap` bytes of `v`.
-pub fn tail(mut v: Vec<u8>, cap: u64) -> Vec<u8> {
-    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    if v.len() > cap {
-        v.drain(..v.len() - cap);
-    }
-    v
 }
 
 /// The commands log entry of `r` (its outputs as given, i.e. already scrubbed).
@@ -126,7 +129,11 @@ pub fn log_entry(r: &Ran, stdout: &[u8], stderr: &[u8]) -> Vec<u8> {
         ("stderr", r.stderr_size, r.stderr.len()),
     ] {
         if size > kept as u64 {
-            let _ = writeln!(head, "truncated: {what}, last {kept} of {size} bytes kept");
+            let _ = writeln!(
+                head,
+                "truncated: {what}, last {kept} of {size} bytes kept, {} dropped",
+                size - kept as u64
+            );
         }
     }
     let mut out = head.into_bytes();
@@ -175,7 +182,7 @@ mod tests {
         assert!(r.truncated() && r.stdout_size > 3000);
         let log = String::from_utf8(log_entry(&r, &r.stdout, &r.stderr)).unwrap();
         assert!(
-            log.contains("truncated: stdout, last 9 of 3893 bytes kept"),
+            log.contains("truncated: stdout, last 9 of 3893 bytes kept, 3884 dropped"),
             "{log}"
         );
     }

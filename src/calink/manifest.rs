@@ -50,6 +50,12 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     pub truncated: bool,
+    /// A command's output bytes cut from the head of its stdout / stderr (only the
+    /// tail, `max_file_size` bytes, is kept).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub stdout_dropped: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub stderr_dropped: u64,
     pub timed_out: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -61,6 +67,10 @@ pub struct Entry {
 }
 
 fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -77,6 +87,8 @@ impl Entry {
             source_size: None,
             sha256: None,
             truncated: false,
+            stdout_dropped: 0,
+            stderr_dropped: 0,
             timed_out: false,
             exit_code: None,
             symlink_target: None,

@@ -65,7 +65,8 @@ pub enum Error {
     Log(#[from] crate::logging::LogError),
     #[error("cannot write the cache: {0}")]
     SaveCache(#[source] crate::fsutil::PathError),
-    #[error("{target} unreachable: {detail}")]
+    /// Down, refused, or no (right) password: `detail` says which, never the password.
+    #[error("cannot connect to {target}: {detail}")]
     Upstream { target: String, detail: String },
     #[error("{target}: {what}: {detail}")]
     UpstreamCall {

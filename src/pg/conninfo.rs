@@ -99,8 +99,20 @@ pub fn config(conninfo: &str) -> Result<Config, PgError> {
     resolve(conninfo, &Env::process())
 }
 
-/// Parse `conninfo` and fill in what it leaves out by libpq's rules.
+/// Parse `conninfo` and fill in what it leaves out by libpq's rules; a password file
+/// that is ignored (see [`PassFile::load`]) is warned about.
 pub fn resolve(conninfo: &str, env: &Env) -> Result<Config, PgError> {
+    let (cfg, note) = resolve_noting(conninfo, env)?;
+    if let Some(n) = note {
+        log::warn!("{n}");
+    }
+    Ok(cfg)
+}
+
+/// [`resolve`], with why a password file was ignored returned, not logged: the caller
+/// says it where it matters (in the error, when the server then wanted a password).
+pub fn resolve_noting(conninfo: &str, env: &Env) -> Result<(Config, Option<String>), PgError> {
+    let mut note = None;
     let mut cfg = Config::from_str(conninfo).map_err(|e| PgError::Config {
         target: super::redact(conninfo),
         reason: "bad conninfo".into(),
@@ -151,15 +163,19 @@ pub fn resolve(conninfo: &str, env: &Env) -> Result<Config, PgError> {
     if cfg.get_password().is_none() {
         if let Some(pw) = env.var("PGPASSWORD") {
             cfg.password(pw);
-        } else if let Some(file) = pgpass::path(env.var("PGPASSFILE"), env.home().as_deref())
-            .and_then(|p| PassFile::read(&p))
-        {
-            if let Some(pw) = lookup(&cfg, &file) {
-                cfg.password(pw);
+        } else if let Some(p) = pgpass::path(env.var("PGPASSFILE"), env.home().as_deref()) {
+            match PassFile::load(&p) {
+                Ok(Some(file)) => {
+                    if let Some(pw) = lookup(&cfg, &file) {
+                        cfg.password(pw);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => note = Some(why),
             }
         }
     }
-    Ok(cfg)
+    Ok((cfg, note))
 }
 
 fn add_host(cfg: &mut Config, h: &str) {

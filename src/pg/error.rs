@@ -17,11 +17,13 @@ pub enum PgError {
         source: Option<tokio_postgres::Error>,
     },
     /// The server could not be reached, or refused us.
-    #[error("{target}: connection failed")]
+    #[error("{target}: connection failed{}", .note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default())]
     Connect {
         target: String,
         #[source]
         source: tokio_postgres::Error,
+        /// What else the reader must know: a password file that was ignored.
+        note: Option<String>,
     },
     /// Connected, but a statement failed.
     #[error("{target}: query failed")]
@@ -45,7 +47,16 @@ impl PgError {
         PgError::Connect {
             target: redact(conninfo),
             source,
+            note: None,
         }
+    }
+
+    /// A connection error with `note` added (see [`PgError::Connect`]).
+    pub fn with_note(mut self, note: Option<String>) -> PgError {
+        if let PgError::Connect { note: n, .. } = &mut self {
+            *n = note;
+        }
+        self
     }
 
     pub fn query(conninfo: &str, source: tokio_postgres::Error) -> PgError {
@@ -73,6 +84,11 @@ impl PgError {
                 Some(e) => format!("{reason}: {}", one_line(e)),
                 None => reason.clone(),
             },
+            PgError::Connect {
+                source,
+                note: Some(n),
+                ..
+            } => format!("{} ({n})", one_line(source)),
             PgError::Connect { source, .. } | PgError::Query { source, .. } => one_line(source),
         }
     }

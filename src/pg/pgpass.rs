@@ -1,7 +1,8 @@
 //! libpq's password file (`~/.pgpass`, or the file PGPASSFILE names): one
 //! `host:port:database:user:password` per line, the first line that matches wins, a
 //! field of just `*` matches anything, `\` escapes `:` and `\`. A file group or others
-//! may read is ignored with a warning, as libpq does; a missing one is no error.
+//! may read is ignored, as libpq does ([`PassFile::load`] says why, [`PassFile::read`]
+//! warns); a missing one is no error.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -124,38 +125,35 @@ impl PassFile {
             .filter(|p| !p.is_empty())
     }
 
-    /// Read `path` as libpq does: a missing or unreadable file gives nothing; one that
-    /// is not a plain file, or that group or others may access, is ignored with a
-    /// warning (the password must not be readable by anyone else).
+    /// [`PassFile::load`], warning when the file is ignored.
     pub fn read(path: &Path) -> Option<PassFile> {
+        PassFile::load(path).unwrap_or_else(|why| {
+            log::warn!("{why}");
+            None
+        })
+    }
+
+    /// Read `path` as libpq does: a missing file gives nothing; one that cannot be
+    /// read, is not a plain file, or that group or others may access is ignored, and
+    /// the error says why (the password must not be readable by anyone else).
+    pub fn load(path: &Path) -> Result<Option<PassFile>, String> {
+        let ignored = |why: String| Err(format!("password file {} {why}; ignored", path.display()));
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                log::warn!("password file {}: {e}; ignored", path.display());
-                return None;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ignored(format!("cannot be read ({e})")),
         };
         if !meta.is_file() {
-            log::warn!(
-                "password file {} is not a plain file; ignored",
-                path.display()
-            );
-            return None;
+            return ignored("is not a plain file".into());
         }
         if too_open(meta.permissions().mode()) {
-            log::warn!(
-                "password file {} has group or world access; permissions should be u=rw (0600) or less; ignored",
-                path.display()
+            return ignored(
+                "has group or world access; permissions should be u=rw (0600) or less".into(),
             );
-            return None;
         }
         match std::fs::read(path) {
-            Ok(b) => Some(PassFile::parse(&String::from_utf8_lossy(&b))),
-            Err(e) => {
-                log::warn!("password file {}: {e}; ignored", path.display());
-                None
-            }
+            Ok(b) => Ok(Some(PassFile::parse(&String::from_utf8_lossy(&b)))),
+            Err(e) => ignored(format!("cannot be read ({e})")),
         }
     }
 }
@@ -236,6 +234,14 @@ mod tests {
             assert_eq!(f.is_some(), used, "mode {mode:o}");
         }
         assert_eq!(PassFile::read(d.path()), None, "a directory is ignored");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            PassFile::load(&p).unwrap_err(),
+            format!(
+                "password file {} has group or world access; permissions should be u=rw (0600) or less; ignored",
+                p.display()
+            )
+        );
     }
 
     #[test]

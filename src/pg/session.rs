@@ -13,12 +13,21 @@ pub async fn connect(conninfo: &str) -> Result<Client, PgError> {
 
 /// Connect with the defaults taken from `env`. The connection task is spawned on the
 /// current runtime and ends when the client is dropped.
+///
+/// A password file that had to be ignored (others may read it) is part of the error
+/// when the connection fails, so one line says both what failed and why no password
+/// was sent; when the connection needed no password it is only logged at debug level
+/// (the local clusters ele_report asks trust their socket, and a cron job says nothing
+/// on success).
 pub async fn connect_with(conninfo: &str, env: &Env) -> Result<Client, PgError> {
-    let cfg = conninfo::resolve(conninfo, env)?;
-    let (client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|e| PgError::connect(conninfo, e))?;
+    let (cfg, note) = conninfo::resolve_noting(conninfo, env)?;
+    let (client, conn) = match cfg.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => return Err(PgError::connect(conninfo, e).with_note(note)),
+    };
+    if let Some(n) = note {
+        log::debug!("{n}");
+    }
     let target = super::redact(conninfo);
     tokio::spawn(async move {
         if let Err(e) = conn.await {

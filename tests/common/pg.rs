@@ -223,6 +223,34 @@ impl Cluster {
         c
     }
 
+    /// A running cluster that asks for passwords (scram-sha-256) from every role but
+    /// `postgres`, on its socket and on 127.0.0.1:`port`, with a login `role` whose
+    /// password is `secret`. The host's own server trusts every local connection, so
+    /// only a cluster like this tells whether a password was sent at all.
+    pub fn with_password(sb: &Sandbox, name: &str, port: u16, role: &str, secret: &str) -> Cluster {
+        let c = Cluster::initdb(
+            sb,
+            name,
+            port,
+            16,
+            "listen_addresses = '127.0.0.1'\npassword_encryption = 'scram-sha-256'\n",
+        );
+        // The superuser may use the socket without a password (to set things up).
+        fs::write(
+            c.data.join("pg_hba.conf"),
+            "local all postgres trust\n\
+             local all all scram-sha-256\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        c.start();
+        c.psql(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{}'",
+            secret.replace('\'', "''")
+        ));
+        c
+    }
+
     /// A data directory laid out by someone else (walmgr restore), started on `port`.
     pub fn adopt(sb: &Sandbox, data: &Path, port: u16, opts: &str) -> Cluster {
         let name = data.file_name().unwrap().to_string_lossy().into_owned();
@@ -394,6 +422,12 @@ impl Drop for Cluster {
                 .status();
         }
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// The host's own PostgreSQL server's socket directory (Debian's default).
