@@ -64,11 +64,12 @@ fn starts_reports_reloads_and_stops_pgqd_and_a_dummy() {
     )
     .unwrap();
     fs::write(jobs.join("notes.txt"), "not a job").unwrap();
-    // A dummy daemon: detaches and records its pid, as Skytools scripts do with -d.
+    // A dummy daemon: detaches and records its pid without locking the pidfile, as
+    // Skytools scripts do with -d; its command line carries its config file.
     script(
         &dir.join("dummy.sh"),
         &format!(
-            "setsid -f sh -c 'echo $$ > {}/dummy.pid; exec sleep 600' </dev/null >/dev/null 2>&1",
+            "setsid -f sh -c 'echo $$ > {}/dummy.pid; while sleep 1; do :; done' dummy \"$1\" </dev/null >/dev/null 2>&1",
             dir.display()
         ),
     );
@@ -170,4 +171,42 @@ fn starts_reports_reloads_and_stops_pgqd_and_a_dummy() {
     assert_eq!(out.trim(), "scriptmgr: no job named nosuchjob");
     let (code, out) = scriptmgr(&ini, &["frobnicate"]);
     assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn a_recycled_pid_in_a_job_pidfile_is_not_signalled() {
+    // The job's pidfile names a live process that is not the job (recycled pid, lock
+    // free, its command line without the job's config): stop leaves it alone.
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut other = Command::new("sleep").arg("600").spawn().unwrap();
+    fs::write(dir.join("job.pid"), format!("{}\n", other.id())).unwrap();
+    fs::write(
+        dir.join("job.ini"),
+        format!("[dummy]\njob_name = job1\npidfile = {}/job.pid\n", dir.display()),
+    )
+    .unwrap();
+    script(&dir.join("dummy.sh"), "exit 0");
+    let ini = dir.join("skytools.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[scriptmgr]\njob_name = scriptmgr\nconfig_list = {0}/job.ini\n\n[dummy]\nscript = {0}/dummy.sh\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = scriptmgr(&ini, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "job1").contains("stopped"), "{out}");
+    let (code, out) = scriptmgr(&ini, &["stop", "job1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "job1").contains("not running"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the unrelated process was signalled"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
 }

@@ -17,7 +17,7 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
-use crate::daemon::running_pid;
+use crate::daemon::running_pid_of;
 
 pub const PROGRAM: &str = "scriptmgr";
 const SECTION: &str = "scriptmgr";
@@ -167,7 +167,7 @@ fn glob_files(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
 fn job_pid(job: &Job) -> Option<i32> {
     job.pidfile
         .as_deref()
-        .and_then(|p| running_pid(p).ok().flatten())
+        .and_then(|p| running_pid_of(p, Some(&job.config)).ok().flatten())
 }
 
 fn wait_until(mut f: impl FnMut() -> bool) -> bool {
