@@ -418,7 +418,12 @@ mod tests {
     struct Sleeper(std::process::Child);
     impl Sleeper {
         fn new() -> Sleeper {
-            Sleeper(std::process::Command::new("sleep").arg("600").spawn().unwrap())
+            Sleeper(
+                std::process::Command::new("sleep")
+                    .arg("600")
+                    .spawn()
+                    .unwrap(),
+            )
         }
         fn pid(&self) -> i32 {
             self.0.id() as i32
@@ -439,7 +444,10 @@ mod tests {
         std::fs::write(&p, format!("{}\n", other.pid())).unwrap();
         assert_eq!(running_pid(&p).unwrap(), None, "free lock: stale");
         // The unlocked fallback needs the job's config on the command line.
-        assert_eq!(running_pid_of(&p, Some(Path::new("/etc/x.ini"))).unwrap(), None);
+        assert_eq!(
+            running_pid_of(&p, Some(Path::new("/etc/x.ini"))).unwrap(),
+            None
+        );
         assert_eq!(
             running_pid_of(&p, Some(Path::new("600"))).unwrap(),
             Some(other.pid())

@@ -265,8 +265,7 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         let fifo = d.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let e = open_regular_nofollow(&fifo, fs::OpenOptions::new().read(true), false)
-            .unwrap_err();
+        let e = open_regular_nofollow(&fifo, fs::OpenOptions::new().read(true), false).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let e = open_regular_nofollow(
             Path::new("/dev/null"),

@@ -183,7 +183,10 @@ fn a_recycled_pid_in_a_job_pidfile_is_not_signalled() {
     fs::write(dir.join("job.pid"), format!("{}\n", other.id())).unwrap();
     fs::write(
         dir.join("job.ini"),
-        format!("[dummy]\njob_name = job1\npidfile = {}/job.pid\n", dir.display()),
+        format!(
+            "[dummy]\njob_name = job1\npidfile = {}/job.pid\n",
+            dir.display()
+        ),
     )
     .unwrap();
     script(&dir.join("dummy.sh"), "exit 0");
