@@ -543,6 +543,40 @@ async fn sighup_reloads_the_exchange() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_ending_in_a_slash_is_named_as_the_empty_vhost() {
+    let sb = Sandbox::new();
+    let url = "amqp://guest:guest@127.0.0.1:5672/";
+    let hint = "vhost '' (the URL ends in '/'); write the default vhost '/' as %2f, \
+                e.g. amqp://127.0.0.1:5672/%2f";
+    let out = sb
+        .eventd()
+        .args(["--amqp", url, "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("snf-ganeti-eventd: warning: amqp://guest:***@127.0.0.1:5672/: {hint}")
+    );
+    // At start, and in the broker's refusal (RabbitMQ: "vhost  not found").
+    let d = sb.start_with(|c| {
+        c.args(["--amqp", url]);
+    });
+    write_job(&sb.queue, 1, &job_version(1, "v1-queued"));
+    assert!(
+        wait_for(Duration::from_secs(10), || sb
+            .log_text()
+            .contains("connect: ")
+            && sb.log_text().matches(hint).count() >= 2),
+        "{}",
+        sb.log_text()
+    );
+    assert!(!sb.log_text().contains("guest:guest"), "{}", sb.log_text());
+    assert!(d.stop().success());
+}
+
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().unwrap();
     (

@@ -156,6 +156,15 @@ impl Gtools {
         urls.join(" ")
     }
 
+    /// One line per broker URL that names the empty vhost (it ends in '/'): said at
+    /// `--check` and at start, since the broker's own answer is "vhost  not found".
+    pub fn vhost_warnings(&self) -> Vec<String> {
+        self.amqp_urls
+            .iter()
+            .filter_map(|u| amqp::empty_vhost_hint(u).map(|h| format!("{}: {h}", amqp::redact(u))))
+            .collect()
+    }
+
     /// This node's name as Ganeti knows it (override, else the FQDN).
     pub fn node_name(&self) -> String {
         self.node_name

@@ -155,6 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     if args.check {
         crate::fsutil::ensure_dir(&settings.gtools.spool_dir, 0o750)?;
+        for w in settings.gtools.vhost_warnings() {
+            eprintln!("{PROGRAM}: warning: {w}");
+        }
         println!(
             "configuration OK: queue {}, spool {}, exchange {}, brokers {}",
             settings.queue_dir.display(),
@@ -237,6 +240,9 @@ async fn serve(
         settings.gtools.spool_dir.display(),
         settings.gtools.brokers_redacted()
     );
+    for w in settings.gtools.vhost_warnings() {
+        log::warn!("{w}");
+    }
     let mut d = Daemon {
         args,
         settings,
