@@ -188,6 +188,7 @@ const SEG1: &str = "000000010000000000000001";
 mod full_disk;
 mod remote;
 mod roundtrip;
+mod secrets;
 mod standby;
 mod xarchive_safety;
 mod xrestore_missing;

@@ -257,8 +257,9 @@ async fn session(m: &Master, set: &SetName) -> Result<Done> {
         let b = std::fs::canonicalize(&m.master_data).unwrap_or_else(|_| m.master_data.clone());
         if a != b {
             return Err(WalmgrError::Refused(format!(
-                "backup: master_data {} is not the data directory of the server at {ci:?} ({dd})",
-                m.master_data.display()
+                "backup: master_data {} is not the data directory of the server at {:?} ({dd})",
+                m.master_data.display(),
+                crate::pg::redact(ci)
             )));
         }
     }
