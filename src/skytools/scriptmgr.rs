@@ -196,6 +196,19 @@ fn start(job: &Job, svc: &Service) -> Result<String, String> {
     if let Some(user) = &svc.user {
         if nix::unistd::Uid::effective().is_root() {
             cmd.user(user);
+        } else {
+            // Not fatal (Skytools' scriptmgr run by the job's own user is common), but
+            // never silent: the job runs with our identity, not the one configured.
+            let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
+            eprintln!(
+                "scriptmgr: warning: {}: [{}] user = {user} is not applied: scriptmgr \
+                 runs as {me}, not root, so the job runs as {me}",
+                job.name, svc.name
+            );
         }
     }
     let out = cmd.run().map_err(|e| e.detail())?;
