@@ -204,7 +204,10 @@ fn start_receiver(
                 Ok(Receiver::Local(Box::new((st, r))))
             })
         }
-        Some(remote) => std::thread::spawn(move || {
+        Some(mut remote) => std::thread::spawn(move || {
+            // A base backup takes as long as it takes: ssh's keepalives, not
+            // remote_timeout, end a dead link.
+            remote.timeout = None;
             let mut pipe_r = pipe_r;
             let level = level.to_string();
             let out = remote.run_with(
