@@ -67,6 +67,8 @@ const SLAVE_KEYS: &[&str] = &[
     "primary_conninfo",
     "restore_command",
     "tablespace_dir",
+    "tablespace_roots",
+    "restore_user",
     "standby_wait",
 ];
 
@@ -149,6 +151,11 @@ pub struct Slave {
     pub primary_conninfo: Option<String>,
     pub restore_command: Option<String>,
     pub tablespace_dir: Option<PathBuf>,
+    /// Without tablespace_dir, restore puts a tablespace back at its original path
+    /// only if that is under one of these (absolute, no `..`).
+    pub tablespace_roots: Vec<PathBuf>,
+    /// Who a restore started as root runs as (default: the store's owner).
+    pub restore_user: Option<String>,
     pub standby_wait: Duration,
 }
 
@@ -479,6 +486,22 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
             Bound::Included(Duration::from_secs(3600)),
         ),
     )?;
+    let mut tablespace_roots = Vec::new();
+    for r in sec.list("tablespace_roots")? {
+        let p = expand_home(&r);
+        if !p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad(
+                sec,
+                "tablespace_roots",
+                &r,
+                "each entry must be an absolute path without '..'",
+            ));
+        }
+        tablespace_roots.push(p);
+    }
     Ok(Slave {
         job_name: job_name(sec)?,
         logfile: sec.path("logfile")?,
@@ -491,6 +514,8 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
         primary_conninfo: sec.string("primary_conninfo")?,
         restore_command: sec.string("restore_command")?,
         tablespace_dir: sec.path("tablespace_dir")?,
+        tablespace_roots,
+        restore_user: sec.string("restore_user")?,
         standby_wait: wait,
         ini,
     })
