@@ -174,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     crate::logging::init(PROGRAM, &settings.log, settings.level)?;
     let pidfile = Pidfile::acquire(&settings.pid_file)?;
-    let spool = Spool::open(&settings.gtools.spool_dir, settings.gtools.spool_max_bytes)?;
+    let spool = settings.gtools.open_spool()?;
     let (store, state) = StateStore::open(&settings.gtools.spool_dir)?;
     // The watcher runs on the main thread (block_on) and the drain with lapin's I/O on
     // one worker, so publishing goes on while the watcher waits for an fsync; a second
