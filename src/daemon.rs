@@ -418,12 +418,22 @@ mod tests {
     struct Sleeper(std::process::Child);
     impl Sleeper {
         fn new() -> Sleeper {
-            Sleeper(
+            let s = Sleeper(
                 std::process::Command::new("sleep")
                     .arg("600")
                     .spawn()
                     .unwrap(),
-            )
+            );
+            // spawn returns once exec is under way; the new command line appears a
+            // moment later (the kernel sets it up after closing the CLOEXEC pipe).
+            let cmdline = format!("/proc/{}/cmdline", s.pid());
+            for _ in 0..500 {
+                if std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep")) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            s
         }
         fn pid(&self) -> i32 {
             self.0.id() as i32

@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
@@ -67,14 +67,14 @@ static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Append-only, never through a symlink, only a regular file (or /dev/null): a log
 /// directory other users can write must not let them redirect root's log lines.
-fn open_file(path: &PathBuf) -> Result<File, LogError> {
+fn open_file(path: &Path) -> Result<File, LogError> {
     crate::fsutil::open_regular_nofollow(
         path,
         OpenOptions::new().append(true).create(true).mode(0o640),
         true,
     )
     .map_err(|err| LogError::File {
-        path: path.clone(),
+        path: path.to_path_buf(),
         err,
     })
 }

@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn stdin_is_read_no_further_than_announced() {
         use std::io::Read;
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let mut out = Vec::new();
         Bounded {
             inner: &data[..],
