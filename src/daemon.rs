@@ -61,37 +61,103 @@ fn is_zombie(pid: i32) -> bool {
         .is_some_and(|state| state == 'Z' || state == 'X')
 }
 
-/// Read the pid recorded in a pidfile; `Ok(None)` if the file is missing or empty.
-pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let s = s.trim();
-            if s.is_empty() {
-                return Ok(None);
-            }
-            s.parse::<i32>()
-                .map(Some)
-                .map_err(|_| DaemonError::Pidfile {
-                    path: path.to_path_buf(),
-                    op: "parse",
-                    err: std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("content {s:?} is not a pid"),
-                    ),
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(DaemonError::Pidfile {
-            path: path.to_path_buf(),
-            op: "read",
-            err: e,
-        }),
-    }
+/// Open a pidfile or lock file: never through a symlink, only a regular file.
+fn open_pidfile(path: &Path, opts: &mut OpenOptions) -> std::io::Result<File> {
+    crate::fsutil::open_regular_nofollow(path, opts, false)
 }
 
-/// The running instance recorded in `path`, if its process is alive.
+fn parse_pid(path: &Path, s: &str) -> Result<Option<i32>, DaemonError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<i32>()
+        .map(Some)
+        .map_err(|_| DaemonError::Pidfile {
+            path: path.to_path_buf(),
+            op: "parse",
+            err: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("content {s:?} is not a pid"),
+            ),
+        })
+}
+
+/// Read the pid recorded in a pidfile; `Ok(None)` if the file is missing or empty.
+pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
+    Ok(read_pid_locked(path)?.and_then(|(pid, _)| pid))
+}
+
+/// The pid in the pidfile and whether another process holds its lock (`None` if the
+/// file is missing). The lock is probed with a non-blocking shared flock that is
+/// released at once.
+fn read_pid_locked(path: &Path) -> Result<Option<(Option<i32>, bool)>, DaemonError> {
+    let err = |op, err| DaemonError::Pidfile {
+        path: path.to_path_buf(),
+        op,
+        err,
+    };
+    let mut file = match open_pidfile(path, OpenOptions::new().read(true)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err("open", e)),
+    };
+    let mut s = String::new();
+    file.read_to_string(&mut s).map_err(|e| err("read", e))?;
+    let held = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_probe) => false,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+        Err((_, e)) => return Err(err("lock", e.into())),
+    };
+    Ok(Some((parse_pid(path, &s)?, held)))
+}
+
+/// The running instance recorded in `path`.
+///
+/// A pid only counts while the pidfile's lock is held (every hostkit daemon holds it for
+/// its life, see [`Pidfile`]): a free lock means the writer is gone and the pid may have
+/// been recycled by an unrelated process, which must never be signalled.
 pub fn running_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
-    Ok(read_pid(path)?.filter(|&p| pid_alive(p)))
+    running_pid_of(path, None)
+}
+
+/// Like [`running_pid`], for pidfiles written by programs that do not lock them (the
+/// Python Skytools scripts scriptmgr runs): with a free lock the pid still counts if
+/// that process is ours to signal (EPERM is not "alive") and its command line carries
+/// `arg` (the job's config file, which scriptmgr passes to every script it starts).
+pub fn running_pid_of(path: &Path, arg: Option<&Path>) -> Result<Option<i32>, DaemonError> {
+    let Some((Some(pid), held)) = read_pid_locked(path)? else {
+        return Ok(None);
+    };
+    if !pid_alive(pid) {
+        return Ok(None);
+    }
+    if held {
+        return Ok(Some(pid));
+    }
+    let Some(arg) = arg else {
+        log::debug!(
+            "pidfile {}: pid {pid} exists but the lock is free: stale",
+            path.display()
+        );
+        return Ok(None);
+    };
+    let signallable = kill(Pid::from_raw(pid), None).is_ok();
+    Ok((signallable && cmdline_has(pid, arg)).then_some(pid))
+}
+
+/// True if one argument of /proc/<pid>/cmdline is `arg` (compared as given and
+/// canonicalised, since the process may have been started with a relative path).
+fn cmdline_has(pid: i32, arg: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let canon = std::fs::canonicalize(arg).ok();
+    raw.split(|&b| b == 0).any(|a| {
+        let a = std::ffi::OsStr::from_bytes(a);
+        Path::new(a) == arg || canon.as_deref().is_some_and(|c| Path::new(a) == c)
+    })
 }
 
 fn exe_name(pid: i32) -> Option<String> {
@@ -119,14 +185,16 @@ impl Pidfile {
             op,
             err,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .map_err(|e| err("open", e))?;
+        let file = open_pidfile(
+            path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+        )
+        .map_err(|e| err("open", e))?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -343,5 +411,79 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(!pid_alive(pid), "zombie counts as dead");
         child.wait().unwrap();
+    }
+
+    /// A live process that is not the daemon (a recycled pid): `sleep` with the given
+    /// arguments, killed on drop.
+    struct Sleeper(std::process::Child);
+    impl Sleeper {
+        fn new() -> Sleeper {
+            let s = Sleeper(
+                std::process::Command::new("sleep")
+                    .arg("600")
+                    .spawn()
+                    .unwrap(),
+            );
+            // spawn returns once exec is under way; the new command line appears a
+            // moment later (the kernel sets it up after closing the CLOEXEC pipe).
+            let cmdline = format!("/proc/{}/cmdline", s.pid());
+            for _ in 0..500 {
+                if std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep")) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            s
+        }
+        fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+    }
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_live_pid_counts_only_while_the_lock_is_held() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.pid");
+        let other = Sleeper::new();
+        std::fs::write(&p, format!("{}\n", other.pid())).unwrap();
+        assert_eq!(running_pid(&p).unwrap(), None, "free lock: stale");
+        // The unlocked fallback needs the job's config on the command line.
+        assert_eq!(
+            running_pid_of(&p, Some(Path::new("/etc/x.ini"))).unwrap(),
+            None
+        );
+        assert_eq!(
+            running_pid_of(&p, Some(Path::new("600"))).unwrap(),
+            Some(other.pid())
+        );
+        // Held by a live instance (this process): counts.
+        let held = Pidfile::acquire(&p).unwrap();
+        assert_eq!(running_pid(&p).unwrap(), Some(std::process::id() as i32));
+        drop(held);
+        assert_eq!(running_pid(&p).unwrap(), None);
+    }
+
+    #[test]
+    fn a_symlinked_pidfile_is_refused_and_the_victim_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let p = d.path().join("x.pid");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        let e = Pidfile::acquire(&p).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("x.pid"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let e = running_pid(&p).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let fifo = d.path().join("f.pid");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Pidfile::acquire(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

@@ -187,6 +187,42 @@ impl Write for EarlyWriteback<'_> {
     }
 }
 
+/// Open `path` without following a symlink in its last component (`O_NOFOLLOW`) and
+/// refuse anything but a regular file (`allow_dev_null` also accepts `/dev/null`).
+/// For pidfiles, lock files and log files, which root or a daemon user opens in
+/// directories other users may write: a symlink planted there must not redirect the
+/// write to a victim file. The error reads "is a symbolic link" / "is not a regular
+/// file" so the operator sees what was refused.
+pub fn open_regular_nofollow(
+    path: &Path,
+    opts: &mut fs::OpenOptions,
+    allow_dev_null: bool,
+) -> io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let file = opts
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a symbolic link (refused: it could point anywhere)",
+                )
+            } else {
+                e
+            }
+        })?;
+    let ft = file.metadata()?.file_type();
+    let dev_null = allow_dev_null && ft.is_char_device() && path == Path::new("/dev/null");
+    if !ft.is_file() && !dev_null {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file (refused)",
+        ));
+    }
+    Ok(file)
+}
+
 /// Create a directory (and parents) with `mode` if missing.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), PathError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -247,5 +283,40 @@ mod tests {
     fn error_names_the_path() {
         let err = write_atomic(Path::new("/nonexistent-dir/x"), b"", 0o600).unwrap_err();
         assert!(err.to_string().contains("/nonexistent-dir/"), "{err}");
+    }
+
+    #[test]
+    fn nofollow_open_refuses_symlinks_and_fifos() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = open_regular_nofollow(
+            &link,
+            fs::OpenOptions::new().append(true).create(true),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_regular_nofollow(&fifo, fs::OpenOptions::new().read(true), false).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = open_regular_nofollow(
+            Path::new("/dev/null"),
+            fs::OpenOptions::new().append(true),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        open_regular_nofollow(
+            Path::new("/dev/null"),
+            fs::OpenOptions::new().append(true),
+            true,
+        )
+        .unwrap();
+        open_regular_nofollow(&victim, fs::OpenOptions::new().read(true), false).unwrap();
     }
 }

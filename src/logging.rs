@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
@@ -65,16 +65,18 @@ struct Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
-fn open_file(path: &PathBuf) -> Result<File, LogError> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-        .map_err(|err| LogError::File {
-            path: path.clone(),
-            err,
-        })
+/// Append-only, never through a symlink, only a regular file (or /dev/null): a log
+/// directory other users can write must not let them redirect root's log lines.
+fn open_file(path: &Path) -> Result<File, LogError> {
+    crate::fsutil::open_regular_nofollow(
+        path,
+        OpenOptions::new().append(true).create(true).mode(0o640),
+        true,
+    )
+    .map_err(|err| LogError::File {
+        path: path.to_path_buf(),
+        err,
+    })
 }
 
 fn open_sink(target: &Target, program: &str) -> Result<Sink, LogError> {
@@ -269,6 +271,23 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("/nonexistent/dir/x.log"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_log_file_is_refused_and_the_victim_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("shadow");
+        std::fs::write(&victim, "root:x:0:0\n").unwrap();
+        let log = d.path().join("p.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let e = open_sink(&Target::File(log.clone()), "p")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("p.log") && e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:x:0:0\n");
+        // /dev/null (pgqd's sink when it has nowhere to log) is still accepted.
+        open_sink(&Target::File("/dev/null".into()), "p").unwrap();
     }
 
     #[test]

@@ -296,6 +296,18 @@ impl Cmd {
                     user: name.clone(),
                     source,
                 })?;
+            // The user's identity in the environment too (as su/runuser set it), so the
+            // child does not read root's ~/.pgpass or write into root's home; what the
+            // caller set explicitly wins.
+            for (k, v) in [
+                ("HOME", u.dir.as_os_str()),
+                ("USER", OsStr::new(name)),
+                ("LOGNAME", OsStr::new(name)),
+            ] {
+                if !self.env.iter().any(|(ek, _)| ek == k) {
+                    c.env(k, v);
+                }
+            }
             let (uid, gid): (Uid, Gid) = (u.uid, u.gid);
             // Groups first, then gid, then uid: each later step gives up the right to the
             // earlier ones. std's uid()/gid() would drop the supplementary groups, and a
@@ -653,7 +665,7 @@ mod tests {
         let Ok(Some(u)) = nix::unistd::User::from_name("nobody") else {
             return;
         };
-        let o = Cmd::shell("id -u; id -g; id -G")
+        let o = Cmd::shell("id -u; id -g; id -G; echo \"$HOME $USER $LOGNAME\"")
             .user("nobody")
             .run()
             .unwrap();
@@ -673,6 +685,18 @@ mod tests {
         want.dedup();
         got.sort();
         assert_eq!(got, want, "supplementary groups are the user's, not root's");
+        assert_eq!(
+            lines[3],
+            format!("{} nobody nobody", u.dir.display()),
+            "HOME, USER and LOGNAME are the user's"
+        );
+        // An explicit setting wins.
+        let o = Cmd::shell("echo \"$HOME\"")
+            .user("nobody")
+            .env("HOME", "/elsewhere")
+            .run()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "/elsewhere");
     }
 
     #[test]

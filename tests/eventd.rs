@@ -320,6 +320,51 @@ async fn inotify_overflow_triggers_a_rescan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_or_moved_queue_dir_is_watched_again_when_it_is_back() {
+    let sb = Sandbox::new();
+    let mut c = Consumer::new(&sb.exchange).await;
+    let d = sb.start();
+    write_job(&sb.queue, 1, &job_version(1, "v4-waiting"));
+    let g = c.next(Duration::from_secs(10)).await.expect("job 1");
+    assert_eq!(g.body["jobId"], 1);
+    // Removed and recreated (a re-initialised cluster): IN_IGNORED on the old watch.
+    fs::remove_dir_all(&sb.queue).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || sb
+        .log_text()
+        .contains("was removed or moved away")));
+    fs::create_dir(&sb.queue).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || sb
+            .log_text()
+            .contains("is back: watching it again")),
+        "{}",
+        sb.log_text()
+    );
+    write_job(&sb.queue, 2, &job_version(2, "v4-waiting"));
+    let g = c
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("job 2 not published after the rewatch\n{}", sb.log_text()));
+    assert_eq!(g.body["jobId"], 2);
+    // Moved away and replaced (IN_MOVE_SELF): the path is watched, not the old tree.
+    let old = sb.queue.with_extension("old");
+    fs::rename(&sb.queue, &old).unwrap();
+    fs::create_dir(&sb.queue).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb
+        .log_text()
+        .matches("is back: watching it again")
+        .count()
+        == 2));
+    write_job(&old, 4, &job_version(4, "v4-waiting"));
+    write_job(&sb.queue, 3, &job_version(3, "v4-waiting"));
+    let g = c.next(Duration::from_secs(10)).await.expect("job 3");
+    assert_eq!(g.body["jobId"], 3);
+    c.expect_silence(Duration::from_millis(500)).await;
+    let _ = fs::remove_dir_all(&old);
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_pauses_and_catches_up() {
     let sb = Sandbox::new();
     let proxy = Proxy::start().await;
@@ -496,6 +541,40 @@ async fn sighup_reloads_the_exchange() {
             .body["status"],
         "running"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_ending_in_a_slash_is_named_as_the_empty_vhost() {
+    let sb = Sandbox::new();
+    let url = "amqp://guest:guest@127.0.0.1:5672/";
+    let hint = "vhost '' (the URL ends in '/'); write the default vhost '/' as %2f, \
+                e.g. amqp://127.0.0.1:5672/%2f";
+    let out = sb
+        .eventd()
+        .args(["--amqp", url, "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("snf-ganeti-eventd: warning: amqp://guest:***@127.0.0.1:5672/: {hint}")
+    );
+    // At start, and in the broker's refusal (RabbitMQ: "vhost  not found").
+    let d = sb.start_with(|c| {
+        c.args(["--amqp", url]);
+    });
+    write_job(&sb.queue, 1, &job_version(1, "v1-queued"));
+    assert!(
+        wait_for(Duration::from_secs(10), || sb
+            .log_text()
+            .contains("connect: ")
+            && sb.log_text().matches(hint).count() >= 2),
+        "{}",
+        sb.log_text()
+    );
+    assert!(!sb.log_text().contains("guest:guest"), "{}", sb.log_text());
+    assert!(d.stop().success());
 }
 
 fn run(cmd: &mut Command) -> (i32, String) {

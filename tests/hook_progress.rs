@@ -329,3 +329,102 @@ fn progress_monitor_needs_exactly_one_instance() {
         format!("snf-ganeti-hook {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_objects_with_the_broker_down_make_few_spool_entries_and_all_arrive() {
+    let sb = Sandbox::new();
+    let proxy = Proxy::start().await;
+    proxy.cut();
+    spool_config(&sb, &proxy.url(), "");
+    let mut m = monitor(&sb, "snf-9");
+    let mut stdin = m.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..10_000 {
+            write!(
+                stdin,
+                "{{\"type\":\"image-copy-progress\",\"progress\":{i}}}"
+            )
+            .unwrap();
+        }
+    });
+    let out = m.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("10000 messages spooled"), "{err}");
+    // Batched: one entry per read or per 1000 messages, not one fsynced file each.
+    let entries = sb.spool_entries();
+    assert!(
+        (10..=100).contains(&entries),
+        "{entries} spool entries for 10000 messages"
+    );
+
+    // The broker is back: eventd delivers every one, in order.
+    proxy.restore();
+    spool_config(&sb, &proxy.url(), "");
+    let mut c = Consumer::new(&sb.exchange).await;
+    let _d = sb.start();
+    let got = c
+        .collect_until(Duration::from_secs(60), |g| g.len() >= 10_000)
+        .await;
+    let progress: Vec<u64> = got
+        .iter()
+        .map(|g| g.body["progress"].as_u64().unwrap())
+        .collect();
+    assert_eq!(progress, (0..10_000).collect::<Vec<_>>());
+    assert!(wait_for(Duration::from_secs(10), || sb.spool_entries() == 0));
+}
+
+#[test]
+fn a_full_spool_is_an_error_and_a_non_zero_exit_never_a_silent_drop() {
+    let sb = Sandbox::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        closed.local_addr().unwrap().port()
+    );
+    drop(closed);
+    spool_config(&sb, &url, "spool_max_entries = 1\n");
+    let mut m = monitor(&sb, "snf-9");
+    let mut stdin = m.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..3000 {
+            if write!(stdin, "{{\"progress\":{i}}}").is_err() {
+                break;
+            }
+        }
+    });
+    let out = m.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("snf-progress-monitor: ")
+            && last.contains("holds 1 entries, cap is 1 (spool_max_entries)"),
+        "{err}"
+    );
+    assert_eq!(sb.spool_entries(), 1);
+}
+
+#[test]
+fn an_object_over_max_object_bytes_is_named_and_skipped() {
+    let sb = Sandbox::new();
+    spool_config(
+        &sb,
+        &amqp_url(),
+        "[progress-monitor]\nmax_object_bytes = 100\n",
+    );
+    let mut m = monitor(&sb, "snf-9");
+    let mut stdin = m.stdin.take().unwrap();
+    write!(stdin, "{{\"big\":\"{}\"}}{{\"ok\":1}}", "x".repeat(500)).unwrap();
+    drop(stdin);
+    let out = m.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("skipping garbage at byte 0: object larger than max_object_bytes (100 bytes)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("[MONITOR] ").count(), 1, "{err}");
+}

@@ -612,6 +612,24 @@ async fn reload_control_flags_and_one_ticker_per_database() {
 }
 
 #[test]
+fn a_recycled_pid_in_the_pidfile_is_not_signalled() {
+    // The pidfile names a live process that is not pgqd (its pid was recycled): its
+    // lock is free, so -k/-s/-r say "not running" and the process survives.
+    let p = Pgqd::new("");
+    let mut other = Command::new("sleep").arg("600").spawn().unwrap();
+    fs::write(p.pidfile(), format!("{}\n", other.id())).unwrap();
+    for flag in ["-k", "-s", "-r"] {
+        assert_eq!(p.control(flag), "Old process is not running", "{flag}");
+    }
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the unrelated process was signalled"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+#[test]
 fn command_line_and_bad_config() {
     let bin = env!("CARGO_BIN_EXE_pgqd");
     let out = Command::new(bin).arg("--ini").output().unwrap();

@@ -1,6 +1,8 @@
 //! scriptmgr starting, reporting, reloading and stopping the real pgqd and a dummy
 //! daemon, including a service that fails to start.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -64,11 +66,12 @@ fn starts_reports_reloads_and_stops_pgqd_and_a_dummy() {
     )
     .unwrap();
     fs::write(jobs.join("notes.txt"), "not a job").unwrap();
-    // A dummy daemon: detaches and records its pid, as Skytools scripts do with -d.
+    // A dummy daemon: detaches and records its pid without locking the pidfile, as
+    // Skytools scripts do with -d; its command line carries its config file.
     script(
         &dir.join("dummy.sh"),
         &format!(
-            "setsid -f sh -c 'echo $$ > {}/dummy.pid; exec sleep 600' </dev/null >/dev/null 2>&1",
+            "setsid -f sh -c 'echo $$ > {}/dummy.pid; while sleep 1; do :; done' dummy \"$1\" </dev/null >/dev/null 2>&1",
             dir.display()
         ),
     );
@@ -170,4 +173,151 @@ fn starts_reports_reloads_and_stops_pgqd_and_a_dummy() {
     assert_eq!(out.trim(), "scriptmgr: no job named nosuchjob");
     let (code, out) = scriptmgr(&ini, &["frobnicate"]);
     assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn a_recycled_pid_in_a_job_pidfile_is_not_signalled() {
+    // The job's pidfile names a live process that is not the job (recycled pid, lock
+    // free, its command line without the job's config): stop leaves it alone.
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut other = Command::new("sleep").arg("600").spawn().unwrap();
+    fs::write(dir.join("job.pid"), format!("{}\n", other.id())).unwrap();
+    fs::write(
+        dir.join("job.ini"),
+        format!(
+            "[dummy]\njob_name = job1\npidfile = {}/job.pid\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    script(&dir.join("dummy.sh"), "exit 0");
+    let ini = dir.join("skytools.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[scriptmgr]\njob_name = scriptmgr\nconfig_list = {0}/job.ini\n\n[dummy]\nscript = {0}/dummy.sh\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = scriptmgr(&ini, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "job1").contains("stopped"), "{out}");
+    let (code, out) = scriptmgr(&ini, &["stop", "job1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "job1").contains("not running"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the unrelated process was signalled"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+/// A scriptmgr setup in a directory postgres can use: one `[dummy]` service (with
+/// `service_extra`) whose script records who it runs as, then detaches like a Skytools
+/// daemon. Returns (sandbox, scriptmgr ini, the identity file).
+fn identity_job(
+    service_extra: &str,
+) -> (common::pg::Sandbox, std::path::PathBuf, std::path::PathBuf) {
+    let sb = common::pg::Sandbox::new("scriptmgr");
+    let dir = sb.p("");
+    let who = sb.p("who");
+    let pid = sb.p("job.pid");
+    sb.write(
+        "job.ini",
+        format!("[dummy]\njob_name = job1\npidfile = {}\n", pid.display()),
+    );
+    script(
+        &sb.p("dummy.sh"),
+        &format!(
+            "{{ id -un; id -G; echo \"$HOME $USER $LOGNAME\"; }} > {who}\n\
+             setsid -f sh -c 'echo $$ > {pid}; while sleep 1; do :; done' job \"$1\" </dev/null >/dev/null 2>&1",
+            who = who.display(),
+            pid = pid.display()
+        ),
+    );
+    let ini = sb.write(
+        "skytools.ini",
+        format!(
+            "[scriptmgr]\njob_name = scriptmgr\nconfig_list = {0}/job.ini\n\n\
+             [dummy]\nscript = {0}/dummy.sh\ncwd = /\n{service_extra}\n",
+            dir.display()
+        ),
+    );
+    (sb, ini, who)
+}
+
+fn groups_of(user: &str) -> Vec<String> {
+    let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+    let name = std::ffi::CString::new(user).unwrap();
+    let mut g: Vec<String> = nix::unistd::getgrouplist(&name, u.gid)
+        .unwrap()
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    g.sort();
+    g.dedup();
+    g
+}
+
+#[test]
+fn a_job_with_user_runs_with_that_users_groups_and_home() {
+    let (_sb, ini, who) = identity_job("user = postgres");
+    let (code, out) = scriptmgr(&ini, &["start", "job1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let text = fs::read_to_string(&who).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "postgres", "{text}");
+    let mut got: Vec<String> = lines[1].split_whitespace().map(String::from).collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        groups_of("postgres"),
+        "id -G: postgres's groups, not root's"
+    );
+    let home = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .unwrap()
+        .dir;
+    assert_eq!(lines[2], format!("{} postgres postgres", home.display()));
+    let (code, out) = scriptmgr(&ini, &["stop", "job1"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_user_that_cannot_be_applied_is_a_warning() {
+    // scriptmgr run by postgres (not root) cannot switch to nobody: it says so.
+    let (_sb, ini, who) = identity_job("user = nobody");
+    let bin = common::pg::postgres_bin(env!("CARGO_BIN_EXE_scriptmgr"));
+    let run = |action: &str| {
+        let out = common::pg::as_postgres(bin)
+            .arg(&ini)
+            .arg(action)
+            .arg("job1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run("start");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "scriptmgr: warning: job1: [dummy] user = nobody is not applied: scriptmgr runs \
+         as postgres, not root, so the job runs as postgres"
+    );
+    assert_eq!(
+        fs::read_to_string(&who).unwrap().lines().next(),
+        Some("postgres")
+    );
+    let (code, stdout, stderr) = run("stop");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
 }

@@ -101,7 +101,10 @@ impl Broker {
         let work = async {
             let conn = Connection::connect(url, ConnectionProperties::default())
                 .await
-                .map_err(|e| format!("connect: {e}"))?;
+                .map_err(|e| match super::empty_vhost_hint(url) {
+                    Some(hint) => format!("connect: {e} ({hint})"),
+                    None => format!("connect: {e}"),
+                })?;
             let channel = conn
                 .create_channel()
                 .await

@@ -18,6 +18,11 @@ use super::Message;
 
 /// At most this many unconfirmed messages before `send` waits for the oldest.
 const WINDOW: usize = 256;
+/// While spooling, messages are gathered into one entry (one fsync) of at most this
+/// many messages or bytes; [`Direct::flush`] writes a partial batch (the progress
+/// monitor calls it before it waits for more input, so nothing read sits unsynced).
+const BATCH_MESSAGES: usize = 1000;
+const BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
@@ -39,6 +44,9 @@ pub struct Direct {
     inflight: VecDeque<(Message, PublisherConfirm)>,
     /// Set after the first failure: everything from then on is spooled.
     failed: Option<String>,
+    /// Messages to spool as the next entry, and their body bytes.
+    pending: Vec<Message>,
+    pending_bytes: usize,
     outcome: Outcome,
 }
 
@@ -50,6 +58,8 @@ impl Direct {
             origin: origin.to_string(),
             inflight: VecDeque::new(),
             failed: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
             outcome: Outcome::default(),
         }
     }
@@ -82,7 +92,26 @@ impl Direct {
                 Err(_) => self.fail("no answer in time".into()),
             }
         }
-        self.spool_all(vec![msg])
+        if !self.inflight.is_empty() {
+            // The failure just happened: what was in flight goes first, with this one.
+            return self.spool_all(vec![msg]);
+        }
+        self.pending_bytes += msg.body.get().len();
+        self.pending.push(msg);
+        if self.pending.len() >= BATCH_MESSAGES || self.pending_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Spool the messages gathered since the broker failed (one entry, one fsync).
+    pub fn flush(&mut self) -> Result<(), DirectError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.spool_all(batch)
     }
 
     async fn confirm_front(&mut self, deadline: Instant) {
@@ -131,8 +160,9 @@ impl Direct {
         while !self.inflight.is_empty() && self.failed.is_none() {
             self.confirm_front(deadline).await;
         }
-        if !self.inflight.is_empty() {
-            self.spool_all(Vec::new())?;
+        if !self.inflight.is_empty() || !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.spool_all(batch)?;
         }
         if self.failed.is_none() {
             self.broker.close().await;

@@ -104,6 +104,20 @@ pub fn validate_url(url: &str) -> Result<(), UrlError> {
         .map_err(|e| err(&e))
 }
 
+/// A URL whose path is just `/` names the vhost "" (RFC-style AMQP URIs put the vhost,
+/// percent-encoded, after the slash), which no broker has by default: RabbitMQ then
+/// answers "vhost  not found". This says so, and how to write the default vhost `/`.
+pub fn empty_vhost_hint(url: &str) -> Option<String> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    uri.vhost.is_empty().then(|| {
+        format!(
+            "vhost '' (the URL ends in '/'); write the default vhost '/' as %2f, \
+             e.g. amqp://{}:{}/%2f",
+            uri.authority.host, uri.authority.port
+        )
+    })
+}
+
 /// The URL with any password replaced, for logs.
 pub fn redact(url: &str) -> String {
     let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
@@ -137,6 +151,23 @@ mod tests {
         assert_eq!(redact("amqp://u:pw@h:1/v"), "amqp://u:***@h:1/v");
         assert_eq!(redact("amqp://h/v"), "amqp://h/v");
         assert_eq!(redact("amqp://u:p/w@h/v"), "amqp://u:***@h/v");
+    }
+
+    #[test]
+    fn a_url_ending_in_a_slash_is_the_empty_vhost() {
+        let hint = empty_vhost_hint("amqp://u:secret@h:5672/").unwrap();
+        assert_eq!(
+            hint,
+            "vhost '' (the URL ends in '/'); write the default vhost '/' as %2f, \
+             e.g. amqp://h:5672/%2f"
+        );
+        assert_eq!(empty_vhost_hint("amqp://h:5672/%2f"), None);
+        assert_eq!(
+            empty_vhost_hint("amqp://h"),
+            None,
+            "no path: the default vhost"
+        );
+        assert_eq!(empty_vhost_hint("amqp://h/prod"), None);
     }
 
     #[test]

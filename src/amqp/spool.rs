@@ -31,6 +31,8 @@ const STALE_TEMP: Duration = Duration::from_secs(3600);
 pub enum SpoolError {
     #[error("spool {dir} is full: {used} bytes used, cap is {cap} (spool_max_bytes)")]
     Full { dir: PathBuf, used: u64, cap: u64 },
+    #[error("spool {dir} holds {count} entries, cap is {cap} (spool_max_entries)")]
+    TooManyEntries { dir: PathBuf, count: u64, cap: u64 },
     #[error(transparent)]
     Io(#[from] PathError),
     #[error("spool entry {path} is corrupt: {reason}")]
@@ -41,7 +43,7 @@ impl SpoolError {
     /// The spool cannot take more right now (cap reached or disk full): retry later.
     pub fn is_full(&self) -> bool {
         match self {
-            SpoolError::Full { .. } => true,
+            SpoolError::Full { .. } | SpoolError::TooManyEntries { .. } => true,
             SpoolError::Io(e) => e.is_disk_full(),
             SpoolError::Corrupt { .. } => false,
         }
@@ -60,6 +62,9 @@ pub struct Spool {
     dir: PathBuf,
     cap: u64,
     used: AtomicU64,
+    /// Cap on the number of entries (0 = none) and the count as last known.
+    max_entries: u64,
+    entries: AtomicU64,
     last_seq: Mutex<u64>,
 }
 
@@ -79,6 +84,8 @@ impl Spool {
             dir: dir.to_path_buf(),
             cap,
             used: AtomicU64::new(0),
+            max_entries: 0,
+            entries: AtomicU64::new(0),
             last_seq: Mutex::new(0),
         };
         let mut last = 0;
@@ -117,6 +124,18 @@ impl Spool {
         self.cap
     }
 
+    /// Refuse appends once the spool holds `n` entries (0 = no cap), as
+    /// [`SpoolError::TooManyEntries`], which counts as full.
+    pub fn with_max_entries(mut self, n: u64) -> Spool {
+        self.max_entries = n;
+        self
+    }
+
+    /// Entries as last counted or tracked.
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
     /// Recount the bytes on disk (other processes add entries too); returns the
     /// committed entries, oldest first, found while counting.
     pub fn recount(&self) -> Result<Vec<String>, SpoolError> {
@@ -128,6 +147,7 @@ impl Spool {
             }
         }
         self.used.store(total, Ordering::Relaxed);
+        self.entries.store(names.len() as u64, Ordering::Relaxed);
         Ok(names)
     }
 
@@ -162,9 +182,18 @@ impl Spool {
                 cap: self.cap,
             });
         }
+        let count = self.entries();
+        if self.max_entries > 0 && count >= self.max_entries {
+            return Err(SpoolError::TooManyEntries {
+                dir: self.dir.clone(),
+                count,
+                cap: self.max_entries,
+            });
+        }
         let name = format!("{:020}-{origin}{SUFFIX}", self.next_seq());
         fsutil::write_atomic_with(&self.dir.join(&name), 0o640, true, |f| f.write_all(&buf))?;
         self.used.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.entries.fetch_add(1, Ordering::Relaxed);
         Ok(name)
     }
 
@@ -227,7 +256,13 @@ impl Spool {
         let path = self.dir.join(name);
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         match fs::remove_file(&path) {
-            Ok(()) => {}
+            Ok(()) => {
+                let _ = self
+                    .entries
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(PathError::new("remove", &path, e).into()),
         }
@@ -297,6 +332,28 @@ mod tests {
         let s = Spool::open(d.path(), 0).unwrap();
         let n = s.append("eventd", &[msg(1)]).unwrap();
         assert!(n > future, "{n} <= {future}");
+    }
+
+    #[test]
+    fn the_entry_cap_refuses_without_writing_and_counts_as_full() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path(), 0).unwrap().with_max_entries(2);
+        let a = s.append("p", &[msg(1)]).unwrap();
+        s.append("p", &[msg(2)]).unwrap();
+        let e = s.append("p", &[msg(3)]).unwrap_err();
+        assert!(e.is_full());
+        assert!(
+            e.to_string()
+                .contains("holds 2 entries, cap is 2 (spool_max_entries)"),
+            "{e}"
+        );
+        assert_eq!(s.list().unwrap().len(), 2);
+        s.remove(&a).unwrap();
+        s.append("p", &[msg(3)]).unwrap();
+        // Counted from disk on open.
+        let s = Spool::open(d.path(), 0).unwrap().with_max_entries(2);
+        assert_eq!(s.entries(), 2);
+        assert!(s.append("p", &[msg(4)]).is_err());
     }
 
     #[test]

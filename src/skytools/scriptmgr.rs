@@ -17,7 +17,7 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
-use crate::daemon::running_pid;
+use crate::daemon::running_pid_of;
 
 pub const PROGRAM: &str = "scriptmgr";
 const SECTION: &str = "scriptmgr";
@@ -167,7 +167,7 @@ fn glob_files(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
 fn job_pid(job: &Job) -> Option<i32> {
     job.pidfile
         .as_deref()
-        .and_then(|p| running_pid(p).ok().flatten())
+        .and_then(|p| running_pid_of(p, Some(&job.config)).ok().flatten())
 }
 
 fn wait_until(mut f: impl FnMut() -> bool) -> bool {
@@ -196,6 +196,19 @@ fn start(job: &Job, svc: &Service) -> Result<String, String> {
     if let Some(user) = &svc.user {
         if nix::unistd::Uid::effective().is_root() {
             cmd.user(user);
+        } else {
+            // Not fatal (Skytools' scriptmgr run by the job's own user is common), but
+            // never silent: the job runs with our identity, not the one configured.
+            let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
+            eprintln!(
+                "scriptmgr: warning: {}: [{}] user = {user} is not applied: scriptmgr \
+                 runs as {me}, not root, so the job runs as {me}",
+                job.name, svc.name
+            );
         }
     }
     let out = cmd.run().map_err(|e| e.detail())?;

@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "backend_prefix_id",
     "spool_dir",
     "spool_max_bytes",
+    "spool_max_entries",
     "data_dir",
     "node_name",
     "amqp_connect_timeout",
@@ -67,6 +68,8 @@ pub struct Gtools {
     pub backend_prefix: String,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
+    /// Entries (files) the spool may hold; at the cap it counts as full.
+    pub spool_max_entries: u64,
     pub data_dir: PathBuf,
     pub node_name: Option<String>,
     pub connect_timeout: Duration,
@@ -124,6 +127,7 @@ impl Gtools {
                 .unwrap_or_else(|| "snf-".into()),
             spool_dir: path_of("spool_dir", &o.spool_dir, DEFAULT_SPOOL_DIR)?,
             spool_max_bytes: sec.number("spool_max_bytes", 1 << 30, MIN_SPOOL_BYTES..)?,
+            spool_max_entries: sec.number("spool_max_entries", 100_000, 1..)?,
             data_dir: path_of(
                 "data_dir",
                 &o.data_dir,
@@ -143,6 +147,14 @@ impl Gtools {
         })
     }
 
+    /// The spool with both caps (bytes and entries).
+    pub fn open_spool(&self) -> Result<crate::amqp::spool::Spool, crate::amqp::spool::SpoolError> {
+        Ok(
+            crate::amqp::spool::Spool::open(&self.spool_dir, self.spool_max_bytes)?
+                .with_max_entries(self.spool_max_entries),
+        )
+    }
+
     pub fn broker_config(&self) -> BrokerConfig {
         BrokerConfig {
             urls: self.amqp_urls.clone(),
@@ -154,6 +166,15 @@ impl Gtools {
     pub fn brokers_redacted(&self) -> String {
         let urls: Vec<String> = self.amqp_urls.iter().map(|u| amqp::redact(u)).collect();
         urls.join(" ")
+    }
+
+    /// One line per broker URL that names the empty vhost (it ends in '/'): said at
+    /// `--check` and at start, since the broker's own answer is "vhost  not found".
+    pub fn vhost_warnings(&self) -> Vec<String> {
+        self.amqp_urls
+            .iter()
+            .filter_map(|u| amqp::empty_vhost_hint(u).map(|h| format!("{}: {h}", amqp::redact(u))))
+            .collect()
     }
 
     /// This node's name as Ganeti knows it (override, else the FQDN).

@@ -16,7 +16,6 @@ use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
 use crate::amqp::direct::{deadline_in, Direct};
-use crate::amqp::spool::Spool;
 use crate::amqp::Message;
 use crate::ganeti::hookenv::{self, HookPhase, InstanceHook};
 use crate::ganeti::messages::{now, prefix};
@@ -119,7 +118,7 @@ pub fn run(args: &Args, vars: &BTreeMap<String, String>) -> anyhow::Result<ExitC
 /// Publish within `budget`, else spool. Spooling gets whatever is left of the budget
 /// but always happens: losing the message is worse than a late hook.
 pub fn publish(g: &Gtools, msg: Message, budget: Duration) -> anyhow::Result<()> {
-    let spool = Spool::open(&g.spool_dir, g.spool_max_bytes)?;
+    let spool = g.open_spool()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

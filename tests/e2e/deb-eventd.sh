@@ -157,6 +157,8 @@ check "$NAME --version reports $version" \
 check "man -w $NAME finds the manual page" sh -c "man -w $NAME >/dev/null"
 check "conffile $CONF exists and is a conffile" \
     sh -c "[ -f $CONF ] && dpkg-query -W -f='\${Conffiles}' $PKG | grep -q ' $CONF '"
+check "conffile $CONF (it holds the AMQP password) is 0640 root:root" \
+    sh -c "[ \"\$(stat -c %a:%U:%G $CONF)\" = 640:root:root ]"
 check "example config installed" test -f /usr/share/doc/$PKG/examples/gtools.conf
 check "init script $INIT installed" test -x $INIT
 check "defaults file $DEFAULTS installed" test -f $DEFAULTS

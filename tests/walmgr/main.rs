@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 #[path = "../common/mod.rs"]
 mod common;
 use common::cmd::{fails, finish, ok, problem, run, show, Bg};
-use common::pg::{as_postgres, chown_pg, pgtool, walmgr_bin, Cluster, Sandbox, PGBIN};
+use common::pg::{as_postgres, chown_pg, pg_ids, pgtool, walmgr_bin, Cluster, Sandbox, PGBIN};
 use common::sshd::Sshd;
 use common::wait_for;
 
@@ -187,7 +187,9 @@ const SEG1: &str = "000000010000000000000001";
 
 mod full_disk;
 mod remote;
+mod restore_as_root;
 mod roundtrip;
+mod secrets;
 mod standby;
 mod xarchive_safety;
 mod xrestore_missing;

@@ -116,3 +116,116 @@ fn remote_slave_over_ssh() {
     );
     finish();
 }
+
+// ---------------------------------------------------------------------------------------
+// A black-holed remote ends within remote_timeout; xreceive-wal reads no more than announced
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_black_holed_remote_fails_within_remote_timeout() {
+    let _g = serial();
+    let sb = Sandbox::new("blackhole");
+    let m = Cluster::initdb(&sb, "master", 56175, 16, "");
+    // The "ssh" connects and then nothing ever comes back (a black-holed network).
+    let hole = sb.write("blackhole-ssh", "#!/bin/sh\nexec sleep 3600\n");
+    fs::set_permissions(&hole, fs::Permissions::from_mode(0o755)).unwrap();
+    let ini = master_ini(
+        &sb,
+        &m,
+        "standby.invalid:/var/lib/walmgr",
+        &format!(
+            "slave_config = /etc/wal-slave.ini\nssh = {}\nremote_timeout = 2\n",
+            hole.display()
+        ),
+    );
+    let mut c = xarchive(&ini, &m.data, format!("pg_wal/{SEG1}"), SEG1);
+    let mut child = Bg(Some(
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    // A liveness bound, not a timing assert: without the timeout this never ends.
+    let ended = wait_for(Duration::from_secs(60), || {
+        child.0.as_mut().unwrap().try_wait().unwrap().is_some()
+    });
+    assert!(ended, "xarchive still hangs on a black-holed remote");
+    let o = child.0.take().unwrap().wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_one_line_error(&err, "remote_timeout");
+    assert!(
+        err.contains(&format!("xreceive-wal {SEG1}")) && err.contains("no answer within"),
+        "{err}"
+    );
+    finish();
+}
+
+#[test]
+fn xreceive_wal_refuses_more_stdin_than_announced() {
+    let _g = serial();
+    let sb = Sandbox::new("xreceive");
+    let store = sb.p("store");
+    let slave = slave_ini(&sb, "slave.ini", &store, &sb.p("standby"), "");
+    ok(walmgr().arg(&slave).arg("setup"));
+    let data = vec![0x5au8; 8192];
+    let sum = hostkit::digest::sha256_hex(&data);
+    let receive = |announced: &str, feed: usize| {
+        let mut c = walmgr();
+        c.arg(&slave).args([
+            "xreceive-wal",
+            SEG1,
+            announced,
+            &sum,
+            "none",
+            announced,
+            &sum,
+        ]);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            let chunk = vec![0x5au8; 8192];
+            let mut left = feed;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if stdin.write_all(&chunk[..n]).is_err() {
+                    break; // the receiver stopped reading: what we want to see
+                }
+                left -= n;
+            }
+        });
+        let o = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // 8 KiB announced, 64 MiB sent: refused, nothing stored.
+    let (ok_, err) = receive("8192", 64 << 20);
+    assert!(!ok_, "{err}");
+    assert_one_line_error(&err, "more data on stdin than the sender announced");
+    assert!(
+        !names(&store.join("logs.complete"))
+            .iter()
+            .any(|n| n.starts_with(SEG1)),
+        "{:?}",
+        names(&store.join("logs.complete"))
+    );
+    // An announced size no WAL segment has is refused before reading.
+    let (ok_, err) = receive(&(2u64 << 30).to_string(), 0);
+    assert!(!ok_, "{err}");
+    assert_one_line_error(&err, "beyond a WAL segment");
+    // Exactly what was announced is stored.
+    let (ok_, err) = receive("8192", 8192);
+    assert!(ok_, "{err}");
+    assert!(store.join("logs.complete").join(SEG1).exists());
+    finish();
+}

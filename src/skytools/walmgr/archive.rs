@@ -125,16 +125,82 @@ pub fn xreceive_wal(s: &Slave, args: &[String]) -> Result<()> {
             .transpose()?,
         archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
+    // What the sender announces bounds what is read: a segment is at most 1 GiB
+    // (PostgreSQL's largest wal_segment_size), its stored form at most that plus what a
+    // compressor adds to incompressible data, and stdin no more than announced.
+    if meta.size > MAX_SEGMENT || meta.stored_size > meta.size + meta.size / 64 + (64 << 10) {
+        return Err(WalmgrError::Refused(format!(
+            "xreceive-wal {}: announced size {} (stored {}) is beyond a WAL segment \
+             (at most {MAX_SEGMENT} bytes)",
+            meta.name, meta.size, meta.stored_size
+        )));
+    }
     let store = WalStore::new(&s.store.paths);
-    let outcome = store.put(&meta, Incoming::Remote(&mut std::io::stdin().lock()))?;
+    let mut stdin = Bounded {
+        inner: std::io::stdin().lock(),
+        left: meta.stored_size,
+    };
+    let outcome = store.put(&meta, Incoming::Remote(&mut stdin))?;
     report(&meta.name, outcome, &meta);
     println!("{}", outcome_word(outcome));
     Ok(())
 }
 
+/// PostgreSQL's largest `wal_segment_size`.
+const MAX_SEGMENT: u64 = 1 << 30;
+
+/// A reader that yields at most `left` bytes and fails if its source has more.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "more data on stdin than the sender announced (refused)",
+                )),
+            };
+        }
+        let max = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdin_is_read_no_further_than_announced() {
+        use std::io::Read;
+        let data = [7u8; 100];
+        let mut out = Vec::new();
+        Bounded {
+            inner: &data[..],
+            left: 100,
+        }
+        .read_to_end(&mut out)
+        .unwrap();
+        assert_eq!(out.len(), 100);
+        let e = Bounded {
+            inner: &data[..],
+            left: 99,
+        }
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+        assert!(e.to_string().contains("more data on stdin"), "{e}");
+    }
 
     #[test]
     fn only_our_receivers_answers_count() {

@@ -204,7 +204,10 @@ fn start_receiver(
                 Ok(Receiver::Local(Box::new((st, r))))
             })
         }
-        Some(remote) => std::thread::spawn(move || {
+        Some(mut remote) => std::thread::spawn(move || {
+            // A base backup takes as long as it takes: ssh's keepalives, not
+            // remote_timeout, end a dead link.
+            remote.timeout = None;
             let mut pipe_r = pipe_r;
             let level = level.to_string();
             let out = remote.run_with(
@@ -257,8 +260,9 @@ async fn session(m: &Master, set: &SetName) -> Result<Done> {
         let b = std::fs::canonicalize(&m.master_data).unwrap_or_else(|_| m.master_data.clone());
         if a != b {
             return Err(WalmgrError::Refused(format!(
-                "backup: master_data {} is not the data directory of the server at {ci:?} ({dd})",
-                m.master_data.display()
+                "backup: master_data {} is not the data directory of the server at {:?} ({dd})",
+                m.master_data.display(),
+                crate::pg::redact(ci)
             )));
         }
     }

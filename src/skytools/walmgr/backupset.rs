@@ -65,6 +65,10 @@ pub struct BackupInfo {
     pub system_identifier: Option<String>,
     #[serde(default)]
     pub tablespaces: bool,
+    /// sha256 of the set's `tablespace_map` (restore creates directories where it
+    /// says, so it is checked before anything is created). Absent in older sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_map_sha256: Option<String>,
 }
 
 /// What the sender knows that the stream does not.
@@ -416,6 +420,11 @@ impl Staging {
             pg_version: c.pg_version.clone(),
             system_identifier: c.system_identifier.clone(),
             tablespaces: has_map,
+            tablespace_map_sha256: r
+                .tablespace_map
+                .as_deref()
+                .filter(|_| has_map)
+                .map(|m| crate::digest::sha256_hex(m.as_bytes())),
         };
         let json = serde_json::to_vec_pretty(&info).expect("serializes");
         fsutil::write_atomic_with(&self.dir.join(INFO), 0o600, false, |f| f.write_all(&json))?;

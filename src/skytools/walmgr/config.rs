@@ -50,6 +50,10 @@ const MASTER_KEYS: &[&str] = &[
     "hot_standby",
     "setup_method",
     "ssh",
+    "ssh_connect_timeout",
+    "ssh_alive_interval",
+    "ssh_alive_count",
+    "remote_timeout",
     "remote_walmgr",
     "backup_lock",
 ];
@@ -63,6 +67,8 @@ const SLAVE_KEYS: &[&str] = &[
     "primary_conninfo",
     "restore_command",
     "tablespace_dir",
+    "tablespace_roots",
+    "restore_user",
     "standby_wait",
 ];
 
@@ -118,6 +124,15 @@ pub struct Master {
     pub hot_standby: bool,
     pub setup_method: SetupMethod,
     pub ssh: Vec<String>,
+    /// ssh -o ConnectTimeout (when `ssh` runs ssh).
+    pub ssh_connect_timeout: Duration,
+    /// ssh -o ServerAliveInterval / ServerAliveCountMax: a silent link is given up
+    /// after interval × count.
+    pub ssh_alive_interval: Duration,
+    pub ssh_alive_count: u32,
+    /// The longest a remote call may take (the base backup stream excepted, which the
+    /// keepalives bound instead); then ssh's process group is killed.
+    pub remote_timeout: Duration,
     pub remote_walmgr: String,
     pub backup_lock: PathBuf,
 }
@@ -136,6 +151,11 @@ pub struct Slave {
     pub primary_conninfo: Option<String>,
     pub restore_command: Option<String>,
     pub tablespace_dir: Option<PathBuf>,
+    /// Without tablespace_dir, restore puts a tablespace back at its original path
+    /// only if that is under one of these (absolute, no `..`).
+    pub tablespace_roots: Vec<PathBuf>,
+    /// Who a restore started as root runs as (default: the store's owner).
+    pub restore_user: Option<String>,
     pub standby_wait: Duration,
 }
 
@@ -210,6 +230,10 @@ impl Master {
             SlaveLocation::Local(_) => None,
             SlaveLocation::Remote { host, .. } => Some(super::remote::Remote {
                 ssh: self.ssh.clone(),
+                connect_timeout: self.ssh_connect_timeout,
+                alive_interval: self.ssh_alive_interval,
+                alive_count: self.ssh_alive_count,
+                timeout: Some(self.remote_timeout),
                 host: host.clone(),
                 walmgr: self.remote_walmgr.clone(),
                 // Checked at load time: a remote slave needs slave_config.
@@ -394,6 +418,20 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
     let ssh = shlex::split(&ssh_raw)
         .filter(|w| !w.is_empty())
         .ok_or_else(|| bad(sec, "ssh", &ssh_raw, "not a command line"))?;
+    let secs = |key: &str, default: u64| {
+        sec.duration(
+            key,
+            Duration::from_secs(default),
+            (
+                Bound::Included(Duration::from_secs(1)),
+                Bound::Included(Duration::from_secs(86400)),
+            ),
+        )
+    };
+    let ssh_connect_timeout = secs("ssh_connect_timeout", 10)?;
+    let ssh_alive_interval = secs("ssh_alive_interval", 10)?;
+    let ssh_alive_count = sec.number("ssh_alive_count", 3u32, 1..=100)?;
+    let remote_timeout = secs("remote_timeout", 300)?;
     let master_data = sec.path("master_data")?.unwrap_or_default();
     let backup_lock = match sec.path("backup_lock")? {
         Some(p) => p,
@@ -418,6 +456,10 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
         hot_standby: sec.bool("hot_standby", false)?,
         setup_method,
         ssh,
+        ssh_connect_timeout,
+        ssh_alive_interval,
+        ssh_alive_count,
+        remote_timeout,
         remote_walmgr: sec
             .string("remote_walmgr")?
             .unwrap_or_else(|| "walmgr".into()),
@@ -444,6 +486,22 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
             Bound::Included(Duration::from_secs(3600)),
         ),
     )?;
+    let mut tablespace_roots = Vec::new();
+    for r in sec.list("tablespace_roots")? {
+        let p = expand_home(&r);
+        if !p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad(
+                sec,
+                "tablespace_roots",
+                &r,
+                "each entry must be an absolute path without '..'",
+            ));
+        }
+        tablespace_roots.push(p);
+    }
     Ok(Slave {
         job_name: job_name(sec)?,
         logfile: sec.path("logfile")?,
@@ -456,6 +514,8 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
         primary_conninfo: sec.string("primary_conninfo")?,
         restore_command: sec.string("restore_command")?,
         tablespace_dir: sec.path("tablespace_dir")?,
+        tablespace_roots,
+        restore_user: sec.string("restore_user")?,
         standby_wait: wait,
         ini,
     })
@@ -508,7 +568,25 @@ mod tests {
         assert_eq!(m.master_db, "dbname=template1");
         assert_eq!(m.backup_lock, PathBuf::from("/pg/walmgr-backup.lock"));
         assert_eq!(m.job_name, "wal-master");
-        assert!(m.remote().is_some());
+        let r = m.remote().unwrap();
+        assert_eq!(r.connect_timeout, Duration::from_secs(10));
+        assert_eq!(r.alive_interval, Duration::from_secs(10));
+        assert_eq!(r.alive_count, 3);
+        assert_eq!(r.timeout, Some(Duration::from_secs(300)));
+        let s = parse(
+            "[w]\nmaster_data = /pg\nslave = h:/ws\nslave_config = /s.ini\n\
+             remote_timeout = 20\nssh_connect_timeout = 3\nssh_alive_count = 5\n",
+        )
+        .unwrap();
+        let Settings::Master(m) = s else { panic!() };
+        let r = m.remote().unwrap();
+        assert_eq!(r.timeout, Some(Duration::from_secs(20)));
+        assert_eq!(r.connect_timeout, Duration::from_secs(3));
+        assert_eq!(r.alive_count, 5);
+        let e = parse("[w]\nmaster_data = /pg\nslave = /ws\nremote_timeout = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("remote_timeout"), "{e}");
     }
 
     #[test]

@@ -13,9 +13,17 @@
 //! of its own once it is to be a master. A standby also gets `recovery_prefetch = 'off'`
 //! (see `recovery_settings`).
 //!
-//! Run as root, the restored files are given to the owner of the store's `full_backup`
-//! directory (the account walmgr and PostgreSQL run as); otherwise they belong to the
-//! user running the restore, as tar extraction by that user would leave them.
+//! Run as root, the restore does its file work as another user ([`RunAs`]): `restore_user`,
+//! else the owner of the store's `full_backup` directory, else the owner of the
+//! destination's parent (whichever is not root first). Whoever can write the store
+//! decides what the tar and `tablespace_map` say; with root's rights that would let them
+//! create, fill and chown directories anywhere, or swap a symlink into
+//! `<dst>.tmp-restore`'s parent mid-extraction. As that user they can only do what they
+//! could do anyway, and the restored files belong to it. Only `slave_stop_cmd` and
+//! `slave_start_cmd` run as root. On top of that: tablespace targets must lie under
+//! `tablespace_dir` or one of `tablespace_roots`; `tablespace_map` must match the sha256
+//! recorded in backup.json and the copy inside the tar; the staging directory is created
+//! fresh (0700), checked with lstat, and checked again before it is renamed into place.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
@@ -79,6 +87,175 @@ fn parse_tablespace_map(text: &str, path: &Path) -> Result<Vec<(u32, PathBuf)>> 
     Ok(v)
 }
 
+/// Where a restore started as root does its file work: the effective uid/gid and groups
+/// of `user` (real and saved uid stay 0, so the stop/start commands can run as root).
+/// Nothing else is spawned while switched: a child would inherit the saved uid 0.
+struct RunAs {
+    user: nix::unistd::User,
+    groups: Vec<nix::unistd::Gid>,
+    root_groups: Vec<nix::unistd::Gid>,
+}
+
+impl RunAs {
+    /// `None` when not root, or when everything involved is root's.
+    fn resolve(s: &Slave, dst: &Path) -> Result<Option<RunAs>> {
+        use nix::unistd::User;
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let refused = |m: String| WalmgrError::Refused(format!("restore: {m}"));
+        let user = match &s.restore_user {
+            Some(name) => Some(
+                User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| refused(format!("restore_user {name}: no such user")))?,
+            ),
+            None => {
+                let owner = |p: &Path| fs::metadata(p).ok().map(|m| m.uid()).filter(|&u| u != 0);
+                owner(&s.store.paths.full_backup)
+                    .or_else(|| owner(fsutil::parent_dir(dst)))
+                    .map(|uid| {
+                        User::from_uid(nix::unistd::Uid::from_raw(uid))
+                            .ok()
+                            .flatten()
+                            .ok_or_else(|| refused(format!("uid {uid} owns the store but has no user name; set restore_user")))
+                    })
+                    .transpose()?
+            }
+        };
+        let Some(user) = user else {
+            return Ok(None);
+        };
+        if user.uid.is_root() {
+            return Ok(None);
+        }
+        let cname = std::ffi::CString::new(user.name.as_str())
+            .map_err(|_| refused(format!("user name {:?}", user.name)))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map_err(|e| refused(format!("groups of {}: {e}", user.name)))?;
+        let root_groups =
+            nix::unistd::getgroups().map_err(|e| refused(format!("getgroups: {e}")))?;
+        Ok(Some(RunAs {
+            user,
+            groups,
+            root_groups,
+        }))
+    }
+
+    /// Groups, then gid, then uid (each later step gives up the right to the earlier).
+    fn enter(&self) -> Result<()> {
+        let e = |what: &str, err: nix::errno::Errno| {
+            WalmgrError::Refused(format!(
+                "restore: cannot switch to user {} ({what}: {err})",
+                self.user.name
+            ))
+        };
+        nix::unistd::setgroups(&self.groups).map_err(|err| e("setgroups", err))?;
+        nix::unistd::setegid(self.user.gid).map_err(|err| e("setegid", err))?;
+        nix::unistd::seteuid(self.user.uid).map_err(|err| e("seteuid", err))?;
+        log::info!(
+            "restore: running as {} (uid {}), not root: the store's owner decides what \
+             is restored",
+            self.user.name,
+            self.user.uid
+        );
+        Ok(())
+    }
+
+    fn leave(&self) -> Result<()> {
+        let e = |what: &str, err: nix::errno::Errno| {
+            WalmgrError::Internal(format!(
+                "restore: cannot switch back to root ({what}: {err})"
+            ))
+        };
+        nix::unistd::seteuid(nix::unistd::Uid::from_raw(0)).map_err(|err| e("seteuid", err))?;
+        nix::unistd::setegid(nix::unistd::Gid::from_raw(0)).map_err(|err| e("setegid", err))?;
+        nix::unistd::setgroups(&self.root_groups).map_err(|err| e("setgroups", err))?;
+        Ok(())
+    }
+}
+
+/// Run `f` as root when the restore runs as another user.
+fn as_root<T>(run_as: Option<&RunAs>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if let Some(r) = run_as {
+        r.leave()?;
+        let out = f();
+        r.enter()?;
+        out
+    } else {
+        f()
+    }
+}
+
+/// A tablespace path from tablespace_map is restored in place only under an allowed
+/// root, lexically (no `..`) and after resolving symlinks in the part that exists.
+fn allowed_tablespace_path(p: &Path, roots: &[PathBuf]) -> bool {
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return false;
+    }
+    let resolved = {
+        let mut existing = p;
+        loop {
+            if let Ok(c) = fs::canonicalize(existing) {
+                break c.join(p.strip_prefix(existing).unwrap_or(Path::new("")));
+            }
+            match existing.parent() {
+                Some(up) => existing = up,
+                None => break p.to_path_buf(),
+            }
+        }
+    };
+    roots.iter().any(|r| {
+        let rr = fs::canonicalize(r).unwrap_or_else(|_| r.clone());
+        p.starts_with(r) && p != r.as_path() && resolved.starts_with(&rr)
+    })
+}
+
+/// The set's tablespace_map, checked against the sha256 backup.json recorded.
+fn read_tablespace_map(set: &Set) -> Result<Option<String>> {
+    let path = set.dir.join(backupset::TABLESPACE_MAP);
+    let corrupt = |reason: String| WalmgrError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let text = match fs::read(&path) {
+        Ok(b) => String::from_utf8(b).map_err(|_| corrupt("not UTF-8".into()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if set.info.tablespaces {
+                return Err(corrupt(
+                    "missing, but backup.json records tablespaces".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(PathError::new("read", &path, e).into()),
+    };
+    if !set.info.tablespaces {
+        return Err(corrupt(
+            "present, but backup.json records no tablespaces; refusing it".into(),
+        ));
+    }
+    match &set.info.tablespace_map_sha256 {
+        Some(want) => {
+            let got = crate::digest::sha256_hex(text.as_bytes());
+            if &got != want {
+                return Err(corrupt(format!(
+                    "sha256 {got}, backup.json recorded {want}; refusing it"
+                )));
+            }
+        }
+        None => log::warn!(
+            "{}: no sha256 in backup.json (an older set); checked against the tar's copy only",
+            path.display()
+        ),
+    }
+    Ok(Some(text))
+}
+
 fn is_empty_dir(p: &Path) -> Result<Option<bool>> {
     match fs::read_dir(p) {
         Ok(mut rd) => Ok(Some(rd.next().is_none())),
@@ -96,6 +273,45 @@ struct TsTarget {
 
 /// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of standby.signal.
 pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bool) -> Result<()> {
+    let dst = match dst {
+        Some(d) => std::path::absolute(d).map_err(io_err("resolve", Path::new(d)))?,
+        None => s.require_data()?.to_path_buf(),
+    };
+    if dst.file_name().is_none() {
+        return Err(WalmgrError::Usage(format!(
+            "restore: {}: not a directory name to restore into",
+            dst.display()
+        )));
+    }
+    if nix::unistd::geteuid().is_root() {
+        // The staging directory and the moved-aside copy are made in the parent: it must
+        // be the directory it names, not a link someone can point elsewhere.
+        let parent = fsutil::parent_dir(&dst);
+        if fs::symlink_metadata(parent).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(WalmgrError::Refused(format!(
+                "restore: {} is a symbolic link; give the destination by its real path",
+                parent.display()
+            )));
+        }
+    }
+    let run_as = RunAs::resolve(s, &dst)?;
+    if let Some(r) = &run_as {
+        r.enter()?;
+    }
+    let result = restore_into(s, set, dst, recovery, run_as.as_ref());
+    if let Some(r) = &run_as {
+        r.leave()?;
+    }
+    result
+}
+
+fn restore_into(
+    s: &Slave,
+    set: Option<&SetName>,
+    dst: PathBuf,
+    recovery: bool,
+    run_as: Option<&RunAs>,
+) -> Result<()> {
     let fb = &s.store.paths.full_backup;
     let sets = backupset::list(fb)?;
     let set = match set {
@@ -110,21 +326,11 @@ pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bo
             WalmgrError::NoBackup(format!("restore: no backups in {}", fb.display()))
         })?,
     };
-    let dst = match dst {
-        Some(d) => std::path::absolute(d).map_err(io_err("resolve", Path::new(d)))?,
-        None => s.require_data()?.to_path_buf(),
-    };
-    if dst.file_name().is_none() {
-        return Err(WalmgrError::Usage(format!(
-            "restore: {}: not a directory name to restore into",
-            dst.display()
-        )));
-    }
     let is_slave_data = s.slave_data.as_deref() == Some(dst.as_path());
     if running_postmaster(&dst).is_some() && is_slave_data {
         // Skytools' restore stopped the standby with slave_stop_cmd first.
         if let Some(cmd) = &s.slave_stop_cmd {
-            super::setup::run_shell("slave_stop_cmd", cmd)?;
+            as_root(run_as, || super::setup::run_shell("slave_stop_cmd", cmd))?;
         }
     }
     if let Some(pid) = running_postmaster(&dst) {
@@ -151,12 +357,30 @@ pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bo
 
     let mut targets = Vec::new();
     let map_path = set.dir.join(backupset::TABLESPACE_MAP);
-    if map_path.exists() {
-        let text = fs::read_to_string(&map_path).map_err(io_err("read", &map_path))?;
-        for (oid, orig) in parse_tablespace_map(&text, &map_path)? {
+    let map_text = read_tablespace_map(set)?;
+    if let Some(text) = &map_text {
+        for (oid, orig) in parse_tablespace_map(text, &map_path)? {
             let dir = match &s.tablespace_dir {
                 Some(d) => d.join(oid.to_string()),
-                None => orig,
+                None if allowed_tablespace_path(&orig, &s.tablespace_roots) => orig,
+                None => {
+                    let roots: Vec<String> = s
+                        .tablespace_roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect();
+                    return Err(WalmgrError::Refused(format!(
+                        "restore: tablespace {oid}: {} (from tablespace_map) is not under \
+                         tablespace_roots ({}); set tablespace_dir, or list its parent in \
+                         tablespace_roots",
+                        orig.display(),
+                        if roots.is_empty() {
+                            "none set".to_string()
+                        } else {
+                            roots.join(", ")
+                        }
+                    )));
+                }
             };
             let created = match is_empty_dir(&dir)? {
                 None => true,
@@ -173,19 +397,17 @@ pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bo
     }
 
     let tmp = sibling(&dst, ".tmp-restore");
-    if tmp.exists() {
+    if tmp.symlink_metadata().is_ok() {
         log::warn!(
             "{}: left over from an interrupted restore, removing it",
             tmp.display()
         );
         fs::remove_dir_all(&tmp).map_err(io_err("remove", &tmp))?;
     }
-    let owner = if nix::unistd::geteuid().is_root() {
-        fs::metadata(fb).ok().map(|m| (m.uid(), m.gid()))
-    } else {
-        None
-    };
-    let r = lay_out(s, set, &tmp, &targets, recovery, owner);
+    let r = make_private_dir(&tmp).and_then(|id| {
+        lay_out(s, set, &tmp, &targets, recovery, map_text.as_deref())?;
+        check_private_dir(&tmp, id)
+    });
     if let Err(e) = r {
         let _ = fs::remove_dir_all(&tmp);
         for t in &targets {
@@ -218,7 +440,7 @@ pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bo
     remove_control(&wal, store::STOP)?;
     if is_slave_data {
         if let Some(cmd) = &s.slave_start_cmd {
-            super::setup::run_shell("slave_start_cmd", cmd)?;
+            as_root(run_as, || super::setup::run_shell("slave_start_cmd", cmd))?;
         }
     }
     println!(
@@ -245,6 +467,34 @@ fn sibling(p: &Path, suffix: &str) -> PathBuf {
     p.with_file_name(name)
 }
 
+/// Create `p` fresh (never an existing one), 0700, and check with lstat that it is the
+/// directory just made: (device, inode) to check it again before it is renamed.
+fn make_private_dir(p: &Path) -> Result<(u64, u64)> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(p)
+        .map_err(|e| PathError::new("create directory", p, e))?;
+    let md = fs::symlink_metadata(p).map_err(io_err("stat", p))?;
+    if !md.file_type().is_dir() || md.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(WalmgrError::Refused(format!(
+            "restore: {} was replaced right after it was created; refusing it",
+            p.display()
+        )));
+    }
+    Ok((md.dev(), md.ino()))
+}
+
+fn check_private_dir(p: &Path, id: (u64, u64)) -> Result<()> {
+    let md = fs::symlink_metadata(p).map_err(io_err("stat", p))?;
+    if !md.file_type().is_dir() || (md.dev(), md.ino()) != id {
+        return Err(WalmgrError::Refused(format!(
+            "restore: {} is no longer the directory the restore made; refusing it",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
 fn mkdir(p: &Path) -> Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(p) {
         Ok(()) => Ok(()),
@@ -260,13 +510,12 @@ fn lay_out(
     tmp: &Path,
     targets: &[TsTarget],
     recovery: bool,
-    owner: Option<(u32, u32)>,
+    map: Option<&str>,
 ) -> Result<()> {
-    mkdir(tmp)?;
     for t in targets {
         fsutil::ensure_dir(&t.dir, 0o700)?;
     }
-    extract(set, tmp, targets)?;
+    extract(set, tmp, targets, map)?;
 
     let label = tmp.join(backupset::LABEL);
     if !label.exists() {
@@ -313,12 +562,6 @@ fn lay_out(
         .map_err(io_err("write", &auto))?;
     drop(f);
 
-    if let Some((uid, gid)) = owner {
-        chown_tree(tmp, uid, gid)?;
-        for t in targets {
-            chown_tree(&t.dir, uid, gid)?;
-        }
-    }
     // One syncfs per file system instead of an fsync per restored file.
     for d in std::iter::once(tmp).chain(targets.iter().map(|t| t.dir.as_path())) {
         let f = File::open(d).map_err(io_err("open", d))?;
@@ -365,21 +608,9 @@ fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) ->
     Ok(out)
 }
 
-fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(io_err("chown", p))?;
-    let md = p.symlink_metadata().map_err(io_err("stat", p))?;
-    if md.is_dir() {
-        for e in fs::read_dir(p).map_err(io_err("list", p))? {
-            let e = e.map_err(io_err("list", p))?;
-            chown_tree(&e.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
 /// Unpack the set's tar into `tmp` and the tablespace dirs, then check both checksums
 /// over every byte of the stored file.
-fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
+fn extract(set: &Set, tmp: &Path, targets: &[TsTarget], map: Option<&str>) -> Result<()> {
     let base = set.dir.join(&set.info.file);
     let corrupt = |reason: String| WalmgrError::Corrupt {
         path: base.clone(),
@@ -402,9 +633,18 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
         a.set_preserve_mtime(true);
         a.set_overwrite(true);
         a.set_unpack_xattrs(false);
+        let mut map_check = MapCheck {
+            want: map,
+            seen: false,
+        };
         for e in a.entries().map_err(|e| corrupt(e.to_string()))? {
             let mut e = e.map_err(|e| corrupt(e.to_string()))?;
-            unpack_entry(&mut e, tmp, targets).map_err(corrupt)?;
+            unpack_entry(&mut e, tmp, targets, &mut map_check).map_err(corrupt)?;
+        }
+        if map.is_some() && !map_check.seen {
+            return Err(corrupt(
+                "the set has a tablespace_map but its tar has none".into(),
+            ));
         }
         let mut raw = a.into_inner();
         io::copy(&mut raw, &mut io::sink())
@@ -430,10 +670,17 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
     )
 }
 
+/// The set's tablespace_map (what the targets were made from) against the tar's copy.
+struct MapCheck<'a> {
+    want: Option<&'a str>,
+    seen: bool,
+}
+
 fn unpack_entry<R: Read>(
     e: &mut tar::Entry<R>,
     tmp: &Path,
     targets: &[TsTarget],
+    map: &mut MapCheck,
 ) -> std::result::Result<(), String> {
     let path = e.path().map_err(|err| err.to_string())?.into_owned();
     let mut parts = Vec::new();
@@ -453,7 +700,16 @@ fn unpack_entry<R: Read>(
         return Ok(());
     }
     if parts.len() == 1 && parts[0] == backupset::TABLESPACE_MAP {
-        return Ok(());
+        let mut text = Vec::new();
+        e.take(1 << 20)
+            .read_to_end(&mut text)
+            .map_err(|err| format!("reading tablespace_map from the tar: {err}"))?;
+        map.seen = true;
+        return match map.want {
+            Some(want) if want.as_bytes() == text.as_slice() => Ok(()),
+            _ if text.iter().all(u8::is_ascii_whitespace) && map.want.is_none() => Ok(()),
+            _ => Err("the tar's tablespace_map differs from the set's; refusing it".into()),
+        };
     }
     if parts.len() >= 2 && parts[0] == "pg_tblspc" {
         let oid = parts[1].to_str().and_then(|o| o.parse::<u32>().ok());
@@ -591,8 +847,12 @@ mod tests {
         }
         let tar = b.into_inner().unwrap();
         let mut a = tar::Archive::new(&tar[..]);
+        let mut map = MapCheck {
+            want: None,
+            seen: false,
+        };
         for e in a.entries().unwrap() {
-            unpack_entry(&mut e.unwrap(), d.path(), &[]).unwrap();
+            unpack_entry(&mut e.unwrap(), d.path(), &[], &mut map).unwrap();
         }
         let wal = fs::symlink_metadata(d.path().join("pg_wal")).unwrap();
         assert!(wal.is_dir(), "pg_wal link must become a directory");
@@ -703,7 +963,13 @@ mod tests {
     fn refusals_and_corruption() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        let s = slave(root, "backup_datadir = no\n");
+        let s = slave(
+            root,
+            &format!(
+                "backup_datadir = no\ntablespace_roots = {}\n",
+                root.display()
+            ),
+        );
         assert!(restore(&s, None, None, false)
             .unwrap_err()
             .to_string()
@@ -740,5 +1006,137 @@ mod tests {
         assert!(!dst.exists() && !root.join("fresh.tmp-restore").exists());
         // The tablespace went back to its original path, which the failure emptied again.
         assert_eq!(fs::read_dir(root.join("ts-src")).unwrap().count(), 0);
+    }
+
+    /// Rewrite the set's tablespace_map (and, like an attacker who owns the store,
+    /// backup.json's sha256 of it when `fix_sum`).
+    fn tamper_map(s: &Slave, set: &SetName, map: &str, fix_sum: bool) {
+        let dir = s.store.paths.full_backup.join(set.as_str());
+        fs::write(dir.join(backupset::TABLESPACE_MAP), map).unwrap();
+        if fix_sum {
+            let p = dir.join(backupset::INFO);
+            let mut info: backupset::BackupInfo =
+                serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            info.tablespace_map_sha256 = Some(crate::digest::sha256_hex(map.as_bytes()));
+            fs::write(&p, serde_json::to_vec(&info).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn tablespace_map_is_checksummed_compared_and_confined() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let allowed = root.join("tsroot");
+        let s = slave(root, &format!("tablespace_roots = {}\n", allowed.display()));
+        let set = backup(root, &s, Compression::None);
+        let info = &backupset::list(&s.store.paths.full_backup).unwrap()[0].info;
+        assert_eq!(
+            info.tablespace_map_sha256.as_deref(),
+            Some(
+                crate::digest::sha256_hex(
+                    format!("16400 {}\n", root.join("ts-src").display()).as_bytes()
+                )
+                .as_str()
+            ),
+            "the map's sha256 is recorded at backup time"
+        );
+        let data = root.join("data");
+        let victim = root.join("etc-cron.d");
+
+        // The original path is outside tablespace_roots: refused, nothing created.
+        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        assert!(
+            e.contains("tablespace 16400") && e.contains("not under tablespace_roots"),
+            "{e}"
+        );
+        // A map pointing elsewhere, its sha256 in backup.json rewritten to match.
+        tamper_map(&s, &set, &format!("16400 {}\n", victim.display()), true);
+        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        assert!(e.contains("not under tablespace_roots"), "{e}");
+        // '..' out of an allowed root is outside too.
+        tamper_map(
+            &s,
+            &set,
+            &format!("16400 {}/../etc-cron.d\n", allowed.display()),
+            true,
+        );
+        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        assert!(e.contains("not under tablespace_roots"), "{e}");
+        assert!(!victim.exists() && !data.exists());
+        // A map that does not match backup.json's sha256: refused.
+        tamper_map(
+            &s,
+            &set,
+            &format!("16400 {}/ts\n", allowed.display()),
+            false,
+        );
+        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        assert!(e.contains("tablespace_map") && e.contains("sha256"), "{e}");
+        assert!(!allowed.exists() && !data.exists());
+        // Inside the roots and matching backup.json, but not the tar's copy: refused,
+        // and what was made for it removed again.
+        tamper_map(&s, &set, &format!("16400 {}/ts\n", allowed.display()), true);
+        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        assert!(e.contains("differs from the set's"), "{e}");
+        assert!(!allowed.join("ts").exists() && !data.exists());
+        assert!(!root.join("data.tmp-restore").exists());
+        // A map added to a set without tablespaces is refused.
+        let mut info: backupset::BackupInfo = serde_json::from_slice(
+            &fs::read(
+                s.store
+                    .paths
+                    .full_backup
+                    .join(set.as_str())
+                    .join(backupset::INFO),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        info.tablespaces = false;
+        fs::write(
+            s.store
+                .paths
+                .full_backup
+                .join(set.as_str())
+                .join(backupset::INFO),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        assert!(e.contains("records no tablespaces"), "{e}");
+    }
+
+    #[test]
+    fn a_planted_staging_link_is_removed_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let s = slave(
+            root,
+            &format!("tablespace_dir = {}\n", root.join("tbs").display()),
+        );
+        backup(root, &s, Compression::None);
+        let victim = root.join("victim");
+        fs::create_dir(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("data.tmp-restore")).unwrap();
+        restore(&s, None, None, false).unwrap();
+        assert!(root.join("data/base/1/1259").is_file());
+        assert_eq!(
+            fs::read_dir(&victim).unwrap().count(),
+            0,
+            "nothing written through the link"
+        );
+        // A symlinked parent of the destination is refused (as root).
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::symlink(root, root.join("alias")).unwrap();
+            let e = restore(
+                &s,
+                None,
+                Some(root.join("alias/d3").to_str().unwrap()),
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("is a symbolic link"), "{e}");
+        }
     }
 }

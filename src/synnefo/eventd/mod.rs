@@ -155,6 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     if args.check {
         crate::fsutil::ensure_dir(&settings.gtools.spool_dir, 0o750)?;
+        for w in settings.gtools.vhost_warnings() {
+            eprintln!("{PROGRAM}: warning: {w}");
+        }
         println!(
             "configuration OK: queue {}, spool {}, exchange {}, brokers {}",
             settings.queue_dir.display(),
@@ -171,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     crate::logging::init(PROGRAM, &settings.log, settings.level)?;
     let pidfile = Pidfile::acquire(&settings.pid_file)?;
-    let spool = Spool::open(&settings.gtools.spool_dir, settings.gtools.spool_max_bytes)?;
+    let spool = settings.gtools.open_spool()?;
     let (store, state) = StateStore::open(&settings.gtools.spool_dir)?;
     // The watcher runs on the main thread (block_on) and the drain with lapin's I/O on
     // one worker, so publishing goes on while the watcher waits for an fsync; a second
@@ -237,6 +240,9 @@ async fn serve(
         settings.gtools.spool_dir.display(),
         settings.gtools.brokers_redacted()
     );
+    for w in settings.gtools.vhost_warnings() {
+        log::warn!("{w}");
+    }
     let mut d = Daemon {
         args,
         settings,

@@ -81,6 +81,40 @@ pub struct Processor {
     /// No checkpoint existed at start: archived history is taken as already published.
     first_run: bool,
     master: Option<bool>,
+    /// Job files larger than this are skipped with a warning (see [`JOB_FILE_MAX`]).
+    job_file_max: u64,
+}
+
+/// The largest job file eventd reads (64 MiB): Ganeti's biggest real jobs are a few
+/// MiB; anything larger is skipped with a warning rather than read into memory whole.
+pub const JOB_FILE_MAX: u64 = 64 << 20;
+
+/// Read at most `max` bytes of `path`; a larger file is an `InvalidData` error that
+/// names the cap (checked on the open file and while reading, so a file that grows
+/// after the check is still bounded).
+fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            if max % (1 << 20) == 0 {
+                format!("larger than the {} MiB cap on job files", max >> 20)
+            } else {
+                format!("larger than the {max}-byte cap on job files")
+            },
+        )
+    };
+    let f = fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len > max {
+        return Err(too_big());
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    f.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(data)
 }
 
 impl Processor {
@@ -100,6 +134,7 @@ impl Processor {
             first_run: state.is_none(),
             state: state.unwrap_or_default(),
             master: None,
+            job_file_max: JOB_FILE_MAX,
         }
     }
 
@@ -190,7 +225,7 @@ impl Processor {
         };
         for l in [loc, other] {
             let path = job_path(&self.queue_dir, id, l);
-            match fs::read(&path) {
+            match read_capped(&path, self.job_file_max) {
                 Ok(data) => {
                     return match jobfile::parse(&data, Some(id)) {
                         Ok(job) => Some((job, l)),
@@ -399,6 +434,29 @@ mod tests {
             (8, Location::Queue),
         ]));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_job_file_is_skipped_and_named() {
+        let e = env("node1");
+        let mut p = Processor::new(&e.queue, &e.data, "ganeti", "node1", None);
+        // A valid job padded past the cap (a small cap here; 64 MiB by default).
+        let mut data = version("v5-running");
+        p.job_file_max = data.len() as u64 + 10;
+        data.extend(std::iter::repeat_n(b' ', 11));
+        fs::write(e.queue.join("job-6"), &data).unwrap();
+        let jobs = BTreeMap::from([(6, Location::Queue)]);
+        assert!(p.collect(&jobs).is_empty());
+        let err = read_capped(&e.queue.join("job-6"), p.job_file_max).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let want = format!("larger than the {}-byte cap on job files", p.job_file_max);
+        assert!(err.to_string().contains(&want), "{err}");
+        let err = read_capped(&e.queue.join("job-6"), 0).unwrap_err();
+        assert!(err.to_string().contains("the 0 MiB cap"), "{err}");
+        // At the cap exactly it is read.
+        data.pop();
+        fs::write(e.queue.join("job-6"), &data).unwrap();
+        assert_eq!(statuses(&p.collect(&jobs)), vec!["running"]);
     }
 
     #[test]

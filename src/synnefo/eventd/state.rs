@@ -58,7 +58,7 @@ pub struct State {
 pub enum StateError {
     #[error(transparent)]
     Io(#[from] PathError),
-    #[error("checkpoint {path} is unreadable ({reason}); move it aside to start afresh")]
+    #[error("state file {path} is unreadable ({reason}); move it aside to start afresh")]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -170,13 +170,19 @@ pub struct StateStore {
     journal_path: PathBuf,
     journal: File,
     journal_bytes: u64,
+    /// The journal may hold bytes past `journal_bytes` (a failed append).
+    torn: bool,
     last_compaction: Instant,
 }
 
 impl StateStore {
     /// Open the store in `dir`, returning the recovered state (`None`: first run).
+    ///
+    /// A torn last journal line (a crash or a full disk mid-append) is cut off here, so
+    /// the next append starts on a line of its own instead of gluing onto the fragment
+    /// (which would make the journal unreadable at the start after).
     pub fn open(dir: &Path) -> Result<(StateStore, Option<State>), StateError> {
-        let (state, journal_bytes) = Self::recover(dir)?;
+        let (state, journal_bytes, torn) = Self::recover(dir)?;
         let journal_path = dir.join(JOURNAL);
         let journal = OpenOptions::new()
             .append(true)
@@ -184,70 +190,111 @@ impl StateStore {
             .mode(0o640)
             .open(&journal_path)
             .map_err(|e| PathError::new("open", &journal_path, e))?;
-        Ok((
-            StateStore {
-                snapshot: dir.join(SNAPSHOT),
-                journal_path,
-                journal,
-                journal_bytes,
-                last_compaction: Instant::now(),
-            },
-            state,
-        ))
+        let mut store = StateStore {
+            snapshot: dir.join(SNAPSHOT),
+            journal_path,
+            journal,
+            journal_bytes,
+            torn,
+            last_compaction: Instant::now(),
+        };
+        if torn {
+            log::warn!(
+                "{}: cutting an incomplete last line (a batch being committed when the \
+                 journal write stopped; it is derived and sent again)",
+                store.journal_path.display()
+            );
+            store.cut_torn()?;
+        }
+        Ok((store, state))
     }
 
     /// Read the state a store in `dir` holds, without opening it for writing.
     pub fn peek(dir: &Path) -> Result<Option<State>, StateError> {
-        Self::recover(dir).map(|(s, _)| s)
+        Self::recover(dir).map(|(s, _, _)| s)
     }
 
-    fn recover(dir: &Path) -> Result<(Option<State>, u64), StateError> {
+    /// The state, the length of the journal's good prefix (whole, newline-terminated
+    /// lines), and whether something follows it (a torn last line).
+    fn recover(dir: &Path) -> Result<(Option<State>, u64, bool), StateError> {
         let mut state = State::load(&dir.join(SNAPSHOT))?;
         let path = dir.join(JOURNAL);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((state, 0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((state, 0, false)),
             Err(e) => return Err(PathError::new("open", &path, e).into()),
         };
-        let mut bytes = 0;
-        let mut lines = BufReader::new(file).lines().peekable();
-        while let Some(line) = lines.next() {
-            let line = line.map_err(|e| PathError::new("read", &path, e))?;
-            bytes += line.len() as u64 + 1;
-            match serde_json::from_str::<Vec<Update>>(&line) {
+        let mut reader = BufReader::new(file);
+        let mut good = 0;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| PathError::new("read", &path, e))?;
+            if n == 0 {
+                return Ok((state, good, false));
+            }
+            let parsed = if line.last() == Some(&b'\n') {
+                serde_json::from_slice::<Vec<Update>>(&line[..n - 1])
+            } else {
+                // No newline: the write did not finish (even if the JSON is whole).
+                return Ok((state, good, true));
+            };
+            match parsed {
                 Ok(updates) => {
                     let s = state.get_or_insert_with(State::new);
                     for u in &updates {
                         s.apply(u);
                     }
+                    good += n as u64;
                 }
-                // A torn last line is a batch whose journal write did not finish: its
+                // A garbled last line is a batch whose journal write did not finish: its
                 // spool entry may exist, and re-deriving it only repeats messages.
-                Err(_) if lines.peek().is_none() => {
-                    log::warn!("{}: ignoring an incomplete last line", path.display())
+                Err(_) if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(false) => {
+                    return Ok((state, good, true));
                 }
                 Err(e) => {
                     return Err(StateError::Corrupt {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        reason: format!("at byte {good}: {e}"),
                     })
                 }
             }
         }
-        Ok((state, bytes))
     }
 
-    /// Durably record one committed batch's updates.
+    /// Truncate the journal back to its last good line.
+    fn cut_torn(&mut self) -> Result<(), StateError> {
+        self.journal
+            .set_len(self.journal_bytes)
+            .and_then(|()| self.journal.sync_all())
+            .map_err(|e| PathError::new("truncate", &self.journal_path, e))?;
+        self.torn = false;
+        Ok(())
+    }
+
+    /// Durably record one committed batch's updates. A failed write (disk full) may
+    /// leave part of the line behind: it is cut off at once, or before the next append
+    /// if that fails too.
     pub fn append(&mut self, updates: &[Update]) -> Result<(), StateError> {
         if updates.is_empty() {
             return Ok(());
         }
+        if self.torn {
+            self.cut_torn()?;
+        }
         let mut line = serde_json::to_vec(updates).expect("updates serialize");
         line.push(b'\n');
-        self.journal
+        if let Err(e) = self
+            .journal
             .write_all(&line)
             .and_then(|()| self.journal.sync_data())
-            .map_err(|e| PathError::new("append to", &self.journal_path, e))?;
+        {
+            self.torn = true;
+            let _ = self.cut_torn();
+            return Err(PathError::new("append to", &self.journal_path, e).into());
+        }
         self.journal_bytes += line.len() as u64;
         Ok(())
     }
@@ -265,6 +312,7 @@ impl StateStore {
             .and_then(|()| self.journal.sync_all())
             .map_err(|e| PathError::new("truncate", &self.journal_path, e))?;
         self.journal_bytes = 0;
+        self.torn = false;
         self.last_compaction = Instant::now();
         Ok(())
     }
@@ -331,8 +379,41 @@ mod tests {
             .open(d.path().join(JOURNAL))
             .unwrap();
         f.write_all(b"[{\"Record\":[3,").unwrap();
+        let (mut store, recovered) = StateStore::open(d.path()).unwrap();
+        assert_eq!(recovered, Some(state.clone()));
+        // The fragment is cut, so the next batch is a line of its own and the start
+        // after reads it (before, it was glued onto the fragment: Corrupt).
+        let batch3 = vec![Update::Record(4, vec![(Running, 2)])];
+        store.append(&batch3).unwrap();
+        batch3.iter().for_each(|u| state.apply(u));
+        drop(store);
         let (_, recovered) = StateStore::open(d.path()).unwrap();
         assert_eq!(recovered, Some(state.clone()));
+        // A whole JSON line without its newline, and plain garbage, are torn too.
+        let batch4 = vec![Update::Done(4)];
+        for tail in [&b"[{\"Done\":9}]"[..], b"\x00\x00garbage\n"] {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(d.path().join(JOURNAL))
+                .unwrap();
+            f.write_all(tail).unwrap();
+            let (mut store, recovered) = StateStore::open(d.path()).unwrap();
+            assert_eq!(recovered, Some(state.clone()));
+            store.append(&batch4).unwrap();
+            batch4.iter().for_each(|u| state.apply(u));
+        }
+        let (_, recovered) = StateStore::open(d.path()).unwrap();
+        assert_eq!(recovered, Some(state.clone()));
+        // Garbage in the middle is corruption, named with its offset.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.path().join(JOURNAL))
+            .unwrap();
+        f.write_all(b"garbage\n[]\n").unwrap();
+        let e = StateStore::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("eventd.journal") && e.contains("at byte"), "{e}");
+        std::fs::remove_file(d.path().join(JOURNAL)).unwrap();
+        state.save(&d.path().join(SNAPSHOT)).unwrap();
         // Replaying a journal over a snapshot that already holds it changes nothing.
         let (mut store, _) = StateStore::open(d.path()).unwrap();
         state.save(&d.path().join(SNAPSHOT)).unwrap();

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use inotify::{Event, EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
@@ -17,6 +18,9 @@ use crate::ganeti::jobfile::job_id_from_name;
 
 /// Events taken per wake-up at most (one batch, one spool entry).
 const MAX_BATCH: usize = 4096;
+/// While the queue directory is gone: first and longest wait between looks for it.
+const REWATCH_FIRST: Duration = Duration::from_millis(100);
+const REWATCH_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -38,6 +42,10 @@ pub struct QueueWatch {
     queue_dir: PathBuf,
     stream: EventStream<Vec<u8>>,
     kinds: HashMap<WatchDescriptor, Kind>,
+    /// The queue directory is watched (false after it was removed, moved away or
+    /// unmounted, until it is back).
+    queue_watched: bool,
+    rewatch_wait: Duration,
 }
 
 impl QueueWatch {
@@ -48,8 +56,11 @@ impl QueueWatch {
             queue_dir: queue_dir.to_path_buf(),
             stream,
             kinds: HashMap::new(),
+            queue_watched: false,
+            rewatch_wait: REWATCH_FIRST,
         };
         w.add(queue_dir, Kind::Queue)?;
+        w.queue_watched = true;
         let mut ignored = BTreeMap::new();
         w.add_archive_root(&mut ignored);
         Ok(w)
@@ -57,9 +68,10 @@ impl QueueWatch {
 
     fn add(&mut self, dir: &Path, kind: Kind) -> std::io::Result<()> {
         let mask = match kind {
-            Kind::Queue | Kind::ArchiveRoot => {
-                WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::ONLYDIR
+            Kind::Queue => {
+                WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::MOVE_SELF | WatchMask::ONLYDIR
             }
+            Kind::ArchiveRoot => WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::ONLYDIR,
             Kind::ArchiveSub => WatchMask::MOVED_TO | WatchMask::ONLYDIR,
         };
         let wd = self.stream.watches().add(dir, mask)?;
@@ -97,11 +109,63 @@ impl QueueWatch {
         }
     }
 
+    /// The queue directory is gone: look for it again; true once it is watched.
+    fn rewatch_queue(&mut self) -> bool {
+        let dir = self.queue_dir.clone();
+        if !dir.is_dir() {
+            self.rewatch_wait = (self.rewatch_wait * 2).min(REWATCH_MAX);
+            return false;
+        }
+        if let Err(e) = self.add(&dir, Kind::Queue) {
+            log::error!("cannot watch {} again: {e}", dir.display());
+            self.rewatch_wait = (self.rewatch_wait * 2).min(REWATCH_MAX);
+            return false;
+        }
+        self.queue_watched = true;
+        self.rewatch_wait = REWATCH_FIRST;
+        log::warn!(
+            "queue directory {} is back: watching it again",
+            dir.display()
+        );
+        let mut jobs = BTreeMap::new();
+        self.add_archive_root(&mut jobs);
+        true
+    }
+
+    /// The queue directory's watch is gone (removed, moved away, unmounted).
+    fn lost_queue(&mut self) {
+        if self.queue_watched {
+            self.queue_watched = false;
+            self.rewatch_wait = REWATCH_FIRST;
+            log::error!(
+                "queue directory {} was removed or moved away: watching for it to come back",
+                self.queue_dir.display()
+            );
+        }
+    }
+
     /// Wait for the next change; events already queued are merged into one batch.
+    /// While the queue directory is gone, it is looked for with a growing wait (up to
+    /// 5 s); once it is back and watched, the change is a full rescan.
     pub async fn next(&mut self) -> std::io::Result<Change> {
-        let first = match self.stream.next().await {
-            Some(ev) => ev?,
-            None => return Err(std::io::Error::other("inotify stream ended")),
+        let first = loop {
+            let ev = if self.queue_watched {
+                self.stream.next().await
+            } else {
+                tokio::select! {
+                    ev = self.stream.next() => ev,
+                    _ = tokio::time::sleep(self.rewatch_wait) => {
+                        if self.rewatch_queue() {
+                            return Ok(Change::Rescan);
+                        }
+                        continue;
+                    }
+                }
+            };
+            match ev {
+                Some(ev) => break ev?,
+                None => return Err(std::io::Error::other("inotify stream ended")),
+            }
         };
         let mut events = vec![first];
         while events.len() < MAX_BATCH {
@@ -137,9 +201,17 @@ impl QueueWatch {
         if ev.mask.contains(EventMask::IGNORED) {
             self.kinds.remove(&ev.wd);
             if kind == Kind::Queue {
-                log::error!("queue directory {} was removed", self.queue_dir.display());
+                self.lost_queue();
             }
             return kind != Kind::ArchiveSub;
+        }
+        if ev.mask.contains(EventMask::MOVE_SELF) && kind == Kind::Queue {
+            // Renamed away: the watches would follow the old tree, not the path.
+            for (wd, _) in self.kinds.drain() {
+                let _ = self.stream.watches().remove(wd);
+            }
+            self.lost_queue();
+            return true;
         }
         let name = ev
             .name
