@@ -5,7 +5,8 @@
 # ticks made (rows added to pgq.tick over all databases) and the lag from
 # pgq.insert_event to a batch being available (probed in one database while running).
 #
-# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30)
+# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30;
+#        PROBE_SECS, TICKERS, PROFILE=callgrind, WARMUP_SECS, KEEP_LOGS: see below)
 # Needs root (runs the private cluster as postgres). Prints Markdown for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ RUN_SECS=${RUN_SECS:-30}
 PROBE_SECS=${PROBE_SECS:-10}
 # TICKERS="c ours" (default both) runs only the named tickers.
 TICKERS=${TICKERS:-c ours}
+# PROFILE=callgrind counts the tickers' instructions instead of timing them.
+PROFILE=${PROFILE:-}
+WARMUP_SECS=${WARMUP_SECS:-10}
 PORT=${PORT:-55432}
 PGBIN=/usr/lib/postgresql/15/bin
 DIR=$(mktemp -d /tmp/hk-pgqd-bench.XXXXXX)
@@ -30,7 +34,7 @@ case " $TICKERS " in *" ours "*) [ -x "$OURS" ] || cargo build --release --locke
 cleanup() {
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
     # KEEP_LOGS=DIR keeps the tickers' and the server's logs for a post-mortem.
-    [ -z "${KEEP_LOGS:-}" ] || { mkdir -p "$KEEP_LOGS" && cp "$DIR"/*.log "$DIR"/lag-* "$KEEP_LOGS"/ 2>/dev/null || true; }
+    [ -z "${KEEP_LOGS:-}" ] || { mkdir -p "$KEEP_LOGS" && cp "$DIR"/*.log "$DIR"/lag-* "$DIR"/cg-* "$KEEP_LOGS"/ 2>/dev/null || true; }
     rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -109,13 +113,28 @@ initial_database = postgres
 logfile = $DIR/$name.log
 syslog = 0
 EOF
-    local before after pid cpu rss lag
+    local before after pid cpu rss lag xacts=
     before=$(total_ticks "$n")
-    "$bin" -q "$cfg" 2>/dev/null &
-    pid=$!
+    if [ "$PROFILE" = callgrind ]; then
+        # Instruction counts, stable on a shared machine: start-up excluded (counters
+        # zeroed after WARMUP_SECS), then RUN_SECS of steady ticking.
+        valgrind -q --tool=callgrind --callgrind-out-file="$DIR/cg-${name// /-}.%p" "$bin" -q "$cfg" 2>/dev/null &
+        pid=$!
+        sleep "$WARMUP_SECS"
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        xacts=$(total_xacts)
+    else
+        "$bin" -q "$cfg" 2>/dev/null &
+        pid=$!
+    fi
     probe_lag "$DIR/lag-$name" &
     local probe=$!
     sleep "$RUN_SECS"
+    if [ "$PROFILE" = callgrind ]; then
+        callgrind_control -d "$pid" >/dev/null 2>&1
+        xacts=$(($(total_xacts) - xacts))
+        sleep 1
+    fi
     cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
     rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
     kill -INT "$pid"
@@ -126,11 +145,30 @@ EOF
     local missed
     missed=$(grep -c miss "$DIR/lag-$name" || true)
     [ "$missed" = 0 ] || lag="$lag, $missed missed (no batch within ${PROBE_SECS} s)"
+    if [ "$PROFILE" = callgrind ]; then
+        local ir
+        # Part 1 is the dump taken at the end of the run (the counters were zeroed at its
+        # start); the file written at exit holds only the seconds after it.
+        ir=$(awk '/^summary:/ {print $2}' "$DIR/cg-${name// /-}.$pid.1")
+        printf '| %s | %s | %s | %s | %s |\n' "$n" "$name" "$ir" "$xacts" "$((ir / (xacts > 0 ? xacts : 1)))"
+        return
+    fi
     printf '| %s | %s | %s s | %s MB | %s | %s |\n' "$n" "$name" "$cpu" "$rss" "$((after - before))" "$lag"
 }
 
-echo "| databases | ticker | CPU (${RUN_SECS} s run) | peak RSS | ticks made | median insert→batch lag |"
-echo "|---|---|---|---|---|---|"
+# Transactions committed in the bench databases (each ticker, retry or maintenance
+# round is one or a few).
+total_xacts() {
+    "${PSQL[@]}" -d postgres -c "select sum(xact_commit) from pg_stat_database where datname like 'bench_%'"
+}
+
+if [ "$PROFILE" = callgrind ]; then
+    echo "| databases | ticker | instructions (${RUN_SECS} s, after ${WARMUP_SECS} s warm-up) | transactions in the bench databases | instructions per transaction |"
+    echo "|---|---|---|---|---|"
+else
+    echo "| databases | ticker | CPU (${RUN_SECS} s run) | peak RSS | ticks made | median insert→batch lag |"
+    echo "|---|---|---|---|---|---|"
+fi
 for n in "${SIZES[@]}"; do
     ensure_dbs "$n"
     case " $TICKERS " in *" c "*) run "C pgqd 3.5" "$C_PGQD" "$n" ;; esac

@@ -75,7 +75,11 @@ impl Shared {
 
     fn update_status(&self, db: &str, f: impl FnOnce(&mut DbStatus)) {
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        f(st.entry(db.to_string()).or_default());
+        // Called on every tick: allocate the key only for a new database.
+        match st.get_mut(db) {
+            Some(s) => f(s),
+            None => f(st.entry(db.to_string()).or_default()),
+        }
     }
 }
 
@@ -171,33 +175,45 @@ async fn ticker_io(
         (_, Some(c)) => c,
         (_, None) => return Outcome::QueryFailed("not connected".into()),
     };
+    // Every query here goes over the simple protocol: one round trip, where the
+    // extended protocol's query_one would first prepare (a second round trip) and the
+    // rows would be decoded into typed values nobody needs (callgrind: the ticker's
+    // client side was half of pgqd's instructions).
     match state {
         DbState::Closed => unreachable!("handled above"),
-        DbState::CheckPgq => c
-            .query_opt(
-                "select 1 from pg_catalog.pg_namespace where nspname = 'pgq'",
-                &[],
-            )
+        DbState::CheckPgq => first_value(
+            c,
+            "select 1 from pg_catalog.pg_namespace where nspname = 'pgq'",
+        )
+        .await
+        .map_or_else(failed, |v| Outcome::HasPgq(v.is_some())),
+        DbState::CheckVersion => first_value(c, "select pgq.version()")
             .await
-            .map_or_else(failed, |r| Outcome::HasPgq(r.is_some())),
-        DbState::CheckVersion => c
-            .query_one("select pgq.version()", &[])
-            .await
-            .and_then(|r| r.try_get::<_, Option<String>>(0))
             .map_or_else(failed, |v| Outcome::Version(v.unwrap_or_default())),
-        DbState::TakeLock => c
-            .query_one("select pg_try_advisory_lock($1)", &[&TICKER_LOCK])
+        DbState::TakeLock => first_value(c, &format!("select pg_try_advisory_lock({TICKER_LOCK})"))
             .await
-            .and_then(|r| r.try_get(0))
-            .map_or_else(failed, Outcome::Locked),
-        // The simple protocol: one round trip, no statement prepared on every tick.
-        DbState::Ticking => c
-            .simple_query("select pgq.ticker()")
-            .await
-            .map_or_else(failed, |_| Outcome::Ticked {
-                lifetime_over: opened.elapsed() >= cfg.connection_lifetime,
-            }),
+            .map_or_else(failed, |v| Outcome::Locked(v.as_deref() == Some("t"))),
+        // The result (how many queues ticked) is not needed: batch_execute skips
+        // building rows for it.
+        DbState::Ticking => {
+            c.batch_execute("select pgq.ticker()")
+                .await
+                .map_or_else(failed, |()| Outcome::Ticked {
+                    lifetime_over: opened.elapsed() >= cfg.connection_lifetime,
+                })
+        }
     }
+}
+
+/// The first column of the first row of `sql` as text (None: no row, or NULL), over
+/// the simple protocol.
+async fn first_value(c: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    for m in c.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).map(str::to_string));
+        }
+    }
+    Ok(None)
 }
 
 /// Retry and maintenance of one database, started once its ticker has seen pgq ≥ 3.
@@ -331,10 +347,10 @@ async fn periodic(shared: Shared, db: String, mut stop: watch::Receiver<bool>, r
 /// retry counter adds up the events moved, as the C daemon's does.
 async fn retry_round(client: &Client, stats: &Stats) -> Result<(), tokio_postgres::Error> {
     loop {
-        let moved: i32 = client
-            .query_one("select pgq.maint_retry_events()", &[])
+        let moved: i64 = first_value(client, "select pgq.maint_retry_events()")
             .await?
-            .get(0);
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if moved <= 0 {
             return Ok(());
         }
