@@ -35,6 +35,7 @@ const COMMON_KEYS: &[&str] = &[
     "config_backup",
     "keep_backups",
     "archive_command",
+    "walmgr_path",
 ];
 
 const MASTER_KEYS: &[&str] = &[
@@ -135,6 +136,8 @@ pub struct Master {
     pub remote_timeout: Duration,
     pub remote_walmgr: String,
     pub backup_lock: PathBuf,
+    /// What archive_command names walmgr by (default: see `super::stable_exe`).
+    pub walmgr_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +160,8 @@ pub struct Slave {
     /// Who a restore started as root runs as (default: the store's owner).
     pub restore_user: Option<String>,
     pub standby_wait: Duration,
+    /// What restore_command names walmgr by (default: see `super::stable_exe`).
+    pub walmgr_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +469,7 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
             .string("remote_walmgr")?
             .unwrap_or_else(|| "walmgr".into()),
         backup_lock,
+        walmgr_path: walmgr_path(sec)?,
         ini,
     })
 }
@@ -517,8 +523,22 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
         tablespace_roots,
         restore_user: sec.string("restore_user")?,
         standby_wait: wait,
+        walmgr_path: walmgr_path(sec)?,
         ini,
     })
+}
+
+/// `walmgr_path`: an absolute path (PostgreSQL runs the command from its data dir).
+fn walmgr_path(sec: &Section) -> Result<Option<PathBuf>> {
+    match sec.path("walmgr_path")? {
+        Some(p) if !p.is_absolute() => Err(bad(
+            sec,
+            "walmgr_path",
+            &p.to_string_lossy(),
+            "must be an absolute path",
+        )),
+        p => Ok(p),
+    }
 }
 
 /// `host:/path` → (host, path). A plain path (or one whose colon comes after a slash)
