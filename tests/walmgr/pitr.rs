@@ -27,7 +27,14 @@ fn verify_counts(out: &str) -> (usize, usize) {
         .find(|l| l.contains(" file(s), "))
         .unwrap_or_else(|| panic!("no read/unchanged line in verify's output: {out}"));
     let num = |after: &str| -> usize {
-        line.split(after).nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        line.split(after)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     (num("read "), num(" file(s), "))
 }
@@ -96,13 +103,14 @@ fn point_in_time_recovery() {
     };
     let dst = sb.p("refused");
     assert_eq!(
-        code(wm()
-            .arg(&slave)
-            .arg("restore")
-            .arg("--target-time")
-            .arg("2000-01-01 00:00:00+00")
-            .arg(&set1)
-            .arg(&dst)),
+        code(
+            wm().arg(&slave)
+                .arg("restore")
+                .arg("--target-time")
+                .arg("2000-01-01 00:00:00+00")
+                .arg(&set1)
+                .arg(&dst)
+        ),
         Some(14)
     );
     let e = fails(
@@ -118,10 +126,13 @@ fn point_in_time_recovery() {
         Some(14)
     );
     assert_eq!(
-        code(wm().arg(&slave).arg("restore").arg(&set2).arg(&dst).args([
-            "--target-lsn",
-            &lsn
-        ])),
+        code(
+            wm().arg(&slave)
+                .arg("restore")
+                .arg(&set2)
+                .arg(&dst)
+                .args(["--target-lsn", &lsn])
+        ),
         Some(14)
     );
     for bad in [
@@ -130,7 +141,12 @@ fn point_in_time_recovery() {
         ["--target-xid", "x1"],
         ["--target-timeline", "newest"],
     ] {
-        let o = run(wm().arg(&slave).arg("restore").args(bad).arg(&set1).arg(&dst));
+        let o = run(wm()
+            .arg(&slave)
+            .arg("restore")
+            .args(bad)
+            .arg(&set1)
+            .arg(&dst));
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", show(&wm(), &o));
     }
     assert!(!dst.exists());
@@ -141,10 +157,12 @@ fn point_in_time_recovery() {
     // before it (set 1), restored into that ini's slave_data.
     let d_lsn = sb.p("lsn");
     let lsn_ini = slave_ini(&sb, "lsn.ini", &store, &d_lsn, "");
-    let out = ok(wm()
-        .arg(&lsn_ini)
-        .arg("restore")
-        .args(["--target-lsn", &lsn, "--target-action", "promote"]));
+    let out = ok(wm().arg(&lsn_ini).arg("restore").args([
+        "--target-lsn",
+        &lsn,
+        "--target-action",
+        "promote",
+    ]));
     assert!(out.contains(&format!("restored {set1} ")), "{out}");
     assert!(d_lsn.join("recovery.signal").exists() && !d_lsn.join("standby.signal").exists());
     let auto = fs::read_to_string(d_lsn.join("postgresql.auto.conf")).unwrap();
@@ -249,7 +267,10 @@ fn point_in_time_recovery() {
         .lines()
         .filter(|l| l.contains(" ERROR: ") || l.contains(" WARN: "))
         .collect();
-    assert!(errors.is_empty(), "errors logged by the PITR restores: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "errors logged by the PITR restores: {errors:?}"
+    );
     assert!(
         tail.lines()
             .any(|l| l.contains(" INFO: ") && l.contains("not in the archive")),
