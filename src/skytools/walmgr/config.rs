@@ -647,6 +647,7 @@ mod tests {
                 "[w]\nmaster_data=/d\nslave=/s\nsetup_method=config_file\n",
                 "setup_method",
             ),
+            ("[w]\nslave=/s\nwalmgr_path=bin/walmgr\n", "walmgr_path"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();
@@ -657,6 +658,17 @@ mod tests {
             assert!(!e.contains('\n'), "{e}");
         }
         assert!(parse("").unwrap_err().to_string().contains("no section"));
+    }
+
+    #[test]
+    fn walmgr_path_names_walmgr_in_the_commands() {
+        let Settings::Slave(sl) = parse("[w]\nslave=/s\nwalmgr_path=/opt/hk/walmgr\n").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sl.walmgr_path.as_deref(), Some(Path::new("/opt/hk/walmgr")));
+        let c = super::super::self_command(&sl.ini, sl.walmgr_path.as_deref(), "xrestore %f %p");
+        assert!(c.starts_with("/opt/hk/walmgr /etc/wal.ini xrestore"), "{c}");
     }
 
     #[test]
