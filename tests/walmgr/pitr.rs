@@ -61,6 +61,9 @@ fn point_in_time_recovery() {
     let first = backup_sets(&store);
     assert_eq!(first.len(), 1, "{first:?}");
     let set1 = first[0].clone();
+    // backup.json's finished_at is to the second (taken as the next one): the time
+    // target below must be more than a second after set 1.
+    std::thread::sleep(Duration::from_millis(1100));
     batch(&m, 2);
     batch(&m, 3);
     let lsn = m.psql("select pg_current_wal_insert_lsn()");

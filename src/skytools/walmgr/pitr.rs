@@ -4,7 +4,8 @@
 //!
 //! Which set: the newest one that ends before the target. A set ends at its stop LSN
 //! (backup.json), and, for a time, at `finished_at` (backup.json: when walmgr committed
-//! the set, just after `pg_backup_stop`, so never earlier than the real end). For an xid
+//! the set, just after `pg_backup_stop`, so never earlier than the real end; written to
+//! the second, so taken as the next second). For an xid
 //! or a restore point's name nothing in the store says where it lies: the newest set is
 //! used, and walmgr says so (name an older set if PostgreSQL answers that the target is
 //! before the consistent recovery point).
@@ -331,8 +332,9 @@ impl Pitr {
                 set.stop_lsn <= *l
             }),
             Some(Target::Time { at: Some(at), .. }) => {
+                // finished_at is truncated to the second: round it up.
                 let end = humantime::parse_rfc3339(&set.finished_at).ok()?;
-                Some(end <= *at)
+                Some(end + Duration::from_secs(1) <= *at)
             }
             _ => None,
         }
