@@ -116,7 +116,15 @@ fn promote_if_paused(data: &Path) -> Result<bool> {
         .map(|v| v.major())
         .unwrap_or(15);
     super::pg::block_on(async {
-        let c = super::pg::connect(&conninfo).await?;
+        // Without hot_standby nobody may connect during recovery, and such a recovery
+        // never waits paused (PostgreSQL shuts down instead): nothing to end here.
+        let c = match super::pg::connect(&conninfo).await {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("{e}; cannot ask whether its recovery is paused");
+                return Ok(false);
+            }
+        };
         let q = if major >= 14 {
             "SELECT pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused'"
         } else {

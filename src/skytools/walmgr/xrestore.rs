@@ -97,6 +97,16 @@ pub fn xrestore(
     // restore_command runs in the data directory.
     let standby = Path::new("standby.signal").exists();
     let mut last_reason = "";
+    for old in ["PAUSE", "STOP"] {
+        let p = store.dir.join(old);
+        if p.exists() {
+            log::warn!(
+                "{}: ignored (PAUSE and STOP now belong to the data directory: \
+                 `walmgr <ini> pause|continue|boot [<data dir>]`); remove it",
+                p.display()
+            );
+        }
+    }
     loop {
         let meta = store.lookup(name)?;
         let legacy = if meta.is_none() {
