@@ -365,7 +365,7 @@ check "the standby replayed the store up to the rows added after the backup ($af
 
 # pause holds replay at the next segment, continue lets it go on.
 if wm pause $WALMGR "$tmp/slave.ini" pause; then ok "walmgr slave.ini pause returns 0"; else nok "walmgr slave.ini pause returns 0"; show_err pause; fi
-check "PAUSE in completed_wals" test -e "$STORE/logs.complete/PAUSE"
+check "walmgr.PAUSE in the standby's data directory" test -e "$STANDBY/walmgr.PAUSE"
 q "$PORT" "insert into t select g, 'paused' from generate_series(1, 500) g" >/dev/null
 pseg=$(q "$PORT" "select pg_walfile_name(pg_current_wal_lsn())")
 q "$PORT" "select pg_switch_wal()" >/dev/null
@@ -374,11 +374,11 @@ check "$pseg stored while paused" wait_for 30 pstored
 sleep 3 # three standby_wait polls
 check "the paused standby did not replay $pseg" test "$(q "$SPORT" 'select count(*) from t')" = "$after"
 if wm continue $WALMGR "$tmp/slave.ini" continue; then ok "walmgr slave.ini continue returns 0"; else nok "walmgr slave.ini continue returns 0"; show_err continue; fi
-check "PAUSE removed" test ! -e "$STORE/logs.complete/PAUSE"
+check "walmgr.PAUSE removed" test ! -e "$STANDBY/walmgr.PAUSE"
 after=$((after + 500))
 check "after continue the standby replayed $pseg ($after rows)" wait_for 30 caught_up
 if wm boot $WALMGR "$tmp/slave.ini" boot; then ok "walmgr slave.ini boot returns 0"; else nok "walmgr slave.ini boot returns 0"; show_err boot; fi
-check "STOP in completed_wals" test -e "$STORE/logs.complete/STOP"
+check "walmgr.STOP in the standby's data directory" test -e "$STANDBY/walmgr.STOP"
 promoted() { [ "$(q "$SPORT" 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; }
 check "the standby was promoted within 60 s" wait_for 60 promoted
 check "the promoted server has every row ($after)" \

@@ -94,7 +94,7 @@ fn standby_follows_pause_continue_boot() {
     );
 
     ok(walmgr().arg(&slave).arg("pause"));
-    assert!(store.join("logs.complete/PAUSE").exists());
+    assert!(dst.join("walmgr.PAUSE").exists());
     std::thread::sleep(Duration::from_millis(1500));
     m.psql("insert into t select generate_series(101, 200)");
     m.switch_and_wait_archived(30);
@@ -106,7 +106,7 @@ fn standby_follows_pause_continue_boot() {
     );
 
     ok(walmgr().arg(&slave).arg("continue"));
-    assert!(!store.join("logs.complete/PAUSE").exists());
+    assert!(!dst.join("walmgr.PAUSE").exists());
     assert!(
         wait_for(Duration::from_secs(30), || count() == "200"),
         "standby did not resume after continue (has {})\n--- standby log ---\n{}",

@@ -67,9 +67,11 @@ fn xrestore_missing() {
         waiting.0.as_mut().unwrap().try_wait().unwrap().is_none(),
         "a standby's xrestore waits for a missing segment"
     );
-    // boot (STOP) ends the wait with a failure: recovery ends, the standby promotes.
-    ok(walmgr().arg(&slave).arg("boot"));
-    assert!(store.join("logs.complete/STOP").exists());
+    // boot (STOP, in the recovering data directory) ends the wait with a failure:
+    // recovery ends, the standby promotes.
+    sb.write("recovering/PG_VERSION", "15\n");
+    ok(walmgr().arg(&slave).arg("boot").arg(&cwd));
+    assert!(cwd.join("walmgr.STOP").exists());
     let t0 = Instant::now();
     let st = loop {
         if let Some(st) = waiting.0.as_mut().unwrap().try_wait().unwrap() {

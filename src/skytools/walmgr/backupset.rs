@@ -71,6 +71,29 @@ pub struct BackupInfo {
     pub tablespace_map_sha256: Option<String>,
 }
 
+/// A set's backup.json for unit tests elsewhere.
+#[cfg(test)]
+pub fn tests_info() -> BackupInfo {
+    BackupInfo {
+        set: SetName::parse("20261122T200000Z").unwrap(),
+        start_lsn: Lsn::default(),
+        start_segment: "000000010000000000000002".into(),
+        stop_lsn: Lsn::default(),
+        started_at: "2026-11-22T20:00:00Z".into(),
+        finished_at: "2026-11-22T20:00:01Z".into(),
+        compression: Compression::None,
+        file: "base.tar".into(),
+        stored_size: 0,
+        stored_sha256: String::new(),
+        size: 0,
+        sha256: String::new(),
+        pg_version: None,
+        system_identifier: None,
+        tablespaces: false,
+        tablespace_map_sha256: None,
+    }
+}
+
 /// What the sender knows that the stream does not.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {

@@ -35,6 +35,7 @@ const COMMON_KEYS: &[&str] = &[
     "config_backup",
     "keep_backups",
     "archive_command",
+    "walmgr_path",
 ];
 
 const MASTER_KEYS: &[&str] = &[
@@ -135,6 +136,8 @@ pub struct Master {
     pub remote_timeout: Duration,
     pub remote_walmgr: String,
     pub backup_lock: PathBuf,
+    /// What archive_command names walmgr by (default: see `super::stable_exe`).
+    pub walmgr_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +160,8 @@ pub struct Slave {
     /// Who a restore started as root runs as (default: the store's owner).
     pub restore_user: Option<String>,
     pub standby_wait: Duration,
+    /// What restore_command names walmgr by (default: see `super::stable_exe`).
+    pub walmgr_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +469,7 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
             .string("remote_walmgr")?
             .unwrap_or_else(|| "walmgr".into()),
         backup_lock,
+        walmgr_path: walmgr_path(sec)?,
         ini,
     })
 }
@@ -517,8 +523,22 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
         tablespace_roots,
         restore_user: sec.string("restore_user")?,
         standby_wait: wait,
+        walmgr_path: walmgr_path(sec)?,
         ini,
     })
+}
+
+/// `walmgr_path`: an absolute path (PostgreSQL runs the command from its data dir).
+fn walmgr_path(sec: &Section) -> Result<Option<PathBuf>> {
+    match sec.path("walmgr_path")? {
+        Some(p) if !p.is_absolute() => Err(bad(
+            sec,
+            "walmgr_path",
+            &p.to_string_lossy(),
+            "must be an absolute path",
+        )),
+        p => Ok(p),
+    }
 }
 
 /// `host:/path` → (host, path). A plain path (or one whose colon comes after a slash)
@@ -627,6 +647,7 @@ mod tests {
                 "[w]\nmaster_data=/d\nslave=/s\nsetup_method=config_file\n",
                 "setup_method",
             ),
+            ("[w]\nslave=/s\nwalmgr_path=bin/walmgr\n", "walmgr_path"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();
@@ -637,6 +658,17 @@ mod tests {
             assert!(!e.contains('\n'), "{e}");
         }
         assert!(parse("").unwrap_err().to_string().contains("no section"));
+    }
+
+    #[test]
+    fn walmgr_path_names_walmgr_in_the_commands() {
+        let Settings::Slave(sl) = parse("[w]\nslave=/s\nwalmgr_path=/opt/hk/walmgr\n").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sl.walmgr_path.as_deref(), Some(Path::new("/opt/hk/walmgr")));
+        let c = super::super::self_command(&sl.ini, sl.walmgr_path.as_deref(), "xrestore %f %p");
+        assert!(c.starts_with("/opt/hk/walmgr /etc/wal.ini xrestore"), "{c}");
     }
 
     #[test]

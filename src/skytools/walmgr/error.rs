@@ -71,6 +71,10 @@ pub enum WalmgrError {
     /// verify found problems (each was printed).
     #[error("{0}")]
     Verify(String),
+    /// restore: the recovery target lies before the end of every backup set (or of the
+    /// set named): PostgreSQL could not reach it from there.
+    #[error("{0}")]
+    TargetBeforeSets(String),
     /// A failure inside walmgr itself: a pipe, a thread, a tar stream writer.
     #[error("{0}")]
     Internal(String),
@@ -121,6 +125,7 @@ impl crate::cli::ExitError for WalmgrError {
             WalmgrError::Busy(_) => 11,
             WalmgrError::Verify(_) => 12,
             WalmgrError::Internal(_) => 13,
+            WalmgrError::TargetBeforeSets(_) => 14,
             WalmgrError::Undeliverable(_) => RESTORE_ABORT,
         }
     }

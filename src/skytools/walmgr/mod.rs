@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod pg;
+pub mod pitr;
 pub mod remote;
 pub mod restore;
 pub mod setup;
@@ -43,13 +44,16 @@ Master commands (ini with master_data):
   xarchive <%p> <%f>           archive_command: store one WAL file
 Slave commands (ini without master_data):
   setup                        create the store directories
-  restore [<set> [<dst>]]      lay out a base backup as a standby (-r: replay to the end)
+  restore [<set> [<dst>]]      lay out a base backup as a standby (-r: replay to the end;
+                               --target-*: recover to a point in time)
   xrestore <%f> <%p> [<%r>]    restore_command: fetch one WAL file
-  pause | continue             hold / resume replay at the next segment
-  boot                         end recovery: STOP, and promote a running standby
+  pause | continue [<data>]    hold / resume replay at the next segment
+  boot [<data>]                end recovery: STOP, promote a running standby or a recovery
+                               paused at its target
 Either (the store must be local, or the master forwards over ssh):
   listbackups                  list base backups
-  verify                       check every stored file and the WAL sequence
+  verify                       check new or changed stored files and the WAL sequence
+                               (--full: re-read every file)
   cleanup                      remove interrupted writes and WAL older than the oldest backup";
 
 /// WAL archiving, base backups and standby restore for PostgreSQL.
@@ -68,13 +72,37 @@ pub struct Args {
     /// restore: write recovery.signal (replay to the end, then promote) instead of standby.signal
     #[arg(short = 'r', long)]
     pub recovery: bool,
+    /// restore: recover to this time (PostgreSQL timestamp with a zone, e.g. '2026-12-02 13:00:00+00')
+    #[arg(long, value_name = "T", group = "target")]
+    pub target_time: Option<String>,
+    /// restore: recover to this WAL position (X/Y)
+    #[arg(long, value_name = "L", group = "target")]
+    pub target_lsn: Option<String>,
+    /// restore: recover to this transaction id
+    #[arg(long, value_name = "X", group = "target")]
+    pub target_xid: Option<String>,
+    /// restore: recover to this restore point (pg_create_restore_point)
+    #[arg(long, value_name = "N", group = "target")]
+    pub target_name: Option<String>,
+    /// restore: stop just before the target instead of just after it
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// restore: the timeline to recover along (latest, current or a number)
+    #[arg(long, value_name = "TL")]
+    pub target_timeline: Option<String>,
+    /// restore: what PostgreSQL does at the target (default pause)
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub target_action: Option<pitr::Action>,
+    /// verify: re-read every stored file, not only new or changed ones
+    #[arg(long)]
+    pub full: bool,
     /// walmgr ini (master or slave)
     pub ini: PathBuf,
     /// Command (see below)
     #[arg(value_enum, hide_possible_values = true)]
     pub command: Cmd,
-    /// Command arguments
-    #[arg(allow_hyphen_values = true)]
+    /// Command arguments (options such as --target-time may come after them; a value
+    /// that starts with '-' goes after `--`)
     pub args: Vec<String>,
 }
 
@@ -180,7 +208,34 @@ fn level(args: &Args) -> LevelFilter {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    load_and_dispatch(args).map_err(|e| args.command.failure(e))
+    match load_and_dispatch(args) {
+        // PostgreSQL asks for files it expects to miss (every *.history it might switch
+        // to, the segment past the end of the archive): exit 1 is the answer, not an error.
+        Err(e @ WalmgrError::Missing { .. }) if args.command == Cmd::Xrestore => {
+            let history = args.args.first().is_some_and(|n| n.ends_with(".history"));
+            if history {
+                log::debug!("{e}");
+            } else {
+                log::info!("{e}");
+            }
+            Ok(ExitCode::from(1))
+        }
+        r => r.map_err(|e| args.command.failure(e)),
+    }
+}
+
+impl Args {
+    fn targets(&self) -> pitr::TargetArgs {
+        pitr::TargetArgs {
+            time: self.target_time.clone(),
+            lsn: self.target_lsn.clone(),
+            xid: self.target_xid.clone(),
+            name: self.target_name.clone(),
+            exclusive: self.target_exclusive,
+            timeline: self.target_timeline.clone(),
+            action: self.target_action,
+        }
+    }
 }
 
 fn load_and_dispatch(args: &Args) -> Result<ExitCode> {
@@ -199,12 +254,56 @@ fn load_and_dispatch(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where Debian's package installs walmgr.
+pub const PACKAGED: &str = "/usr/bin/walmgr";
+
+/// The path PostgreSQL's archive_command / restore_command names walmgr by: one that
+/// stays valid when this binary is replaced. `walmgr_path` from the ini when set; else
+/// the packaged `/usr/bin/walmgr` when that is the running binary (the same file);
+/// else the path the user ran (argv[0] made absolute, or found in PATH), symlinks kept
+/// (not the resolved `current_exe`, which names whichever build ran `setup`).
+pub fn stable_exe(walmgr_path: Option<&Path>) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(p) = walmgr_path {
+        return p.to_path_buf();
+    }
+    let current = std::env::current_exe().ok();
+    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    };
+    let packaged = Path::new(PACKAGED);
+    if let Some(c) = &current {
+        if c == packaged || same(c, packaged) {
+            return packaged.to_path_buf();
+        }
+    }
+    if let Some(a0) = std::env::args_os().next().map(PathBuf::from) {
+        let invoked = if a0.components().count() > 1 {
+            std::path::absolute(&a0).ok()
+        } else {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join(&a0))
+                    .find(|p| p.is_file())
+                    .and_then(|p| std::path::absolute(p).ok())
+            })
+        };
+        // Only a path that is this very binary (a link to it, a hard link, itself).
+        if let (Some(i), Some(c)) = (&invoked, &current) {
+            if same(i, c) {
+                return i.clone();
+            }
+        }
+    }
+    current.unwrap_or_else(|| PathBuf::from(PROGRAM))
+}
+
 /// The command line PostgreSQL runs to call back into walmgr (archive_command,
-/// restore_command): this binary and this ini by absolute path, quoted for sh.
-pub fn self_command(ini: &Path, tail: &str) -> String {
-    let exe = std::env::current_exe()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| PROGRAM.into());
+/// restore_command): walmgr by its [`stable_exe`] path and this ini by absolute path,
+/// quoted for sh.
+pub fn self_command(ini: &Path, walmgr_path: Option<&Path>, tail: &str) -> String {
+    let exe = stable_exe(walmgr_path).to_string_lossy().into_owned();
     // PostgreSQL substitutes every %x in the command, so a literal % is written %%.
     let q = |w: &str| {
         shlex::try_quote(w)
@@ -273,6 +372,14 @@ fn on_store(s: &Settings, cmd: &str, f: impl FnOnce(&StoreSettings) -> Result<()
 fn dispatch(args: &Args, s: &Settings) -> Result<()> {
     let a = &args.args;
     let cmd = args.command.name();
+    if args.targets().any() && args.command != Cmd::Restore {
+        return Err(WalmgrError::Usage(format!(
+            "{cmd}: the --target-* options are for restore"
+        )));
+    }
+    if args.full && args.command != Cmd::Verify {
+        return Err(WalmgrError::Usage(format!("{cmd}: --full is for verify")));
+    }
     match args.command {
         Cmd::Setup => {
             max_args(a, 0, cmd)?;
@@ -331,28 +438,41 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
         Cmd::Restore => {
             max_args(a, 2, cmd)?;
             let set = a.first().map(|n| SetName::parse(n)).transpose()?;
+            let pitr = args.targets().parse()?;
             restore::restore(
                 slave(s, cmd)?,
                 set.as_ref(),
                 a.get(1).map(String::as_str),
                 args.recovery,
+                pitr.as_ref(),
             )
         }
         Cmd::Pause => {
-            max_args(a, 0, cmd)?;
-            control::pause(slave(s, cmd)?)
+            max_args(a, 1, cmd)?;
+            control::pause(slave(s, cmd)?, a.first().map(String::as_str))
         }
         Cmd::Continue => {
-            max_args(a, 0, cmd)?;
-            control::resume(slave(s, cmd)?)
+            max_args(a, 1, cmd)?;
+            control::resume(slave(s, cmd)?, a.first().map(String::as_str))
         }
         Cmd::Boot => {
-            max_args(a, 0, cmd)?;
-            control::boot(slave(s, cmd)?)
+            max_args(a, 1, cmd)?;
+            control::boot(slave(s, cmd)?, a.first().map(String::as_str))
         }
         Cmd::Verify => {
             max_args(a, 0, cmd)?;
-            on_store(s, cmd, verify::verify_command)
+            let full = args.full;
+            match (s.local_store(), s) {
+                (None, Settings::Master(m)) if full => {
+                    let out = m
+                        .remote()
+                        .expect("remote store")
+                        .run(&[cmd, "--full"], &mut std::io::empty())?;
+                    print!("{out}");
+                    Ok(())
+                }
+                _ => on_store(s, cmd, |st| verify::verify_command(st, full)),
+            }
         }
         Cmd::Cleanup => {
             max_args(a, 0, cmd)?;
@@ -435,7 +555,11 @@ mod tests {
     }
     #[test]
     fn percent_signs_in_paths_survive_postgres_substitution() {
-        let c = super::self_command(std::path::Path::new("/etc/wal 100%.ini"), "xarchive %p %f");
+        let c = super::self_command(
+            std::path::Path::new("/etc/wal 100%.ini"),
+            None,
+            "xarchive %p %f",
+        );
         assert!(c.ends_with(" '/etc/wal 100%%.ini' xarchive %p %f"), "{c}");
     }
 }

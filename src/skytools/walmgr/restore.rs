@@ -32,9 +32,9 @@ use std::path::{Component, Path, PathBuf};
 
 use super::backupset::{self, Set, SetName};
 use super::config::{Slave, StoreSettings};
-use super::control::{remove_control, running_postmaster};
+use super::control::{self, running_postmaster};
 use super::error::{check_digest, io_err, Result, WalmgrError};
-use super::store::{self, WalStore};
+use super::pitr::Pitr;
 use crate::digest::HashReader;
 use crate::fsutil::{self, PathError};
 use crate::pg::quote::conf_value;
@@ -271,8 +271,16 @@ struct TsTarget {
     created: bool,
 }
 
-/// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of standby.signal.
-pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bool) -> Result<()> {
+/// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of
+/// standby.signal, as is a recovery target (`pitr`).
+pub fn restore(
+    s: &Slave,
+    set: Option<&SetName>,
+    dst: Option<&str>,
+    recovery: bool,
+    pitr: Option<&Pitr>,
+) -> Result<()> {
+    let recovery = recovery || pitr.is_some();
     let dst = match dst {
         Some(d) => std::path::absolute(d).map_err(io_err("resolve", Path::new(d)))?,
         None => s.require_data()?.to_path_buf(),
@@ -298,11 +306,74 @@ pub fn restore(s: &Slave, set: Option<&SetName>, dst: Option<&str>, recovery: bo
     if let Some(r) = &run_as {
         r.enter()?;
     }
-    let result = restore_into(s, set, dst, recovery, run_as.as_ref());
+    let result = restore_into(s, set, dst, recovery, pitr, run_as.as_ref());
     if let Some(r) = &run_as {
         r.leave()?;
     }
     result
+}
+
+/// The set to restore: the one named, else the newest (that ends before the target).
+fn choose_set<'a>(
+    sets: &'a [Set],
+    name: Option<&SetName>,
+    pitr: Option<&Pitr>,
+    fb: &Path,
+) -> Result<&'a Set> {
+    if let Some(name) = name {
+        let set = sets.iter().find(|x| x.info.set == *name).ok_or_else(|| {
+            WalmgrError::NoBackup(format!(
+                "restore: no backup set {:?} in {}",
+                name.as_str(),
+                fb.display()
+            ))
+        })?;
+        if let Some(p) = pitr {
+            if p.ends_before(&set.info) == Some(false) {
+                return Err(WalmgrError::TargetBeforeSets(format!(
+                    "restore: backup set {} ({}) ends after the recovery target; name an \
+                     older set or a later target",
+                    set.info.set,
+                    p.set_end(&set.info)
+                )));
+            }
+        }
+        return Ok(set);
+    }
+    let newest = sets
+        .last()
+        .ok_or_else(|| WalmgrError::NoBackup(format!("restore: no backups in {}", fb.display())))?;
+    let Some(p) = pitr.filter(|p| p.target.is_some()) else {
+        return Ok(newest);
+    };
+    if !p.comparable() {
+        if matches!(p.target, Some(super::pitr::Target::Time { .. })) {
+            return Err(WalmgrError::Usage(
+                "restore: --target-time without a time zone: walmgr cannot tell which \
+                 backup set ends before it; add a zone (+00, Z) or name the set"
+                    .into(),
+            ));
+        }
+        log::warn!(
+            "restore: the store does not say where an xid or a restore point lies; using \
+             the newest set {} (if PostgreSQL says the target is before the consistent \
+             recovery point, name an older set)",
+            newest.info.set
+        );
+        return Ok(newest);
+    }
+    sets.iter()
+        .rev()
+        .find(|x| p.ends_before(&x.info) == Some(true))
+        .ok_or_else(|| {
+            WalmgrError::TargetBeforeSets(format!(
+                "restore: the recovery target is before the end of every backup set in {} \
+                 (the oldest, {}, {})",
+                fb.display(),
+                sets[0].info.set,
+                p.set_end(&sets[0].info)
+            ))
+        })
 }
 
 fn restore_into(
@@ -310,22 +381,12 @@ fn restore_into(
     set: Option<&SetName>,
     dst: PathBuf,
     recovery: bool,
+    pitr: Option<&Pitr>,
     run_as: Option<&RunAs>,
 ) -> Result<()> {
     let fb = &s.store.paths.full_backup;
     let sets = backupset::list(fb)?;
-    let set = match set {
-        Some(name) => sets.iter().find(|x| x.info.set == *name).ok_or_else(|| {
-            WalmgrError::NoBackup(format!(
-                "restore: no backup set {:?} in {}",
-                name.as_str(),
-                fb.display()
-            ))
-        })?,
-        None => sets.last().ok_or_else(|| {
-            WalmgrError::NoBackup(format!("restore: no backups in {}", fb.display()))
-        })?,
-    };
+    let set = choose_set(&sets, set, pitr, fb)?;
     let is_slave_data = s.slave_data.as_deref() == Some(dst.as_path());
     if running_postmaster(&dst).is_some() && is_slave_data {
         // Skytools' restore stopped the standby with slave_stop_cmd first.
@@ -405,7 +466,7 @@ fn restore_into(
         fs::remove_dir_all(&tmp).map_err(io_err("remove", &tmp))?;
     }
     let r = make_private_dir(&tmp).and_then(|id| {
-        lay_out(s, set, &tmp, &targets, recovery, map_text.as_deref())?;
+        lay_out(s, set, &tmp, &targets, recovery, pitr, map_text.as_deref())?;
         check_private_dir(&tmp, id)
     });
     if let Err(e) = r {
@@ -435,9 +496,6 @@ fn restore_into(
         dst.join("postgresql.auto.conf").display()
     );
 
-    let wal = WalStore::new(&s.store.paths);
-    remove_control(&wal, store::PAUSE)?;
-    remove_control(&wal, store::STOP)?;
     if is_slave_data {
         if let Some(cmd) = &s.slave_start_cmd {
             as_root(run_as, || super::setup::run_shell("slave_start_cmd", cmd))?;
@@ -452,10 +510,10 @@ fn restore_into(
         } else {
             "standby.signal"
         },
-        if recovery {
-            "replay the archive and promote"
-        } else {
-            "run as a standby following the archive"
+        match (recovery, pitr) {
+            (true, Some(p)) => p.describe(),
+            (true, None) => "replay the archive and promote".into(),
+            (false, _) => "run as a standby following the archive".into(),
         }
     );
     Ok(())
@@ -510,6 +568,7 @@ fn lay_out(
     tmp: &Path,
     targets: &[TsTarget],
     recovery: bool,
+    pitr: Option<&Pitr>,
     map: Option<&str>,
 ) -> Result<()> {
     for t in targets {
@@ -546,6 +605,10 @@ fn lay_out(
     };
     // A backup of a standby carries its signal file; only the one asked for may remain.
     let _ = fs::remove_file(tmp.join(other));
+    // A backup of a paused or booted copy carries its controls: this one starts clean.
+    for c in [control::PAUSE, control::STOP] {
+        let _ = fs::remove_file(tmp.join(c));
+    }
     fs::write(tmp.join(signal), b"").map_err(io_err("write", &tmp.join(signal)))?;
 
     let auto = tmp.join("postgresql.auto.conf");
@@ -558,7 +621,11 @@ fn lay_out(
     let pg_major = crate::pg::cluster::data_version(tmp)
         .map(|v| v.major())
         .unwrap_or(15);
-    f.write_all(recovery_settings(s, &set.info.set, recovery, pg_major)?.as_bytes())
+    let mut settings = recovery_settings(s, &set.info.set, recovery, pg_major)?;
+    if let Some(p) = pitr {
+        settings.push_str(&p.settings()?);
+    }
+    f.write_all(settings.as_bytes())
         .map_err(io_err("write", &auto))?;
     drop(f);
 
@@ -575,7 +642,7 @@ fn lay_out(
 fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) -> Result<String> {
     let restore_command = match &s.restore_command {
         Some(c) => c.clone(),
-        None => super::self_command(&s.ini, "xrestore %f %p %r"),
+        None => super::self_command(&s.ini, s.walmgr_path.as_deref(), "xrestore %f %p %r"),
     };
     let quote = |key: &str, v: &str| {
         conf_value(v).map_err(|e| {
@@ -796,6 +863,7 @@ mod tests {
         fs::write(src.join("base/1/1259"), vec![4u8; 50_000]).unwrap();
         fs::write(src.join("postgresql.auto.conf"), "archive_command = 'x'\n").unwrap();
         fs::write(src.join("standby.signal"), "").unwrap();
+        fs::write(src.join(control::PAUSE), "").unwrap();
         fs::create_dir_all(ts.join("PG_15_1/5")).unwrap();
         fs::write(ts.join("PG_15_1/5/16385"), b"tablespace data").unwrap();
         fs::create_dir_all(src.join("pg_tblspc")).unwrap();
@@ -874,10 +942,7 @@ mod tests {
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();
         fs::write(data.join("old"), "old").unwrap();
-        fs::create_dir_all(&s.store.paths.completed_wals).unwrap();
-        fs::write(s.store.paths.completed_wals.join("STOP"), "").unwrap();
-
-        restore(&s, None, None, true).unwrap();
+        restore(&s, None, None, true, None).unwrap();
         assert_eq!(
             fs::read(data.join("base/1/1259")).unwrap(),
             vec![4u8; 50_000]
@@ -931,7 +996,10 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(!s.store.paths.completed_wals.join("STOP").exists());
+        assert!(
+            !data.join(control::PAUSE).exists(),
+            "controls are not restored"
+        );
         let aside: Vec<_> = fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -950,6 +1018,7 @@ mod tests {
             Some(&set),
             Some(root.join("d2").to_str().unwrap()),
             false,
+            None,
         )
         .unwrap_err();
         assert!(
@@ -970,7 +1039,7 @@ mod tests {
                 root.display()
             ),
         );
-        assert!(restore(&s, None, None, false)
+        assert!(restore(&s, None, None, false, None)
             .unwrap_err()
             .to_string()
             .contains("no backups"));
@@ -983,6 +1052,7 @@ mod tests {
             Some(&SetName::parse("20261122T200000Z-9").unwrap()),
             None,
             false,
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("20261122T200000Z-9"), "{e}");
@@ -991,7 +1061,7 @@ mod tests {
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();
         fs::write(data.join("x"), "x").unwrap();
-        let e = restore(&s, None, None, false).unwrap_err();
+        let e = restore(&s, None, None, false, None).unwrap_err();
         assert!(e.to_string().contains("backup_datadir"), "{e}");
 
         // Flip a byte in the stored file: nothing may appear at the destination.
@@ -1001,7 +1071,7 @@ mod tests {
         b[mid] ^= 0x55;
         fs::write(&base, &b).unwrap();
         let dst = root.join("fresh");
-        let e = restore(&s, None, Some(dst.to_str().unwrap()), false).unwrap_err();
+        let e = restore(&s, None, Some(dst.to_str().unwrap()), false, None).unwrap_err();
         assert!(e.to_string().contains("base.tar.gz"), "{e}");
         assert!(!dst.exists() && !root.join("fresh.tmp-restore").exists());
         // The tablespace went back to its original path, which the failure emptied again.
@@ -1044,14 +1114,18 @@ mod tests {
         let victim = root.join("etc-cron.d");
 
         // The original path is outside tablespace_roots: refused, nothing created.
-        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        let e = restore(&s, None, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("tablespace 16400") && e.contains("not under tablespace_roots"),
             "{e}"
         );
         // A map pointing elsewhere, its sha256 in backup.json rewritten to match.
         tamper_map(&s, &set, &format!("16400 {}\n", victim.display()), true);
-        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        let e = restore(&s, None, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not under tablespace_roots"), "{e}");
         // '..' out of an allowed root is outside too.
         tamper_map(
@@ -1060,7 +1134,9 @@ mod tests {
             &format!("16400 {}/../etc-cron.d\n", allowed.display()),
             true,
         );
-        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        let e = restore(&s, None, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not under tablespace_roots"), "{e}");
         assert!(!victim.exists() && !data.exists());
         // A map that does not match backup.json's sha256: refused.
@@ -1070,13 +1146,17 @@ mod tests {
             &format!("16400 {}/ts\n", allowed.display()),
             false,
         );
-        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        let e = restore(&s, None, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tablespace_map") && e.contains("sha256"), "{e}");
         assert!(!allowed.exists() && !data.exists());
         // Inside the roots and matching backup.json, but not the tar's copy: refused,
         // and what was made for it removed again.
         tamper_map(&s, &set, &format!("16400 {}/ts\n", allowed.display()), true);
-        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        let e = restore(&s, None, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("differs from the set's"), "{e}");
         assert!(!allowed.join("ts").exists() && !data.exists());
         assert!(!root.join("data.tmp-restore").exists());
@@ -1102,7 +1182,9 @@ mod tests {
             serde_json::to_vec(&info).unwrap(),
         )
         .unwrap();
-        let e = restore(&s, None, None, false).unwrap_err().to_string();
+        let e = restore(&s, None, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("records no tablespaces"), "{e}");
     }
 
@@ -1118,7 +1200,7 @@ mod tests {
         let victim = root.join("victim");
         fs::create_dir(&victim).unwrap();
         std::os::unix::fs::symlink(&victim, root.join("data.tmp-restore")).unwrap();
-        restore(&s, None, None, false).unwrap();
+        restore(&s, None, None, false, None).unwrap();
         assert!(root.join("data/base/1/1259").is_file());
         assert_eq!(
             fs::read_dir(&victim).unwrap().count(),
@@ -1133,6 +1215,7 @@ mod tests {
                 None,
                 Some(root.join("alias/d3").to_str().unwrap()),
                 false,
+                None,
             )
             .unwrap_err()
             .to_string();

@@ -12,7 +12,7 @@ use crate::pg::quote;
 
 /// The archive_command walmgr installs: this binary, this ini, absolute.
 pub fn archive_command(m: &Master) -> String {
-    super::self_command(&m.ini, "xarchive %p %f")
+    super::self_command(&m.ini, m.walmgr_path.as_deref(), "xarchive %p %f")
 }
 
 /// Create the store's directories (the side that holds the store).

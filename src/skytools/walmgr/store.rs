@@ -20,8 +20,6 @@ use crate::digest::{HashReader, HashWriter};
 use crate::fsutil::{self, TEMP_PREFIX};
 
 pub const META_EXT: &str = ".meta";
-pub const PAUSE: &str = "PAUSE";
-pub const STOP: &str = "STOP";
 
 /// What the store records beside each stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,10 +103,6 @@ impl WalStore {
 
     pub fn meta_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}{META_EXT}"))
-    }
-
-    pub fn control_path(&self, which: &str) -> PathBuf {
-        self.dir.join(which)
     }
 
     /// The committed meta of `name`, if it is stored. A meta whose data file is missing or

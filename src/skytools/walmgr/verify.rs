@@ -1,12 +1,25 @@
-//! `verify` (every stored file's checksums, gaps in the segment sequence) and `cleanup`.
+//! `verify` (every stored file's checksums, every base backup's stored file, gaps in
+//! the segment sequence) and `cleanup`.
+//!
+//! Incremental: what verify has checked is recorded in `<store>/verify-state.json`
+//! (per segment and set: the sha256 its meta or backup.json records, and the stored
+//! file's size and mtime when it was read). By default a file whose recorded sha256,
+//! size and mtime are all unchanged is trusted without being read again; anything new
+//! or changed is read. `--full` reads everything (a bit flipped in place, size and
+//! mtime kept, is caught only then) and records the result afresh.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use super::backupset;
 use super::config::StoreSettings;
-use super::error::{Result, WalmgrError};
+use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::store::WalStore;
 use super::walname::{Kind, WalName};
+use crate::digest::HashWriter;
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -15,11 +28,125 @@ pub struct Report {
     pub problems: Vec<String>,
     pub first: Option<String>,
     pub last: Option<String>,
+    /// Segments and sets read in this run / trusted from the state file.
+    pub read: usize,
+    pub trusted: usize,
+    pub sets: usize,
 }
 
-pub fn verify(st: &StoreSettings) -> Result<Report> {
+pub const STATE: &str = "verify-state.json";
+
+/// One checked file, as verify-state.json records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Seen {
+    sha256: String,
+    size: u64,
+    mtime_ns: i128,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// Segment (and other archived file) names, and `set:<name>` for base backups.
+    files: BTreeMap<String, Seen>,
+}
+
+fn state_path(st: &StoreSettings) -> PathBuf {
+    st.paths.root.join(STATE)
+}
+
+fn load_state(p: &Path) -> State {
+    match std::fs::read(p) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            log::warn!("{}: unreadable ({e}); reading every file", p.display());
+            State::default()
+        }),
+        Err(_) => State::default(),
+    }
+}
+
+/// The file as it is now, for the recorded sha256.
+fn seen(path: &Path, sha256: &str) -> Option<Seen> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Seen {
+        sha256: sha256.to_string(),
+        size: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+/// Read a set's stored file and check it against backup.json.
+fn check_set(set: &backupset::Set) -> Result<()> {
+    let p = set.dir.join(&set.info.file);
+    let mut f = backupset::open_base(set)?;
+    let mut w = HashWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut w).map_err(io_err("read", &p))?;
+    let (sha, n, _) = w.finish();
+    check_digest(
+        &p,
+        "stored file",
+        (&sha, n),
+        "backup.json",
+        (&set.info.stored_sha256, set.info.stored_size),
+    )
+}
+
+/// Which files this run read or trusted, and what the state file will say.
+struct Incremental {
+    old: State,
+    new: State,
+    read: usize,
+    trusted: usize,
+}
+
+impl Incremental {
+    /// Trusted when recorded with this sha256, size and mtime; else read with `check`.
+    fn visit(
+        &mut self,
+        key: String,
+        path: &Path,
+        sha: &str,
+        check: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let now = seen(path, sha);
+        if let (Some(n), Some(o)) = (&now, self.old.files.get(&key)) {
+            if n == o {
+                self.trusted += 1;
+                self.new.files.insert(key, n.clone());
+                return Ok(());
+            }
+        }
+        check()?;
+        log::debug!("verify: read {}", path.display());
+        self.read += 1;
+        if let Some(n) = now {
+            self.new.files.insert(key, n);
+        }
+        Ok(())
+    }
+}
+
+pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
     let store = WalStore::new(&st.paths);
     let mut r = Report::default();
+    let state_file = state_path(st);
+    let mut inc = Incremental {
+        old: if full {
+            State::default()
+        } else {
+            load_state(&state_file)
+        },
+        new: State::default(),
+        read: 0,
+        trusted: 0,
+    };
+    for set in backupset::list(&st.paths.full_backup)? {
+        let p = set.dir.join(&set.info.file);
+        let key = format!("set:{}", set.info.set);
+        match inc.visit(key, &p, &set.info.stored_sha256, || check_set(&set)) {
+            Ok(()) => r.sets += 1,
+            Err(e) => r.problems.push(e.to_string()),
+        }
+    }
     // segno → seen, per segment size (a store serves one cluster, so one size).
     let mut segnos = BTreeSet::new();
     let mut seg_size = None;
@@ -45,7 +172,11 @@ pub fn verify(st: &StoreSettings) -> Result<Report> {
                 continue;
             }
         };
-        if let Err(e) = store.read_verified(&meta, &mut std::io::sink()) {
+        let dp = store.data_path(&name, meta.compression);
+        let checked = inc.visit(name.clone(), &dp, &meta.stored_sha256, || {
+            store.read_verified(&meta, &mut std::io::sink())
+        });
+        if let Err(e) = checked {
             r.problems.push(e.to_string());
             continue;
         }
@@ -89,12 +220,17 @@ pub fn verify(st: &StoreSettings) -> Result<Report> {
             }
         }
     }
+    (r.read, r.trusted) = (inc.read, inc.trusted);
+    let json = serde_json::to_vec_pretty(&inc.new).expect("state serializes");
+    if let Err(e) = crate::fsutil::write_atomic(&state_file, &json, 0o600) {
+        log::warn!("{e}: the next verify reads every file again");
+    }
     Ok(r)
 }
 
 /// Run verify and print its report; an error when anything is wrong.
-pub fn verify_command(st: &StoreSettings) -> Result<()> {
-    let r = verify(st)?;
+pub fn verify_command(st: &StoreSettings, full: bool) -> Result<()> {
+    let r = verify(st, full)?;
     for p in &r.problems {
         eprintln!("walmgr: verify: {p}");
     }
@@ -103,6 +239,14 @@ pub fn verify_command(st: &StoreSettings) -> Result<()> {
         _ => String::new(),
     };
     println!("{} files, {} bytes verified{range}", r.files, r.bytes);
+    println!(
+        "{} base backup set(s); read {} file(s), {} unchanged since the last verify \
+         (same sha256, size and mtime: not read again{})",
+        r.sets,
+        r.read,
+        r.trusted,
+        if full { "" } else { "; --full reads them" }
+    );
     let legacy = WalStore::new(&st.paths).list_legacy()?;
     if let (Some(a), Some(b)) = (legacy.first(), legacy.last()) {
         println!(

@@ -2,12 +2,15 @@
 //! poll observes the store and the control files, [`decide`] says what to do, and the
 //! loop only performs it. In standby mode a missing segment is waited for (Skytools'
 //! behaviour); `PAUSE` holds replay; `STOP` ends the wait (delivering a partial segment
-//! when there is one) so recovery can finish.
+//! when there is one) so recovery can finish. Both are files in the data directory
+//! being recovered (the working directory PostgreSQL runs restore_command in; see
+//! [`super::control`]), never in the store several recoveries share.
 
 use std::path::Path;
 
 use super::backupset;
 use super::config::StoreSettings;
+use super::control;
 use super::error::{Result, WalmgrError};
 use super::store::{self, WalStore};
 use super::walname::{Kind, WalName};
@@ -94,6 +97,16 @@ pub fn xrestore(
     // restore_command runs in the data directory.
     let standby = Path::new("standby.signal").exists();
     let mut last_reason = "";
+    for old in ["PAUSE", "STOP"] {
+        let p = store.dir.join(old);
+        if p.exists() {
+            log::warn!(
+                "{}: ignored (PAUSE and STOP now belong to the data directory: \
+                 `walmgr <ini> pause|continue|boot [<data dir>]`); remove it",
+                p.display()
+            );
+        }
+    }
     loop {
         let meta = store.lookup(name)?;
         let legacy = if meta.is_none() {
@@ -102,7 +115,7 @@ pub fn xrestore(
             None
         };
         let found = meta.is_some() || legacy.is_some();
-        let stop = store.control_path(store::STOP).exists();
+        let stop = Path::new(control::STOP).exists();
         let partial = if stop && !found {
             partial_source(&store, name)?
         } else {
@@ -112,7 +125,7 @@ pub fn xrestore(
             stored: found,
             partial: partial.is_some(),
             stop,
-            pause: store.control_path(store::PAUSE).exists(),
+            pause: Path::new(control::PAUSE).exists(),
             standby,
             history: wal.kind == Kind::History,
         };
