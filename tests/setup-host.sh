@@ -25,6 +25,9 @@ packages=(
     # (tmpfs), sha256sum/dd; PostgreSQL 15 binaries (initdb, pg_ctl, pgbench) come with
     # postgresql-15 / postgresql-contrib above.
     openssh-server openssh-client coreutils
+    # tests/amqp_tls.rs: openssl makes the CA and certificates of a private RabbitMQ TLS
+    # node; ca-certificates fills the system store (/etc/ssl/certs) amqps:// defaults to.
+    openssl ca-certificates
 )
 missing=()
 for p in "${packages[@]}"; do

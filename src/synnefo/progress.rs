@@ -129,6 +129,9 @@ pub fn run(args: &Args, mut input: impl Read) -> anyhow::Result<ExitCode> {
         Duration::from_secs(10),
         Duration::from_millis(100)..=Duration::from_secs(600),
     )?;
+    if let Some(w) = g.tls_warning() {
+        eprintln!("{PROGRAM}: warning: {w}");
+    }
     let routing_key = format!("ganeti.{}.event.progress", prefix(&args.instance));
     let spool = Spool::open(&g.spool_dir, g.spool_max_bytes)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
