@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: check deps lint test e2e build release deb e2e-deb bench clean
+.PHONY: check deps lint test e2e build release deb e2e-deb bench fuzz clean
 
 check: deps lint test e2e
 
@@ -13,6 +13,7 @@ deps:
 
 lint:
 	$(CARGO) fmt --check
+	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 test:
@@ -46,6 +47,10 @@ bench:
 	bash bench/walmgr.sh
 	$(CARGO) build --release --locked --bin calink
 	bash bench/calink.sh
+
+# cargo fuzz: every target FUZZ_SECS (default 60) seconds; not part of check.
+fuzz:
+	bash bench/fuzz.sh
 
 clean:
 	$(CARGO) clean

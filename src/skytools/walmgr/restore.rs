@@ -60,7 +60,7 @@ pub fn listbackups(st: &StoreSettings) -> Result<()> {
 }
 
 /// tablespace_map: `<oid> <path>` per line (the path may contain spaces).
-fn parse_tablespace_map(text: &str, path: &Path) -> Result<Vec<(u32, PathBuf)>> {
+pub fn parse_tablespace_map(text: &str, path: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let mut v = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let parsed = line
@@ -88,10 +88,22 @@ fn is_empty_dir(p: &Path) -> Result<Option<bool>> {
 }
 
 /// A tablespace's destination and whether this restore created it (for the cleanup).
-struct TsTarget {
+/// Where a restore puts one tablespace's files.
+pub struct TsTarget {
     oid: u32,
     dir: PathBuf,
     created: bool,
+}
+
+impl TsTarget {
+    /// Tablespace `oid` restored into `dir` (an existing directory).
+    pub fn new(oid: u32, dir: PathBuf) -> TsTarget {
+        TsTarget {
+            oid,
+            dir,
+            created: false,
+        }
+    }
 }
 
 /// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of standby.signal.
@@ -396,17 +408,7 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
             .decoder(&mut stored)
             .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
         let raw = HashReader::new(dec);
-        let mut a = tar::Archive::new(raw);
-        // Plain modes only: no setuid/setgid bits from a tar whoever can write the store made.
-        a.set_preserve_permissions(false);
-        a.set_preserve_mtime(true);
-        a.set_overwrite(true);
-        a.set_unpack_xattrs(false);
-        for e in a.entries().map_err(|e| corrupt(e.to_string()))? {
-            let mut e = e.map_err(|e| corrupt(e.to_string()))?;
-            unpack_entry(&mut e, tmp, targets).map_err(corrupt)?;
-        }
-        let mut raw = a.into_inner();
+        let mut raw = unpack_tar(raw, tmp, targets).map_err(corrupt)?;
         io::copy(&mut raw, &mut io::sink())
             .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
         raw.finish()
@@ -428,6 +430,27 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget]) -> Result<()> {
         "backup.json",
         (&i.sha256, i.size),
     )
+}
+
+/// Unpack a base backup's (uncompressed) tar stream into `tmp`, each tablespace's
+/// `pg_tblspc/<oid>/...` entries into its target: no entry outside, no links, plain
+/// modes. Returns the reader, positioned after the tar's end-of-archive blocks.
+pub fn unpack_tar<R: Read>(
+    raw: R,
+    tmp: &Path,
+    targets: &[TsTarget],
+) -> std::result::Result<R, String> {
+    let mut a = tar::Archive::new(raw);
+    // Plain modes only: no setuid/setgid bits from a tar whoever can write the store made.
+    a.set_preserve_permissions(false);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    a.set_unpack_xattrs(false);
+    for e in a.entries().map_err(|e| e.to_string())? {
+        let mut e = e.map_err(|e| e.to_string())?;
+        unpack_entry(&mut e, tmp, targets)?;
+    }
+    Ok(a.into_inner())
 }
 
 fn unpack_entry<R: Read>(
