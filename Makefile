@@ -4,17 +4,21 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: check deps lint test e2e build release deb e2e-deb bench fuzz clean
+.PHONY: check deps lint deny test e2e build release deb e2e-deb bench fuzz clean
 
 check: deps lint test e2e
 
 deps:
 	bash tests/setup-host.sh
 
-lint:
+lint: deny
 	$(CARGO) fmt --check
 	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+# cargo deny, offline against the RustSec snapshot in ../shared (see deny.toml).
+deny:
+	bash tests/deny.sh
 
 test:
 	$(CARGO) test --locked

@@ -65,6 +65,13 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
 fi
 say "PostgreSQL and RabbitMQ are up"
 
+# make lint runs cargo deny (tests/deny.sh). Not packaged by Debian: cargo install, which
+# compiles for several minutes on a fresh host; skipped when ~/.cargo/bin has it.
+if ! cargo deny --version >/dev/null 2>&1; then
+    say "installing cargo-deny (cargo install, a few minutes)"
+    cargo install cargo-deny --locked
+fi
+
 # tests/walmgr/ starts a private sshd (tests/common/sshd.rs) (never the system one); sshd needs its
 # privilege-separation directory, which only the ssh service creates at boot.
 if [ ! -d /run/sshd ]; then
