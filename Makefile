@@ -4,16 +4,21 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: check deps lint test e2e build release deb e2e-deb bench clean
+.PHONY: check deps lint deny test e2e build release deb e2e-deb bench fuzz clean
 
 check: deps lint test e2e
 
 deps:
 	bash tests/setup-host.sh
 
-lint:
+lint: deny
 	$(CARGO) fmt --check
+	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+# cargo deny, offline against the RustSec snapshot in ../shared (see deny.toml).
+deny:
+	bash tests/deny.sh
 
 test:
 	$(CARGO) test --locked
@@ -46,6 +51,10 @@ bench:
 	bash bench/walmgr.sh
 	$(CARGO) build --release --locked --bin calink
 	bash bench/calink.sh
+
+# cargo fuzz: every target FUZZ_SECS (default 60) seconds; not part of check.
+fuzz:
+	bash bench/fuzz.sh
 
 clean:
 	$(CARGO) clean

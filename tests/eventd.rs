@@ -598,7 +598,7 @@ fn bad_startup_input_is_one_line_and_non_zero() {
     assert_eq!(code, 1);
     assert_eq!(
         one_line(&err),
-        "snf-ganeti-eventd: --amqp: bad AMQP URL http://broker/: must start with amqp://"
+        "snf-ganeti-eventd: --amqp: bad AMQP URL http://broker/: must start with amqp:// or amqps://"
     );
 
     let mut c = Command::new(env!("CARGO_BIN_EXE_snf-ganeti-eventd"));

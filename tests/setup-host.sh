@@ -25,6 +25,9 @@ packages=(
     # (tmpfs), sha256sum/dd; PostgreSQL 15 binaries (initdb, pg_ctl, pgbench) come with
     # postgresql-15 / postgresql-contrib above.
     openssh-server openssh-client coreutils
+    # tests/amqp_tls.rs: openssl makes the CA and certificates of a private RabbitMQ TLS
+    # node; ca-certificates fills the system store (/etc/ssl/certs) amqps:// defaults to.
+    openssl ca-certificates
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -61,6 +64,13 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
     rabbitmqctl -q await_startup
 fi
 say "PostgreSQL and RabbitMQ are up"
+
+# make lint runs cargo deny (tests/deny.sh). Not packaged by Debian: cargo install, which
+# compiles for several minutes on a fresh host; skipped when ~/.cargo/bin has it.
+if ! cargo deny --version >/dev/null 2>&1; then
+    say "installing cargo-deny (cargo install, a few minutes)"
+    cargo install cargo-deny --locked
+fi
 
 # tests/walmgr/ starts a private sshd (tests/common/sshd.rs) (never the system one); sshd needs its
 # privilege-separation directory, which only the ssh service creates at boot.

@@ -5,19 +5,27 @@
 //! and tagged `application/json`.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::PublisherConfirm;
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{AsyncTcpStream, PublisherConfirm};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use super::tls::{is_tls_failure, Tls};
 use super::{redact, Message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("no broker reachable ({0})")]
     Unreachable(String),
+    /// A TLS handshake failed (certificate not trusted, name mismatch, client
+    /// certificate refused): a configuration error, not a broker that is down.
+    #[error("TLS with the broker failed, check the broker's certificate and amqp_tls_* ({0})")]
+    Tls(String),
     #[error("broker {url}: {op}: {reason}")]
     Failed {
         url: String,
@@ -39,6 +47,74 @@ pub struct BrokerConfig {
     pub urls: Vec<String>,
     /// Per connection attempt (TCP + AMQP handshake).
     pub connect_timeout: Duration,
+    /// For `amqps://` URLs; None when no URL needs it.
+    pub tls: Option<Tls>,
+}
+
+/// Why one URL could not be opened.
+struct OpenError {
+    tls: bool,
+    reason: String,
+}
+
+/// Open an AMQP connection; `amqps://` runs TLS with `tls` (which validation made sure
+/// exists for such a URL).
+async fn connect(url: &str, tls: Option<&Tls>) -> Result<Connection, OpenError> {
+    let failed = |e: lapin::Error| OpenError {
+        tls: is_tls_failure(&e),
+        reason: format!("connect: {e}"),
+    };
+    let uri: AMQPUri = url.parse().map_err(|e: String| OpenError {
+        tls: false,
+        reason: e,
+    })?;
+    let props = ConnectionProperties::default();
+    if uri.scheme == AMQPScheme::AMQP {
+        return Connection::connect_uri(uri, props).await.map_err(failed);
+    }
+    let Some(tls) = tls else {
+        return Err(OpenError {
+            tls: true,
+            reason: "amqps:// without TLS settings".into(),
+        });
+    };
+    let connector = tls.connector().clone();
+    let handshake_done = Arc::new(AtomicBool::new(false));
+    let done = handshake_done.clone();
+    let runtime = lapin::runtime::default_runtime().map_err(failed)?;
+    let result = Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let host = uri.authority.host.clone();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), uri.authority.port))
+                    .await?
+                    .collect();
+            let plain = AsyncTcpStream::connect(&runtime, addrs).await?;
+            let stream = plain.into_rustls(&connector, &host).await?;
+            done.store(true, Ordering::SeqCst);
+            Ok(stream)
+        },
+        props,
+    )
+    .await;
+    result.map_err(|e| {
+        let mut err = failed(e.clone());
+        // With TLS 1.3 the client's side of the handshake is complete before the broker
+        // has checked the client certificate; its refusal (an alert, then a close)
+        // often reaches lapin as a reset connection instead of the alert.
+        if !err.tls
+            && handshake_done.load(Ordering::SeqCst)
+            && matches!(e.kind(), lapin::ErrorKind::IOError(_))
+        {
+            err.tls = true;
+            err.reason += " (the broker closed the connection right after the TLS handshake: \
+                            does it require a client certificate, amqp_tls_cert_file, or \
+                            refuse this one?)";
+        }
+        err
+    })
 }
 
 /// A lazily (re)connected publishing channel.
@@ -58,14 +134,15 @@ impl Broker {
         }
     }
 
-    /// Replace the URL list (SIGHUP); the current connection is kept if its URL stays.
-    pub fn set_urls(&mut self, urls: Vec<String>) {
+    /// Replace the settings (SIGHUP); the current connection is kept if its URL stays
+    /// and the TLS settings did not change.
+    pub fn set_config(&mut self, cfg: BrokerConfig) {
         if let Some(l) = &self.live {
-            if !urls.contains(&l.url) {
+            if !cfg.urls.contains(&l.url) || cfg.tls != self.cfg.tls {
                 self.reset();
             }
         }
-        self.cfg.urls = urls;
+        self.cfg = cfg;
         self.next = 0;
     }
 
@@ -97,23 +174,27 @@ impl Broker {
         }
     }
 
-    async fn open(url: &str, timeout: Duration) -> Result<Live, String> {
+    async fn open(url: &str, tls: Option<&Tls>, timeout: Duration) -> Result<Live, OpenError> {
         let work = async {
-            let conn = Connection::connect(url, ConnectionProperties::default())
-                .await
-                .map_err(|e| match super::empty_vhost_hint(url) {
-                    Some(hint) => format!("connect: {e} ({hint})"),
-                    None => format!("connect: {e}"),
-                })?;
+            let failed = |op: &str, e: lapin::Error| OpenError {
+                tls: is_tls_failure(&e),
+                reason: format!("{op}: {e}"),
+            };
+            let conn = connect(url, tls).await.map_err(|mut e| {
+                if let Some(hint) = super::empty_vhost_hint(url) {
+                    e.reason = format!("{} ({hint})", e.reason);
+                }
+                e
+            })?;
             let channel = conn
                 .create_channel()
                 .await
-                .map_err(|e| format!("open channel: {e}"))?;
+                .map_err(|e| failed("open channel", e))?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
-                .map_err(|e| format!("enable confirms: {e}"))?;
-            Ok::<_, String>(Live {
+                .map_err(|e| failed("enable confirms", e))?;
+            Ok::<_, OpenError>(Live {
                 url: url.to_string(),
                 conn,
                 channel,
@@ -122,7 +203,10 @@ impl Broker {
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(OpenError {
+                tls: false,
+                reason: format!("no answer within {timeout:?}"),
+            }),
         }
     }
 
@@ -151,20 +235,27 @@ impl Broker {
         self.reset();
         let n = self.cfg.urls.len();
         let mut errors = Vec::new();
+        let mut tls_failed = false;
         for i in 0..n {
             let idx = (self.next + i) % n;
             let url = self.cfg.urls[idx].clone();
-            match Broker::open(&url, self.cfg.connect_timeout).await {
+            match Broker::open(&url, self.cfg.tls.as_ref(), self.cfg.connect_timeout).await {
                 Ok(live) => {
                     log::info!("connected to AMQP broker {}", redact(&url));
                     self.next = idx;
                     self.live = Some(live);
                     return Ok(());
                 }
-                Err(e) => errors.push(format!("{}: {e}", redact(&url))),
+                Err(e) => {
+                    tls_failed |= e.tls;
+                    errors.push(format!("{}: {}", redact(&url), e.reason));
+                }
             }
         }
         self.next = (self.next + 1) % n.max(1);
+        if tls_failed {
+            return Err(BrokerError::Tls(errors.join("; ")));
+        }
         Err(BrokerError::Unreachable(errors.join("; ")))
     }
 

@@ -5,6 +5,10 @@
 //! failure or timeout, every unconfirmed message and every later one goes to the
 //! durable spool instead, in order, for snf-ganeti-eventd to deliver; a message whose
 //! confirm was lost may then arrive twice, never out of order.
+//!
+//! A TLS failure (certificate not trusted, client certificate refused) is spooled the
+//! same way, so nothing is lost, but [`Direct::finish`] then fails: it is a
+//! configuration error the operator must see, not a broker that is briefly away.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 
-use super::broker::{Broker, BrokerConfig};
+use super::broker::{Broker, BrokerConfig, BrokerError};
 use super::spool::{Spool, SpoolError};
 use super::Message;
 
@@ -28,6 +32,8 @@ const BATCH_BYTES: usize = 1 << 20;
 pub enum DirectError {
     #[error("cannot spool message after the broker failed ({broker}): {spool}")]
     Spool { broker: String, spool: SpoolError },
+    #[error("{why}; {spooled} message(s) spooled for snf-ganeti-eventd, which needs the same fix")]
+    Tls { why: String, spooled: usize },
 }
 
 /// What happened to the messages.
@@ -47,6 +53,8 @@ pub struct Direct {
     /// Messages to spool as the next entry, and their body bytes.
     pending: Vec<Message>,
     pending_bytes: usize,
+    /// Set when the failure was TLS: `finish` reports it.
+    tls_failed: Option<String>,
     outcome: Outcome,
 }
 
@@ -60,6 +68,7 @@ impl Direct {
             failed: None,
             pending: Vec::new(),
             pending_bytes: 0,
+            tls_failed: None,
             outcome: Outcome::default(),
         }
     }
@@ -88,7 +97,12 @@ impl Direct {
                     self.inflight.push_back((msg, confirm));
                     return Ok(());
                 }
-                Ok(Err(e)) => self.fail(e.to_string()),
+                Ok(Err(e)) => {
+                    if matches!(e, BrokerError::Tls(_)) {
+                        self.tls_failed = Some(e.to_string());
+                    }
+                    self.fail(e.to_string())
+                }
                 Err(_) => self.fail("no answer in time".into()),
             }
         }
@@ -166,6 +180,12 @@ impl Direct {
         }
         if self.failed.is_none() {
             self.broker.close().await;
+        }
+        if let Some(why) = self.tls_failed {
+            return Err(DirectError::Tls {
+                why,
+                spooled: self.outcome.spooled,
+            });
         }
         Ok(self.outcome)
     }

@@ -54,8 +54,8 @@ pub enum DrainCommand {
     /// over in memory so the entry need not be read back; the file stays the durable
     /// copy).
     Added(String, Vec<Message>),
-    /// New broker URL list (configuration reload).
-    SetUrls(Vec<String>),
+    /// New broker URLs and TLS settings (configuration reload).
+    SetBroker(super::broker::BrokerConfig),
 }
 
 /// Counters other parts of the daemon (and tests) can read.
@@ -145,7 +145,7 @@ impl Drain {
                 });
                 self.names.insert(name);
             }
-            DrainCommand::SetUrls(urls) => self.broker.set_urls(urls),
+            DrainCommand::SetBroker(cfg) => self.broker.set_config(cfg),
         }
     }
 
@@ -285,8 +285,10 @@ impl Drain {
         self.rescan();
         // Connect now rather than on the first message, so the first event after a
         // quiet start is not delayed by the handshake (failure is retried below).
-        if let Err(e) = self.broker.connect().await {
-            log::warn!("AMQP: {e}");
+        match self.broker.connect().await {
+            Err(e @ super::broker::BrokerError::Tls(_)) => log::error!("AMQP: {e}"),
+            Err(e) => log::warn!("AMQP: {e}"),
+            Ok(()) => {}
         }
         let mut tick = tokio::time::interval(self.cfg.rescan_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,6 +316,10 @@ impl Drain {
                         });
                     }
                     Err(e) => {
+                        if matches!(e, super::broker::BrokerError::Tls(_)) {
+                            // A configuration error, not an outage: say so at every retry.
+                            log::error!("AMQP: {e}");
+                        }
                         wait = Some(self.mark_down(&e.to_string()));
                         break;
                     }

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod direct;
 pub mod drain;
 pub mod spool;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -91,13 +92,8 @@ pub fn validate_url(url: &str) -> Result<(), UrlError> {
         url: redact(url),
         reason: reason.to_string(),
     };
-    if url.starts_with("amqps://") {
-        return Err(err(
-            "amqps:// (TLS) is not supported by this build; use amqp://",
-        ));
-    }
-    if !url.starts_with("amqp://") {
-        return Err(err("must start with amqp://"));
+    if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+        return Err(err("must start with amqp:// or amqps://"));
     }
     url.parse::<lapin::uri::AMQPUri>()
         .map(|_| ())
@@ -144,8 +140,14 @@ mod tests {
         validate_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
         validate_url("amqp://localhost").unwrap();
         let e = validate_url("http://x").unwrap_err().to_string();
-        assert_eq!(e, "bad AMQP URL http://x: must start with amqp://");
-        let e = validate_url("amqps://u:secret@h/").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "bad AMQP URL http://x: must start with amqp:// or amqps://"
+        );
+        validate_url("amqps://u:secret@h/%2f").unwrap();
+        let e = validate_url("amqps://u:secret@h:x/")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
         assert!(validate_url("amqp://h:notaport/").is_err());
         assert_eq!(redact("amqp://u:pw@h:1/v"), "amqp://u:***@h:1/v");

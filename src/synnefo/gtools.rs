@@ -7,6 +7,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::amqp::tls::{Tls, TlsSettings};
 use crate::amqp::{self, broker::BrokerConfig};
 use crate::config::{Config, ConfigError};
 use crate::logging::Target;
@@ -28,6 +29,10 @@ pub const KEYS: &[&str] = &[
     "node_name",
     "amqp_connect_timeout",
     "amqp_confirm_timeout",
+    "amqp_tls_ca_file",
+    "amqp_tls_cert_file",
+    "amqp_tls_key_file",
+    "amqp_tls_verify",
 ];
 
 /// Keys every program section accepts for its logging.
@@ -74,6 +79,8 @@ pub struct Gtools {
     pub node_name: Option<String>,
     pub connect_timeout: Duration,
     pub confirm_timeout: Duration,
+    /// Loaded when some URL is `amqps://` or an `amqp_tls_*` key is set.
+    pub tls: Option<Tls>,
 }
 
 /// Smallest spool cap accepted: it must hold at least one job's messages.
@@ -114,6 +121,21 @@ impl Gtools {
         if exchange.is_empty() || exchange.len() > 255 {
             anyhow::bail!("exchange name {exchange:?} must be 1 to 255 characters");
         }
+        let tls_settings = TlsSettings {
+            ca_file: sec.path("amqp_tls_ca_file")?,
+            cert_file: sec.path("amqp_tls_cert_file")?,
+            key_file: sec.path("amqp_tls_key_file")?,
+            verify: sec.bool("amqp_tls_verify", true)?,
+        };
+        let tls = if amqp_urls.iter().any(|u| u.starts_with("amqps://"))
+            || tls_settings != TlsSettings::default()
+        {
+            Some(Tls::load(&tls_settings).map_err(|e| {
+                anyhow::anyhow!("{}: [{SECTION}] amqp_tls_*: {e}", cfg.path().display())
+            })?)
+        } else {
+            None
+        };
         let path_of = |key: &str, over: &Option<PathBuf>, default: &str| match over {
             Some(p) => Ok::<_, ConfigError>(p.clone()),
             None => sec.path_or(key, default),
@@ -144,6 +166,7 @@ impl Gtools {
                 Duration::from_secs(30),
                 TIMEOUT_RANGE,
             )?,
+            tls,
         })
     }
 
@@ -159,7 +182,13 @@ impl Gtools {
         BrokerConfig {
             urls: self.amqp_urls.clone(),
             connect_timeout: self.connect_timeout,
+            tls: self.tls.clone(),
         }
+    }
+
+    /// Set when `amqp_tls_verify = no`: each program shows it as a warning.
+    pub fn tls_warning(&self) -> Option<&'static str> {
+        self.tls.as_ref().and_then(Tls::insecure_warning)
     }
 
     /// The broker URLs with passwords masked, for logs.
@@ -263,7 +292,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(e, "/etc/synnefo/gtools.conf: [gtools] amqp_hosts: bad AMQP URL http://x/: must start with amqp://");
+        assert_eq!(e, "/etc/synnefo/gtools.conf: [gtools] amqp_hosts: bad AMQP URL http://x/: must start with amqp:// or amqps://");
         let e = Gtools::from_config(
             &cfg("[gtools]\nspool_max_bytes = lots\n"),
             &Overrides::default(),
@@ -292,6 +321,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("amqp_confirm_timeout"), "{e}");
+    }
+
+    #[test]
+    fn tls_is_loaded_for_amqps_and_checked_at_load() {
+        let g = Gtools::from_config(&cfg(""), &Overrides::default()).unwrap();
+        assert!(g.tls.is_none(), "plain amqp:// needs no TLS");
+        let g = Gtools::from_config(
+            &cfg("[gtools]\namqp_hosts = amqps://h/%%2f\namqp_tls_verify = no\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(g.broker_config().tls.is_some());
+        assert!(g.tls_warning().unwrap().contains("amqp_tls_verify = no"));
+        let e = Gtools::from_config(
+            &cfg("[gtools]\namqp_hosts = amqps://h/\namqp_tls_ca_file = /nonexistent.pem\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/synnefo/gtools.conf: [gtools] amqp_tls_*: /nonexistent.pem: "),
+            "{e}"
+        );
+        let e = Gtools::from_config(
+            &cfg("[gtools]\namqp_tls_verify = maybe\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("amqp_tls_verify"), "{e}");
     }
 
     #[test]

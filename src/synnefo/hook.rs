@@ -109,6 +109,9 @@ pub fn run(args: &Args, vars: &BTreeMap<String, String>) -> anyhow::Result<ExitC
     if hook.master != g.node_name() {
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(w) = g.tls_warning() {
+        eprintln!("{PROGRAM}: warning: {w}");
+    }
     let (routing_key, body) = net_status(&hook);
     let msg = Message::new(&g.exchange, &routing_key, &body)?;
     publish(&g, msg, timeout)?;

@@ -283,6 +283,9 @@ pub fn run(args: &Args, mut input: impl Read) -> anyhow::Result<ExitCode> {
         Some(n) => anyhow::bail!("--max-object-bytes {n}: must be at least 2"),
         None => sec.number("max_object_bytes", DEFAULT_MAX_OBJECT, 2..=(1usize << 30))?,
     };
+    if let Some(w) = g.tls_warning() {
+        eprintln!("{PROGRAM}: warning: {w}");
+    }
     let routing_key = format!("ganeti.{}.event.progress", prefix(&args.instance));
     let spool = g.open_spool()?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -111,7 +111,12 @@ pub struct Consumer {
 
 impl Consumer {
     pub async fn new(exchange: &str) -> Consumer {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        Consumer::with_url(&amqp_url(), exchange).await
+    }
+
+    /// A consumer on another broker (the private TLS node of `rabbitmq.rs`).
+    pub async fn with_url(url: &str, exchange: &str) -> Consumer {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("RabbitMQ must be running (make check starts it)");
         let ch = conn.create_channel().await.unwrap();

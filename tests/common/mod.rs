@@ -4,6 +4,7 @@
 //!   (re-exported here: the eventd, hook and progress tests use it unqualified);
 //! - `pg`: private initdb'd PostgreSQL clusters and commands run as `postgres`, with the
 //!   binaries they run copied where `postgres` can read them;
+//! - `rabbitmq`: a private RabbitMQ node with a TLS listener and test-made certificates;
 //! - `cmd`: run a binary, assert its exit code and its one-line error;
 //! - `sshd`: a real sshd on a private port, logged into by `postgres` with a test key.
 //!
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 pub mod amqp;
 pub mod cmd;
 pub mod pg;
+pub mod rabbitmq;
 pub mod sshd;
 
 // Not every test binary uses it.

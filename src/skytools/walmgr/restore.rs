@@ -68,7 +68,7 @@ pub fn listbackups(st: &StoreSettings) -> Result<()> {
 }
 
 /// tablespace_map: `<oid> <path>` per line (the path may contain spaces).
-fn parse_tablespace_map(text: &str, path: &Path) -> Result<Vec<(u32, PathBuf)>> {
+pub fn parse_tablespace_map(text: &str, path: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let mut v = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let parsed = line
@@ -264,11 +264,23 @@ fn is_empty_dir(p: &Path) -> Result<Option<bool>> {
     }
 }
 
-/// A tablespace's destination and whether this restore created it (for the cleanup).
-struct TsTarget {
+/// Where a restore puts one tablespace's files, and whether this restore created the
+/// directory (for the cleanup).
+pub struct TsTarget {
     oid: u32,
     dir: PathBuf,
     created: bool,
+}
+
+impl TsTarget {
+    /// Tablespace `oid` restored into `dir` (an existing directory).
+    pub fn new(oid: u32, dir: PathBuf) -> TsTarget {
+        TsTarget {
+            oid,
+            dir,
+            created: false,
+        }
+    }
 }
 
 /// `walmgr slave.ini restore [set [dst]]`; `recovery` = recovery.signal instead of
@@ -694,26 +706,7 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget], map: Option<&str>) -> Re
             .decoder(&mut stored)
             .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
         let raw = HashReader::new(dec);
-        let mut a = tar::Archive::new(raw);
-        // Plain modes only: no setuid/setgid bits from a tar whoever can write the store made.
-        a.set_preserve_permissions(false);
-        a.set_preserve_mtime(true);
-        a.set_overwrite(true);
-        a.set_unpack_xattrs(false);
-        let mut map_check = MapCheck {
-            want: map,
-            seen: false,
-        };
-        for e in a.entries().map_err(|e| corrupt(e.to_string()))? {
-            let mut e = e.map_err(|e| corrupt(e.to_string()))?;
-            unpack_entry(&mut e, tmp, targets, &mut map_check).map_err(corrupt)?;
-        }
-        if map.is_some() && !map_check.seen {
-            return Err(corrupt(
-                "the set has a tablespace_map but its tar has none".into(),
-            ));
-        }
-        let mut raw = a.into_inner();
+        let mut raw = unpack_tar(raw, tmp, targets, map).map_err(corrupt)?;
         io::copy(&mut raw, &mut io::sink())
             .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
         raw.finish()
@@ -735,6 +728,36 @@ fn extract(set: &Set, tmp: &Path, targets: &[TsTarget], map: Option<&str>) -> Re
         "backup.json",
         (&i.sha256, i.size),
     )
+}
+
+/// Unpack a base backup's (uncompressed) tar stream into `tmp`, each tablespace's
+/// `pg_tblspc/<oid>/...` entries into its target: no entry outside, no links, plain
+/// modes; the tar's tablespace_map must equal `map`, the set's (what the targets were
+/// made from). Returns the reader, positioned after the tar's end-of-archive blocks.
+pub fn unpack_tar<R: Read>(
+    raw: R,
+    tmp: &Path,
+    targets: &[TsTarget],
+    map: Option<&str>,
+) -> std::result::Result<R, String> {
+    let mut a = tar::Archive::new(raw);
+    // Plain modes only: no setuid/setgid bits from a tar whoever can write the store made.
+    a.set_preserve_permissions(false);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    a.set_unpack_xattrs(false);
+    let mut map_check = MapCheck {
+        want: map,
+        seen: false,
+    };
+    for e in a.entries().map_err(|e| e.to_string())? {
+        let mut e = e.map_err(|e| e.to_string())?;
+        unpack_entry(&mut e, tmp, targets, &mut map_check)?;
+    }
+    if map.is_some() && !map_check.seen {
+        return Err("the set has a tablespace_map but its tar has none".into());
+    }
+    Ok(a.into_inner())
 }
 
 /// The set's tablespace_map (what the targets were made from) against the tar's copy.

@@ -165,6 +165,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             settings.gtools.exchange,
             settings.gtools.brokers_redacted()
         );
+        if let Some(w) = settings.gtools.tls_warning() {
+            eprintln!("{PROGRAM}: warning: {w}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let startup = if args.daemonize {
@@ -241,6 +244,9 @@ async fn serve(
         settings.gtools.brokers_redacted()
     );
     for w in settings.gtools.vhost_warnings() {
+        log::warn!("{w}");
+    }
+    if let Some(w) = settings.gtools.tls_warning() {
         log::warn!("{w}");
     }
     let mut d = Daemon {
@@ -445,7 +451,10 @@ impl Daemon {
         self.processor.set_exchange(&fresh.gtools.exchange);
         let _ = self
             .drain_tx
-            .send(DrainCommand::SetUrls(fresh.gtools.amqp_urls.clone()));
+            .send(DrainCommand::SetBroker(fresh.gtools.broker_config()));
+        if let Some(w) = fresh.gtools.tls_warning() {
+            log::warn!("{w}");
+        }
         log::info!("configuration reloaded");
         self.settings.gtools = fresh.gtools;
         self.settings.log = fresh.log;
