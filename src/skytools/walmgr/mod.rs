@@ -16,6 +16,7 @@ pub mod pg;
 pub mod remote;
 pub mod restore;
 pub mod setup;
+pub mod status;
 pub mod store;
 pub mod verify;
 pub mod walheader;
@@ -50,6 +51,7 @@ Slave commands (ini without master_data):
 Either (the store must be local, or the master forwards over ssh):
   listbackups                  list base backups
   verify                       check every stored file and the WAL sequence
+  status [options]             Nagios-style check: last segment, newest backup, archive lag
   cleanup                      remove interrupted writes and WAL older than the oldest backup";
 
 /// WAL archiving, base backups and standby restore for PostgreSQL.
@@ -101,6 +103,7 @@ pub enum Cmd {
     Boot,
     Verify,
     Cleanup,
+    Status,
     // Skytools' commands for record-based shipping and its slave-side loop: accepted so
     // the answer is "not supported, use streaming" rather than "unknown command".
     #[value(hide = true)]
@@ -142,6 +145,7 @@ impl Cmd {
             Cmd::Boot => "boot",
             Cmd::Verify => "verify",
             Cmd::Cleanup => "cleanup",
+            Cmd::Status => "status",
             Cmd::Sync => "sync",
             Cmd::Syncdaemon => "syncdaemon",
             Cmd::Periodic => "periodic",
@@ -180,6 +184,10 @@ fn level(args: &Args) -> LevelFilter {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
+    if args.command == Cmd::Status {
+        // A plugin: one line on stdout and exit 0-3, whatever happens.
+        return Ok(status::run(&args.ini, &args.args));
+    }
     load_and_dispatch(args).map_err(|e| args.command.failure(e))
 }
 
@@ -359,6 +367,7 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
             let dry = args.not_really;
             on_store(s, cmd, |st| verify::cleanup(st, dry))
         }
+        Cmd::Status => unreachable!("run() answers status"),
         Cmd::Sync
         | Cmd::Syncdaemon
         | Cmd::Periodic
