@@ -434,10 +434,13 @@ pub fn secs_since(t: std::time::SystemTime) -> u64 {
         .as_secs()
 }
 
+/// One textfile line: metric name, labels, value.
+pub type Sample = (String, BTreeMap<String, String>, f64);
+
 /// Every sample line of a textfile as (name, labels, value); an error names the first
 /// line that is not `name{labels} value` (comments and blank lines skipped). For tests
 /// of the writers here and in tests/.
-pub fn parse_textfile(text: &str) -> Result<Vec<(String, BTreeMap<String, String>, f64)>, String> {
+pub fn parse_textfile(text: &str) -> Result<Vec<Sample>, String> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with('#') {

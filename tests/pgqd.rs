@@ -934,14 +934,7 @@ async fn the_retry_count_adds_up_the_events_moved() {
 
 /// `--status --prometheus` with `extra` options: (exit code, the summary line, the
 /// textfile's samples). Every textfile line must parse.
-fn check(
-    p: &Pgqd,
-    extra: &[&str],
-) -> (
-    i32,
-    String,
-    Vec<(String, std::collections::BTreeMap<String, String>, f64)>,
-) {
+fn check(p: &Pgqd, extra: &[&str]) -> (i32, String, Vec<hostkit::monitor::Sample>) {
     let prom = p.dir.path().join("pgqd.prom");
     let _ = fs::remove_file(&prom);
     let out = p
@@ -964,11 +957,7 @@ fn check(
     (out.status.code().unwrap(), line, samples)
 }
 
-fn sample(
-    s: &[(String, std::collections::BTreeMap<String, String>, f64)],
-    name: &str,
-    db: Option<&str>,
-) -> Option<f64> {
+fn sample(s: &[hostkit::monitor::Sample], name: &str, db: Option<&str>) -> Option<f64> {
     s.iter()
         .find(|(n, l, _)| n == name && l.get("database").map(String::as_str) == db)
         .map(|(_, _, v)| *v)

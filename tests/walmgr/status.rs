@@ -10,11 +10,7 @@ fn status(
     sb: &Sandbox,
     ini: &Path,
     extra: &[&str],
-) -> (
-    i32,
-    String,
-    Vec<(String, std::collections::BTreeMap<String, String>, f64)>,
-) {
+) -> (i32, String, Vec<hostkit::monitor::Sample>) {
     let prom = sb.p("walmgr.prom");
     let _ = fs::remove_file(&prom);
     let out = run(walmgr()
@@ -48,10 +44,7 @@ fn status(
     )
 }
 
-fn value(
-    s: &[(String, std::collections::BTreeMap<String, String>, f64)],
-    name: &str,
-) -> Option<f64> {
+fn value(s: &[hostkit::monitor::Sample], name: &str) -> Option<f64> {
     s.iter().find(|(n, _, _)| n == name).map(|(_, _, v)| *v)
 }
 
