@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod ganeti;
 pub mod glob;
 pub mod logging;
+pub mod monitor;
 pub mod pg;
 pub mod proc;
 

@@ -688,3 +688,216 @@ fn pidfile_refuses_a_second_instance_and_daemonize_detaches() {
     assert!(!sb.pid_file.exists());
     assert!(Path::new(&sb.log).exists());
 }
+
+/// `--status` with `extra` options and a textfile: (exit code, the output, the textfile's
+/// samples by name and labels). Every textfile line must parse.
+fn status(sb: &Sandbox, extra: &[&str]) -> (i32, String, BTreeMap<String, f64>) {
+    let prom = sb.dir.path().join("eventd.prom");
+    let _ = fs::remove_file(&prom);
+    let out = sb
+        .eventd()
+        .arg("--status")
+        .arg("--prometheus")
+        .arg(&prom)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prom_text = fs::read_to_string(&prom).unwrap();
+    let samples = hostkit::monitor::parse_textfile(&prom_text)
+        .unwrap_or_else(|e| panic!("{e}\n{prom_text}"))
+        .into_iter()
+        .map(|(name, labels, v)| {
+            assert!(name.starts_with("hostkit_eventd_"), "{name}");
+            assert!(labels.is_empty(), "{name}");
+            (name, v)
+        })
+        .collect();
+    let code = out.status.code().unwrap();
+    let expected: &[&str] = if code == 3 {
+        // Nothing was looked at: only the verdict.
+        &["hostkit_eventd_check_state"]
+    } else {
+        &["hostkit_eventd_spool_entries", "hostkit_eventd_check_state"]
+    };
+    for name in expected {
+        assert!(
+            prom_text.contains(&format!("# TYPE {name} gauge\n")),
+            "{prom_text}"
+        );
+    }
+    (code, text, samples)
+}
+
+/// Poll `--status` until `ok` holds for its code and line; returns the last result.
+fn status_until(
+    sb: &Sandbox,
+    extra: &[&str],
+    secs: u64,
+    ok: impl Fn(i32, &str) -> bool,
+) -> (i32, String, BTreeMap<String, f64>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = status(sb, extra);
+        if ok(r.0, &r.1) || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follows_the_broker_and_the_spool() {
+    let sb = Sandbox::new();
+    let proxy = Proxy::start().await;
+    sb.write_config(&proxy.url(), &sb.exchange.clone(), "");
+    let mut c = Consumer::new(&sb.exchange).await;
+    let d = sb.start();
+    // Up, one message published: OK with the last publish.
+    write_job(&sb.queue, 1, &job_version(1, "v1-queued"));
+    c.next(Duration::from_secs(10)).await.expect("published");
+    let (code, line, m) = status_until(&sb, &[], 10, |_, l| l.contains("last publish"));
+    assert_eq!(code, 0, "{line}\n{}", sb.log_text());
+    assert!(
+        line.starts_with(
+            "EVENTD OK - master, broker connected, spool 0 entries 0 B, last publish "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(" | spool_entries=0;100;1000;0 spool_bytes=0B "),
+        "{line}"
+    );
+    assert_eq!(m["hostkit_eventd_up"], 1.0);
+    assert_eq!(m["hostkit_eventd_master"], 1.0);
+    assert_eq!(m["hostkit_eventd_broker_connected"], 1.0);
+    assert_eq!(m["hostkit_eventd_check_state"], 0.0);
+    assert!(m["hostkit_eventd_messages_confirmed_total"] >= 1.0);
+    // Broker away, jobs changing: the spool grows; WARNING for the broker, then
+    // CRITICAL once the spool passes --crit-spool.
+    proxy.cut();
+    for id in 2..=7u64 {
+        write_job(&sb.queue, id, &job_version(id, "v1-queued"));
+        wait_recorded(&sb, id..=id, "queued");
+    }
+    let (code, line, m) = status_until(&sb, &[], 20, |_, l| l.contains("broker disconnected"));
+    assert_eq!(code, 1, "{line}\n{}", sb.log_text());
+    assert!(
+        line.starts_with("EVENTD WARNING - broker disconnected, master, "),
+        "{line}"
+    );
+    let entries = sb.spool_entries() as u64;
+    assert!(entries >= 2, "{entries} entries");
+    assert!(
+        line.contains(&format!("spool {entries} entries ")),
+        "{line}"
+    );
+    assert_eq!(m["hostkit_eventd_spool_entries"], entries as f64);
+    assert!(m["hostkit_eventd_spool_bytes"] > 0.0);
+    assert_eq!(m["hostkit_eventd_broker_connected"], 0.0);
+    assert_eq!(m["hostkit_eventd_check_state"], 1.0);
+    let crit = (entries - 1).to_string();
+    let (code, line, _) = status(&sb, &["--warn-spool", "0", "--crit-spool", &crit]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!("spool_entries={entries};0;{crit};0")),
+        "{line}"
+    );
+    // The oldest message's age by --warn-age / --crit-age.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, line, m) = status(&sb, &["--warn-age", "0", "--crit-age", "3600"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("oldest unconfirmed "), "{line}");
+    assert!(m["hostkit_eventd_oldest_message_age_seconds"] >= 1.0);
+    let (code, line, _) = status(&sb, &["--warn-age", "0", "--crit-age", "0"]);
+    assert_eq!(code, 2, "{line}");
+    // Broker back: the spool drains and the check is OK again.
+    proxy.restore();
+    let (code, line, m) = status_until(&sb, &[], 60, |code, _| code == 0);
+    assert_eq!(code, 0, "{line}\n{}", sb.log_text());
+    assert!(
+        line.contains("broker connected, spool 0 entries 0 B"),
+        "{line}"
+    );
+    assert_eq!(m["hostkit_eventd_spool_entries"], 0.0);
+    // Contradictory thresholds are UNKNOWN, on the one line.
+    let (code, line, _) = status(&sb, &["--warn-spool", "10", "--crit-spool", "5"]);
+    assert_eq!(code, 3, "{line}");
+    assert!(
+        line.starts_with("EVENTD UNKNOWN - --warn-spool/--crit-spool: "),
+        "{line}"
+    );
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_a_node_that_is_not_the_master_is_ok() {
+    let sb = Sandbox::new();
+    fs::write(sb.data.join("ssconf_master_node"), "node2.example.test\n").unwrap();
+    let d = sb.start();
+    let (code, line, m) = status(&sb, &[]);
+    assert_eq!(code, 0, "{line}\n{}", sb.log_text());
+    assert!(
+        line.starts_with("EVENTD OK - not the master, broker "),
+        "{line}"
+    );
+    assert_eq!(m["hostkit_eventd_master"], 0.0);
+    // Failover to this node is in the status within a couple of seconds, without a job.
+    fs::write(sb.data.join("ssconf_master_node"), format!("{NODE}\n")).unwrap();
+    let (code, line, m) = status_until(&sb, &[], 10, |_, l| l.starts_with("EVENTD OK - master,"));
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("EVENTD OK - master, "), "{line}");
+    assert_eq!(m["hostkit_eventd_master"], 1.0);
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_daemon_that_is_not_running_is_critical() {
+    let sb = Sandbox::new();
+    let proxy = Proxy::start().await;
+    sb.write_config(&proxy.url(), &sb.exchange.clone(), "");
+    // Never started.
+    let (code, line, m) = status(&sb, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("EVENTD CRITICAL - not running, spool 0 entries 0 B |"),
+        "{line}"
+    );
+    assert_eq!(m["hostkit_eventd_up"], 0.0);
+    assert_eq!(m["hostkit_eventd_check_state"], 2.0);
+    // Killed with messages spooled: still CRITICAL, and the spool counted from disk.
+    proxy.cut();
+    let d = sb.start();
+    write_job(&sb.queue, 1, &job_version(1, "v1-queued"));
+    wait_recorded(&sb, 1..=1, "queued");
+    d.kill9();
+    let (code, line, m) = status(&sb, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("EVENTD CRITICAL - not running, spool 1 entries "),
+        "{line}"
+    );
+    assert_eq!(m["hostkit_eventd_spool_entries"], 1.0);
+    // A daemon whose status file stopped being written (hung) is CRITICAL too.
+    proxy.restore();
+    let d = sb.start();
+    let (code, line, _) = status_until(&sb, &[], 30, |code, _| code == 0);
+    assert_eq!(code, 0, "{line}");
+    d.signal(Signal::SIGSTOP);
+    let file = sb.spool.join("eventd.status");
+    let mut s: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    s["written"] = json!(s["written"].as_u64().unwrap() - 16);
+    fs::write(&file, serde_json::to_vec(&s).unwrap()).unwrap();
+    let (code, line, m) = status(&sb, &[]);
+    d.signal(Signal::SIGCONT);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("old: the daemon is hung"), "{line}");
+    assert_eq!(m["hostkit_eventd_up"], 0.0);
+    assert!(d.stop().success());
+}

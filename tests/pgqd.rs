@@ -397,23 +397,31 @@ async fn ticks_deliver_batches_in_several_databases_and_report_status() {
     assert!(p
         .log_text()
         .contains(&format!("{a}: ticker: pgq version ok")));
-    // The status file names both databases as ticking, recently.
+    // The status file names both databases as ticking, recently: the check's line, then
+    // one table line each.
     assert!(wait_for(Duration::from_secs(5), || {
         let out = p.cmd().arg("--status").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
+        let table: Vec<&str> = text.lines().skip(2).collect();
         out.status.success()
-            && text.contains(&a)
-            && text.contains(&b)
-            && text.matches("ticking").count() == 2
+            && text.starts_with("PGQD OK - 2 of 2 databases ticking, ")
+            && table.iter().any(|l| l.starts_with(&a))
+            && table.iter().any(|l| l.starts_with(&b))
+            && table.iter().filter(|l| l.contains(" ticking ")).count() == 2
     }));
     assert_eq!(p.control("-s"), "SIGINT sent");
     assert!(wait_for(Duration::from_secs(10), || p.pid().is_none()
         && !p.pidfile().exists()));
     assert!(p.log_text().contains("got SIGINT, shutting down"));
-    // Once stopped, --status fails at once: the pid it recorded is gone.
+    // Once stopped, --status is CRITICAL at once: the pid it recorded is gone.
     let out = p.cmd().arg("--status").output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not running"));
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("PGQD CRITICAL - pid "), "{text}");
+    assert!(
+        text.lines().next().unwrap().contains(" is not running, "),
+        "{text}"
+    );
     drop_db(&a).await;
     drop_db(&b).await;
 }
@@ -919,6 +927,108 @@ async fn the_retry_count_adds_up_the_events_moved() {
     );
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(total(), 12, "{}", p.log_text());
+    drop(c);
+    drop(p);
+    drop_db(&db).await;
+}
+
+/// `--status --prometheus` with `extra` options: (exit code, the summary line, the
+/// textfile's samples). Every textfile line must parse.
+fn check(p: &Pgqd, extra: &[&str]) -> (i32, String, Vec<hostkit::monitor::Sample>) {
+    let prom = p.dir.path().join("pgqd.prom");
+    let _ = fs::remove_file(&prom);
+    let out = p
+        .cmd()
+        .arg("--status")
+        .arg("--prometheus")
+        .arg(&prom)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prom_text = fs::read_to_string(&prom).unwrap();
+    let samples =
+        hostkit::monitor::parse_textfile(&prom_text).unwrap_or_else(|e| panic!("{e}\n{prom_text}"));
+    assert!(samples
+        .iter()
+        .all(|(n, _, _)| n.starts_with("hostkit_pgqd_")));
+    assert!(prom_text.contains("# TYPE hostkit_pgqd_check_state gauge\n"));
+    let line = text.lines().next().unwrap_or_default().to_string();
+    (out.status.code().unwrap(), line, samples)
+}
+
+fn sample(s: &[hostkit::monitor::Sample], name: &str, db: Option<&str>) -> Option<f64> {
+    s.iter()
+        .find(|(n, l, _)| n == name && l.get("database").map(String::as_str) == db)
+        .map(|(_, _, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_ok_while_ticking_and_critical_when_the_ticker_is_stuck() {
+    let _g = SERIAL.lock().await;
+    let db = pgq_db(true).await;
+    let mut p = Pgqd::new(&format!("database_list = {db}"));
+    p.start();
+    let ok = wait_for(Duration::from_secs(15), || {
+        check(&p, &[])
+            .1
+            .starts_with("PGQD OK - 1 of 1 databases ticking, oldest last tick ")
+    });
+    let (code, line, s) = check(&p, &[]);
+    assert!(ok && code == 0, "{line}\n{}", p.log_text());
+    assert!(line.contains(&format!("tick_age_{db}=")), "{line}");
+    assert!(line.contains("s;60;300;0 databases=1 ticking=1"), "{line}");
+    assert_eq!(sample(&s, "hostkit_pgqd_up", None), Some(1.0));
+    assert_eq!(sample(&s, "hostkit_pgqd_check_state", None), Some(0.0));
+    assert!(sample(&s, "hostkit_pgqd_last_tick_age_seconds", Some(&db)).unwrap() <= 60.0);
+    assert!(sample(&s, "hostkit_pgqd_ticks_total", Some(&db)).unwrap() >= 1.0);
+    assert!(s.iter().any(|(n, l, v)| n == "hostkit_pgqd_database_state"
+        && l.get("state").map(String::as_str) == Some("ticking")
+        && *v == 1.0));
+    // Stuck: a transaction holds pgq.queue exclusively, so pgq.ticker() blocks on it
+    // while pgqd itself goes on writing its status.
+    let c = connect(&db).await;
+    c.batch_execute("begin; lock table pgq.queue in access exclusive mode")
+        .await
+        .unwrap();
+    let t = ["--warn-age", "1", "--crit-age", "3"];
+    let stuck = wait_for(Duration::from_secs(20), || check(&p, &t).0 == 2);
+    let (code, line, s) = check(&p, &t);
+    assert!(stuck && code == 2, "{line}\n{}", p.log_text());
+    assert!(
+        line.starts_with(&format!("PGQD CRITICAL - {db}: no tick for ")),
+        "{line}"
+    );
+    assert!(sample(&s, "hostkit_pgqd_last_tick_age_seconds", Some(&db)).unwrap() > 3.0);
+    assert_eq!(sample(&s, "hostkit_pgqd_check_state", None), Some(2.0));
+    assert_eq!(
+        sample(&s, "hostkit_pgqd_up", None),
+        Some(1.0),
+        "pgqd itself is alive"
+    );
+    // Between the thresholds: WARNING.
+    let (code, line, _) = check(&p, &["--warn-age", "1", "--crit-age", "3600"]);
+    assert_eq!(code, 1, "{line}");
+    // Released: ticking again, OK under the same thresholds.
+    c.batch_execute("rollback").await.unwrap();
+    let back = wait_for(Duration::from_secs(20), || check(&p, &t).0 == 0);
+    assert!(back, "{}\n{}", check(&p, &t).1, p.log_text());
+    // Contradictory thresholds are UNKNOWN.
+    let (code, line, _) = check(&p, &["--warn-age", "9", "--crit-age", "3"]);
+    assert_eq!(code, 3, "{line}");
+    assert!(
+        line.starts_with("PGQD UNKNOWN - --warn-age/--crit-age: "),
+        "{line}"
+    );
+    // Stopped: CRITICAL.
+    assert_eq!(p.control("-s"), "SIGINT sent");
+    assert!(wait_for(Duration::from_secs(10), || p.pid().is_none()));
+    // The pidfile goes just before the process does.
+    wait_for(Duration::from_secs(5), || check(&p, &[]).0 == 2);
+    let (code, line, s) = check(&p, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains(" is not running"), "{line}");
+    assert_eq!(sample(&s, "hostkit_pgqd_up", None), Some(0.0));
     drop(c);
     drop(p);
     drop_db(&db).await;

@@ -63,6 +63,8 @@ pub enum DrainCommand {
 pub struct DrainStats {
     pub confirmed: AtomicU64,
     pub connected: AtomicBool,
+    /// Unix time of the last confirm (0 = none yet).
+    pub last_confirm: AtomicU64,
 }
 
 struct Pending {
@@ -219,6 +221,9 @@ impl Drain {
 
     fn confirmed(&mut self, name: &str) {
         self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_confirm
+            .store(crate::monitor::unix_now(), Ordering::Relaxed);
         let Some(p) = self.loaded.get_mut(name) else {
             return;
         };
@@ -286,9 +291,9 @@ impl Drain {
         // Connect now rather than on the first message, so the first event after a
         // quiet start is not delayed by the handshake (failure is retried below).
         match self.broker.connect().await {
+            Ok(()) => self.stats.connected.store(true, Ordering::Relaxed),
             Err(e @ super::broker::BrokerError::Tls(_)) => log::error!("AMQP: {e}"),
             Err(e) => log::warn!("AMQP: {e}"),
-            Ok(()) => {}
         }
         let mut tick = tokio::time::interval(self.cfg.rescan_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -56,6 +56,40 @@ struct Header {
     count: usize,
 }
 
+/// What a spool directory holds, read from disk alone (for `--status`: right even when
+/// no process has the spool open, and without creating or cleaning anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Figures {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Modification time of the oldest entry: its messages have waited since then.
+    pub oldest: Option<SystemTime>,
+}
+
+/// Count the committed entries of the spool at `dir` (none if it does not exist).
+pub fn figures(dir: &Path) -> Result<Figures, SpoolError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Figures::default()),
+        Err(e) => return Err(PathError::new("read directory", dir, e).into()),
+    };
+    let mut f = Figures::default();
+    for entry in rd {
+        let entry = entry.map_err(|e| PathError::new("read directory", dir, e))?;
+        if !is_entry(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        // An entry the drain removed meanwhile is simply not counted.
+        let Ok(m) = entry.metadata() else { continue };
+        f.entries += 1;
+        f.bytes += m.len();
+        if let Ok(t) = m.modified() {
+            f.oldest = Some(f.oldest.map_or(t, |o| o.min(t)));
+        }
+    }
+    Ok(f)
+}
+
 /// A spool directory.
 #[derive(Debug)]
 pub struct Spool {
@@ -317,6 +351,27 @@ mod tests {
         s.remove(&b).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert_eq!(s.used(), 0);
+    }
+
+    #[test]
+    fn figures_come_from_disk_alone() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(figures(&d.path().join("none")).unwrap(), Figures::default());
+        let s = Spool::open(d.path(), 0).unwrap();
+        let a = s.append("eventd", &[msg(1), msg(2)]).unwrap();
+        s.append("hook", &[msg(3)]).unwrap();
+        fs::write(d.path().join("eventd.status"), "{}").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(600);
+        fs::File::options()
+            .write(true)
+            .open(d.path().join(&a))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let f = figures(d.path()).unwrap();
+        assert_eq!(f.entries, 2);
+        assert_eq!(f.bytes, s.used());
+        assert_eq!(f.oldest, Some(old));
     }
 
     #[test]

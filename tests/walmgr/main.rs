@@ -192,5 +192,6 @@ mod restore_as_root;
 mod roundtrip;
 mod secrets;
 mod standby;
+mod status;
 mod xarchive_safety;
 mod xrestore_missing;

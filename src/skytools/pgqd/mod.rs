@@ -60,9 +60,19 @@ pub struct Args {
     /// Print a sample configuration and exit
     #[arg(long)]
     pub ini: bool,
-    /// Print the running pgqd's per-database status and exit (non-zero if stale)
+    /// Nagios-style check of the running pgqd: one line, the per-database table, exit
+    /// 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     #[arg(long, group = "control")]
     pub status: bool,
+    /// --status: WARNING when a database's last tick is older [default: 60]
+    #[arg(long, value_name = "SECS", requires = "status")]
+    pub warn_age: Option<u64>,
+    /// --status: CRITICAL when a database's last tick is older [default: 300]
+    #[arg(long, value_name = "SECS", requires = "status")]
+    pub crit_age: Option<u64>,
+    /// --status: also write the figures to FILE as a node_exporter textfile
+    #[arg(long, value_name = "FILE", requires = "status")]
+    pub prometheus: Option<PathBuf>,
     /// Print version
     #[arg(short = 'V', long, action = ArgAction::SetTrue)]
     pub version: bool,
@@ -87,6 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.config.clone().expect("clap requires CONFIG");
+    if args.status {
+        return Ok(status_check(&args, &path));
+    }
     let cfg = PgqdConfig::load(&path)?;
     let signal = if args.stop {
         Some((nix::sys::signal::Signal::SIGINT, "SIGINT"))
@@ -99,13 +112,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some((sig, name)) = signal {
         return control(&cfg, sig, name);
-    }
-    if args.status {
-        let file = cfg
-            .status_file
-            .clone()
-            .context("no status_file (or pidfile) in the configuration")?;
-        return status::print(&file, cfg.stats_period);
     }
     if args.daemon && cfg.pidfile.is_none() {
         anyhow::bail!("{}: [pgqd] pidfile is required with -d", cfg.path.display());
@@ -135,6 +141,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     drop(runtime);
     drop(pidfile);
     code
+}
+
+/// `--status`: a configuration that cannot be read, or bad thresholds, are UNKNOWN.
+fn status_check(args: &Args, path: &std::path::Path) -> ExitCode {
+    let prepared = (|| {
+        let cfg = PgqdConfig::load(path).map_err(|e| e.to_string())?;
+        let file = cfg
+            .status_file
+            .clone()
+            .ok_or_else(|| format!("{}: no status_file (or pidfile) in [pgqd]", path.display()))?;
+        let tick_age =
+            status::TICK_AGE.with(args.warn_age, args.crit_age, "--warn-age/--crit-age")?;
+        Ok::<_, String>((cfg, file, tick_age))
+    })();
+    match prepared {
+        Ok((cfg, file, tick_age)) => status::check(
+            &file,
+            cfg.stats_period,
+            &status::Options {
+                tick_age,
+                prometheus: args.prometheus.clone(),
+            },
+        ),
+        Err(e) => crate::monitor::report(
+            crate::monitor::Check::unknown("PGQD", &e),
+            crate::monitor::Metrics::new("hostkit_pgqd_"),
+            args.prometheus.as_deref(),
+        ),
+    }
 }
 
 /// `-s/-k/-r`: signal the running daemon named by the pidfile.

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// A ticker query failed (or its connection broke): reconnect after this.
 pub const TICKER_QUERY_FAILED: Duration = Duration::from_secs(10);
+/// The note of a database without the pgq extension (not a fault: pgqd serves every
+/// database it finds, with or without pgq).
+pub const NO_PGQ: &str = "no pgq installed";
 /// The ticker could not connect.
 pub const TICKER_CONNECT_FAILED: Duration = Duration::from_secs(60);
 
@@ -170,7 +173,7 @@ pub fn next(state: DbState, outcome: Outcome, p: Periods) -> Step {
         (CheckPgq, Outcome::HasPgq(true)) => step(CheckVersion, Duration::ZERO, None),
         (CheckPgq, Outcome::HasPgq(false)) => Step {
             helpers: Helpers::Stop,
-            ..step(Closed, p.check, Note::error("no pgq installed"))
+            ..step(Closed, p.check, Note::error(NO_PGQ))
         },
         (CheckVersion, Outcome::Version(v)) if major(&v) >= 3 => Step {
             helpers: Helpers::Start,

@@ -17,6 +17,7 @@ pub mod pitr;
 pub mod remote;
 pub mod restore;
 pub mod setup;
+pub mod status;
 pub mod store;
 pub mod verify;
 pub mod walheader;
@@ -54,6 +55,7 @@ Either (the store must be local, or the master forwards over ssh):
   listbackups                  list base backups
   verify                       check new or changed stored files and the WAL sequence
                                (--full: re-read every file)
+  status [options]             Nagios-style check: last segment, newest backup, archive lag
   cleanup                      remove interrupted writes and WAL older than the oldest backup";
 
 /// WAL archiving, base backups and standby restore for PostgreSQL.
@@ -96,6 +98,8 @@ pub struct Args {
     /// verify: re-read every stored file, not only new or changed ones
     #[arg(long)]
     pub full: bool,
+    #[command(flatten, next_help_heading = "status options")]
+    pub status: status::StatusArgs,
     /// walmgr ini (master or slave)
     pub ini: PathBuf,
     /// Command (see below)
@@ -129,6 +133,7 @@ pub enum Cmd {
     Boot,
     Verify,
     Cleanup,
+    Status,
     // Skytools' commands for record-based shipping and its slave-side loop: accepted so
     // the answer is "not supported, use streaming" rather than "unknown command".
     #[value(hide = true)]
@@ -170,6 +175,7 @@ impl Cmd {
             Cmd::Boot => "boot",
             Cmd::Verify => "verify",
             Cmd::Cleanup => "cleanup",
+            Cmd::Status => "status",
             Cmd::Sync => "sync",
             Cmd::Syncdaemon => "syncdaemon",
             Cmd::Periodic => "periodic",
@@ -193,8 +199,21 @@ impl Cmd {
 }
 
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() && invoked_as_status() => return status::usage_error(&e),
+        Err(e) => e.exit(),
+    };
     crate::cli::finish(PROGRAM, run(&args).map_err(crate::cli::coded))
+}
+
+/// `walmgr [flags] <ini> status ...`: the second word that is not a flag.
+fn invoked_as_status() -> bool {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .nth(1)
+        .is_some_and(|w| w == "status")
 }
 
 fn level(args: &Args) -> LevelFilter {
@@ -208,6 +227,10 @@ fn level(args: &Args) -> LevelFilter {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
+    if args.command == Cmd::Status {
+        // A plugin: one line on stdout and exit 0-3, whatever happens.
+        return Ok(status::run(&args.ini, &args.status, &args.args));
+    }
     match load_and_dispatch(args) {
         // PostgreSQL asks for files it expects to miss (every *.history it might switch
         // to, the segment past the end of the archive): exit 1 is the answer, not an error.
@@ -479,6 +502,7 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
             let dry = args.not_really;
             on_store(s, cmd, |st| verify::cleanup(st, dry))
         }
+        Cmd::Status => unreachable!("run() answers status"),
         Cmd::Sync
         | Cmd::Syncdaemon
         | Cmd::Periodic

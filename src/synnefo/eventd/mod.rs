@@ -9,6 +9,7 @@
 
 pub mod processor;
 pub mod state;
+pub mod status;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -79,6 +80,25 @@ pub struct Args {
     /// Check the configuration and directories, print what would be used, and exit
     #[arg(long)]
     pub check: bool,
+    /// Nagios-style check of the running daemon: one line, exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN
+    #[arg(long, conflicts_with_all = ["check", "daemonize"])]
+    pub status: bool,
+    /// --status: WARNING above this many spool entries [default: 100]
+    #[arg(long, value_name = "N", requires = "status")]
+    pub warn_spool: Option<u64>,
+    /// --status: CRITICAL above this many spool entries [default: 1000]
+    #[arg(long, value_name = "N", requires = "status")]
+    pub crit_spool: Option<u64>,
+    /// --status: WARNING when the oldest unconfirmed message is older [default: 300]
+    #[arg(long, value_name = "SECS", requires = "status")]
+    pub warn_age: Option<u64>,
+    /// --status: CRITICAL when the oldest unconfirmed message is older [default: 1800]
+    #[arg(long, value_name = "SECS", requires = "status")]
+    pub crit_age: Option<u64>,
+    /// --status: also write the figures to FILE as a node_exporter textfile
+    #[arg(long, value_name = "FILE", requires = "status")]
+    pub prometheus: Option<PathBuf>,
 }
 
 /// The clap command (for man pages and completions).
@@ -146,6 +166,9 @@ pub fn main() -> ExitCode {
 /// detaching (so the error reaches the terminal), and the tokio runtime is built only
 /// after the fork.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.status {
+        return Ok(status_check(&args));
+    }
     let settings = Settings::load(&args)?;
     std::fs::read_dir(&settings.queue_dir).with_context(|| {
         format!(
@@ -192,6 +215,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// `--status`: whatever goes wrong is UNKNOWN, on the one line.
+fn status_check(args: &Args) -> ExitCode {
+    let opts = Settings::load(args).and_then(|s| {
+        let o = status::Options {
+            spool: status::SPOOL
+                .with(
+                    args.warn_spool,
+                    args.crit_spool,
+                    "--warn-spool/--crit-spool",
+                )
+                .map_err(anyhow::Error::msg)?,
+            age: status::AGE
+                .with(args.warn_age, args.crit_age, "--warn-age/--crit-age")
+                .map_err(anyhow::Error::msg)?,
+            prometheus: args.prometheus.clone(),
+        };
+        Ok((s, o))
+    });
+    match opts {
+        Ok((s, o)) => status::run(&s.pid_file, &s.gtools.spool_dir, &o),
+        Err(e) => crate::monitor::report(
+            crate::monitor::Check::unknown("EVENTD", &crate::cli::one_line(&e)),
+            crate::monitor::Metrics::new("hostkit_eventd_"),
+            args.prometheus.as_deref(),
+        ),
+    }
+}
+
 struct Daemon {
     args: Args,
     settings: Settings,
@@ -204,6 +255,9 @@ struct Daemon {
     paused: bool,
     /// The journal could not be written: the next chance, write a full snapshot.
     snapshot_due: bool,
+    drain_stats: Arc<crate::amqp::drain::DrainStats>,
+    /// What the status file says, and when it was written.
+    status: Option<(status::Status, std::time::Instant)>,
 }
 
 async fn serve(
@@ -235,6 +289,7 @@ async fn serve(
             ..DrainConfig::default()
         },
     );
+    let drain_stats = drain.stats();
     let mut drain_task = tokio::spawn(drain.run(drain_rx, stop_rx));
     log::info!(
         "{PROGRAM} {} started: queue {}, spool {}, node {node}, broker {}",
@@ -258,11 +313,16 @@ async fn serve(
         drain_tx,
         paused: false,
         snapshot_due: false,
+        drain_stats,
+        status: None,
     };
     d.rescan();
+    d.write_status();
     startup.ready()?;
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Why the loop ended, if not by a signal: the daemon then exits non-zero so that
     // systemd's Restart=on-failure (and the operator) notices.
     let mut failure: Option<anyhow::Error> = None;
@@ -300,6 +360,7 @@ async fn serve(
                     break;
                 }
             },
+            _ = status_tick.tick() => d.write_status(),
             _ = retry.tick() => {
                 if d.paused {
                     d.rescan();
@@ -324,6 +385,34 @@ async fn serve(
 }
 
 impl Daemon {
+    /// Write the status file when what it says changed, or every [`status::PERIOD`].
+    fn write_status(&mut self) {
+        use std::sync::atomic::Ordering;
+        let last = self.drain_stats.last_confirm.load(Ordering::Relaxed);
+        let now = status::Status {
+            pid: std::process::id(),
+            written: crate::monitor::unix_now(),
+            period: status::PERIOD.as_secs(),
+            node: self.settings.gtools.node_name(),
+            master: Some(self.processor.refresh_master()),
+            broker_connected: self.drain_stats.connected.load(Ordering::Relaxed),
+            last_publish: (last > 0).then_some(last),
+            confirmed: self.drain_stats.confirmed.load(Ordering::Relaxed),
+            paused: self.paused,
+        };
+        if let Some((prev, at)) = &self.status {
+            if prev.same_news(&now) && at.elapsed() < status::PERIOD {
+                return;
+            }
+        }
+        let file = status::path(&self.settings.gtools.spool_dir);
+        if let Err(e) = status::write(&file, &now) {
+            log::warn!("cannot write the status file: {e}");
+        }
+        // A failed write is tried again at the next change or period, not every second.
+        self.status = Some((now, std::time::Instant::now()));
+    }
+
     fn rescan(&mut self) {
         match self.processor.rescan() {
             Ok(batch) => {

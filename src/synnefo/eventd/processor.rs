@@ -150,6 +150,11 @@ impl Processor {
         &self.queue_dir
     }
 
+    /// Read ssconf again (logging a change): is this node the master now?
+    pub fn refresh_master(&mut self) -> bool {
+        self.is_master()
+    }
+
     /// Is this node the master right now? Logged when the answer changes.
     fn is_master(&mut self) -> bool {
         let (now, why) = match self.ssconf.master_node() {
