@@ -180,7 +180,10 @@ fn status_reports_the_archive_backups_and_lag() {
         "{line}"
     );
     // A value clap cannot parse is UNKNOWN too, not walmgr's usage error (exit 2).
-    let out = run(walmgr().arg(&ini).arg("status").args(["--warn-ready", "lots"]));
+    let out = run(walmgr()
+        .arg(&ini)
+        .arg("status")
+        .args(["--warn-ready", "lots"]));
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(3), "{}", show(&walmgr(), &out));
     assert!(
