@@ -10,8 +10,10 @@ pub mod config;
 pub mod error;
 pub mod ignore;
 pub mod meta;
+pub mod push;
 pub mod repo;
 pub mod restore;
+pub mod watch;
 // ---- pnodes: `pub mod nodes;` goes here (templates, nodes, push/pull). ----
 
 use std::path::PathBuf;
@@ -61,6 +63,25 @@ fn core_subcommands() -> Vec<Command> {
         Command::new("diff")
             .about("Changes since REV (default: the last commit), content and metadata")
             .arg(Arg::new("rev").value_name("REV")),
+        Command::new("daemon")
+            .about("Watch the tracked paths and commit changes as they settle")
+            .arg(flag(
+                "run-once",
+                "Commit (and push) once, then exit (for cron)",
+            ))
+            .arg(flag("daemonize", "Detach (needs a pidfile)"))
+            .arg(
+                Arg::new("pidfile")
+                    .long("pidfile")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                Arg::new("log")
+                    .long("log")
+                    .value_name("FILE")
+                    .help("Log to FILE (- for stderr) instead of [pacha] log"),
+            ),
         Command::new("rollback")
             .about("Restore paths, content and metadata, as they were at REV")
             .arg(paths_arg(true))
@@ -100,6 +121,13 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<ExitCode> {
     let path = m.get_one::<PathBuf>("config").expect("has a default");
     let cfg = Config::load(path).map_err(coded)?;
     let (name, sub) = m.subcommand().expect("subcommand_required");
+    if name != "daemon" {
+        crate::logging::init(
+            PROGRAM,
+            &crate::logging::Target::Stderr,
+            log::LevelFilter::Warn,
+        )?;
+    }
     match name {
         // ---- pnodes: `n if nodes::handles(n) => return nodes::run(n, sub, &cfg),` ----
         _ => run_core(name, sub, &cfg).map_err(coded),
@@ -129,9 +157,13 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
                 .get_one::<String>("message")
                 .cloned()
                 .unwrap_or_else(|| format!("pacha commit on {}", cfg.host));
-            match repo::commit(cfg, &msg)? {
+            let rev = repo::commit(cfg, &msg)?;
+            match &rev {
                 Some(rev) => println!("committed {rev}"),
                 None => println!("nothing changed"),
+            }
+            if rev.is_some() || push::pending(cfg).is_some() {
+                push::push(cfg)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -139,22 +171,26 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
             for l in repo::status(cfg)? {
                 println!("{l}");
             }
+            if let Some(p) = push::pending(cfg) {
+                println!("push pending: {p}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         "log" => {
-            let mut c = repo::git(cfg);
-            c.args(["log", "--date=iso", "--format=%H %ad %s"]);
-            if let Some(p) = m.get_one::<PathBuf>("path") {
-                let a = repo::absolute(p)?;
-                if repo::tracked_root(cfg, &a)?.is_none() {
-                    return Err(PachaError::NotTracked(a));
+            let path = match m.get_one::<PathBuf>("path") {
+                Some(p) => {
+                    let a = repo::absolute(p)?;
+                    if repo::tracked_root(cfg, &a)?.is_none() {
+                        return Err(PachaError::NotTracked(a));
+                    }
+                    Some(a)
                 }
-                c.arg("--").arg(repo::rel(&a));
-            }
+                None => None,
+            };
             if repo::head(cfg)?.is_none() {
                 return Ok(ExitCode::SUCCESS);
             }
-            print!("{}", String::from_utf8_lossy(&repo::run(&c, "log")?.stdout));
+            print!("{}", repo::log(cfg, path.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         "diff" => {
@@ -168,6 +204,25 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
             print!("{}", restore::diff(cfg, &rev)?);
             Ok(ExitCode::SUCCESS)
         }
+        "daemon" => {
+            if m.get_flag("run-once") {
+                return match watch::run_once(cfg)? {
+                    Some(rev) => {
+                        println!("committed {rev}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => Ok(ExitCode::SUCCESS),
+                };
+            }
+            watch::daemon(
+                cfg.clone(),
+                watch::DaemonArgs {
+                    daemonize: m.get_flag("daemonize"),
+                    pidfile: m.get_one::<PathBuf>("pidfile").cloned(),
+                    log: m.get_one::<String>("log").cloned(),
+                },
+            )
+        }
         "rollback" => {
             let to = m.get_one::<String>("to").expect("required");
             for w in restore::rollback(cfg, &paths(m), to)? {
@@ -179,8 +234,6 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
     }
 }
 
-/// Keep ArgAction in use for subcommands added by other parts.
-#[allow(dead_code)]
 fn flag(name: &'static str, help: &'static str) -> Arg {
     Arg::new(name)
         .long(name)
