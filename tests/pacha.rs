@@ -466,3 +466,210 @@ fn daemon_commits_in_place_edits_new_dirs_and_metadata() {
     assert_eq!(h.log().len(), 6);
     finish();
 }
+
+/// The `[pacha]`/`[ssh]` keys for a master store reached through `sshd`.
+fn master_keys(sshd: &common::sshd::Sshd, store: &Path, port: u16, known: &Path) -> String {
+    format!(
+        "master = 127.0.0.1\nhosts_path = {}\n[ssh]\nuser = root\nport = {port}\nconnect_timeout = 5\n\
+         options = -F /dev/null -i {} -o UserKnownHostsFile={} -o IdentitiesOnly=yes -o LogLevel=ERROR\n",
+        store.display(),
+        sshd.key.display(),
+        known.display()
+    )
+}
+
+#[test]
+fn push_to_master_over_ssh_retry_and_rebuild_into_another_root() {
+    let sb = common::pg::Sandbox::new("pacha");
+    let port = 56171;
+    let mut sshd = common::sshd::Sshd::start(&sb, port);
+    let master = tempfile::Builder::new()
+        .prefix("hk-pacha-master-")
+        .tempdir()
+        .unwrap();
+    let store = master.path().join("hosts");
+    let keys = master_keys(&sshd, &store, port, &sshd.known_hosts);
+
+    // A user that exists when the tree is recorded, gone when it is rebuilt.
+    let user = format!("pachat{}", std::process::id() % 100000);
+    ok(Command::new("useradd").args(["-M", "-N", "-s", "/usr/sbin/nologin", &user]));
+    let h = Host::new(&keys);
+    populate(&h);
+    fs::write(h.t("owned"), "owned\n").unwrap();
+    ok(Command::new("chown").arg(&user).arg(h.t("owned")));
+    h.ok(&["track", h.tree().to_str().unwrap()]);
+    let out = h.ok(&["commit", "-m", "first"]);
+    assert!(out.contains("committed"), "{out}");
+    ok(Command::new("userdel").arg(&user));
+    let first = h.head();
+    let hostrepo = store.join("testhost");
+    let mlog = ok(Command::new("git")
+        .env("GIT_DIR", &hostrepo)
+        .args(["log", "--format=%H"]));
+    assert_eq!(mlog.trim(), first, "pushed to the master store");
+    assert_eq!(fs::metadata(&store).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(fs::metadata(&hostrepo).unwrap().mode() & 0o777, 0o700);
+
+    // sshd down: the commit is made, the push fails loudly and is remembered.
+    sshd.stop();
+    fs::write(h.t("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").unwrap();
+    let o = run(h.pacha().args(["commit", "-m", "while down"]));
+    assert_eq!(o.status.code(), Some(7), "{}", show(&h.pacha(), &o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("push to ssh://root@127.0.0.1") && err.contains("retried"),
+        "{err}"
+    );
+    let second = h.head();
+    assert_ne!(second, first);
+    assert!(h.ok(&["status"]).contains("push pending:"));
+    // Back up: the next commit, even with nothing new, pushes what is pending.
+    sshd.restart();
+    let out = h.ok(&["commit"]);
+    assert!(out.contains("nothing changed"), "{out}");
+    let mlog = ok(Command::new("git")
+        .env("GIT_DIR", &hostrepo)
+        .args(["log", "--format=%H"]));
+    assert_eq!(mlog.lines().next(), Some(second.as_str()));
+    assert!(!h.ok(&["status"]).contains("push pending"));
+
+    // Another machine rebuilds testhost at the first commit into a directory.
+    let b = Host::new(&keys.replace("host = testhost", ""));
+    let root = b.p("root");
+    fs::create_dir(&root).unwrap();
+    let hooks = b.p("hooks");
+    fs::create_dir_all(hooks.join("pacha_pre")).unwrap();
+    fs::create_dir_all(hooks.join("pacha_post")).unwrap();
+    let trace = b.p("trace");
+    for (d, n) in [
+        ("pacha_pre", "20-second"),
+        ("pacha_pre", "10-first"),
+        ("pacha_post", "10-post"),
+    ] {
+        let f = hooks.join(d).join(n);
+        fs::write(
+            &f,
+            format!(
+                "#!/bin/sh\necho \"{n} $PACHA_HOST $PACHA_REV\" >> {}\n",
+                trace.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let ini = fs::read_to_string(b.ini()).unwrap().replacen(
+        "[pacha]\n",
+        &format!("[pacha]\nhooks_dir = {}\n", hooks.display()),
+        1,
+    );
+    fs::write(b.ini(), ini).unwrap();
+    let rootarg = root.to_str().unwrap();
+    let o = run(b.pacha().args([
+        "rebuild",
+        "testhost",
+        "--rev",
+        &first[..8],
+        "--root",
+        rootarg,
+    ]));
+    assert!(o.status.success(), "{}", show(&b.pacha(), &o));
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        plan.contains("paths to change") && plan.contains("run with --yes"),
+        "{plan}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("user {user} does not exist here"))
+    );
+    assert_eq!(
+        fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing changed without --yes"
+    );
+    assert!(!trace.exists());
+
+    let o = run(b.pacha().args([
+        "rebuild",
+        "testhost",
+        "--rev",
+        &first[..8],
+        "--root",
+        rootarg,
+        "--yes",
+    ]));
+    assert!(o.status.success(), "{}", show(&b.pacha(), &o));
+    let rebuilt = root.join(h.tree().strip_prefix("/").unwrap());
+    let mut want = snapshot(&h.tree());
+    // etc/passwd (and its hardlink) changed after the first commit; what was recorded
+    // then is restored.
+    let mut got = snapshot(&rebuilt);
+    for k in ["etc/passwd", "hardlink"] {
+        want.remove(k);
+        assert!(got.remove(k).unwrap().contains("/bin/sh\\n"), "{k}");
+    }
+    want.remove("");
+    got.remove("");
+    assert_same(&want, &got);
+    assert_eq!(
+        fs::read_to_string(&trace).unwrap(),
+        format!(
+            "10-first testhost {first}\n20-second testhost {first}\n10-post testhost {first}\n"
+        )
+    );
+
+    // Again at the newest commit: the file that differs is swapped, the old one kept.
+    let o = run(b
+        .pacha()
+        .args(["rebuild", "testhost", "--root", rootarg, "--yes"]));
+    assert!(o.status.success(), "{}", show(&b.pacha(), &o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("2 of") && out.contains("etc/passwd: mtime, content"),
+        "{out}"
+    );
+    assert!(fs::read_to_string(rebuilt.join("etc/passwd"))
+        .unwrap()
+        .contains("/bin/bash"));
+    let kept = rebuilt.join(format!("etc/passwd.pacha-old-{}", &second[..12]));
+    assert!(
+        fs::read_to_string(&kept).unwrap().contains("/bin/sh\n"),
+        "{}",
+        kept.display()
+    );
+
+    // A failing pre hook stops before anything changes.
+    fs::write(hooks.join("pacha_pre/15-fail"), "#!/bin/sh\nexit 3\n").unwrap();
+    fs::set_permissions(
+        hooks.join("pacha_pre/15-fail"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs::write(rebuilt.join("etc/passwd"), "local\n").unwrap();
+    let e = fails(
+        b.pacha()
+            .args(["rebuild", "testhost", "--root", rootarg, "--yes"])
+            .stdout(Stdio::null()),
+    );
+    assert!(e.contains("15-fail failed"), "{e}");
+    assert_eq!(
+        fs::read_to_string(rebuilt.join("etc/passwd")).unwrap(),
+        "local\n"
+    );
+
+    // Unknown REV, and a master whose host key is not known: one clear line each.
+    let e = fails(
+        b.pacha()
+            .args(["rebuild", "testhost", "--rev", "nosuch", "--root", rootarg]),
+    );
+    assert_one_line_error("pacha", &e, "unknown revision \"nosuch\"");
+    let empty_known = b.p("empty_known_hosts");
+    fs::write(&empty_known, "").unwrap();
+    let c = Host::new(&master_keys(&sshd, &store, port, &empty_known));
+    let e = fails(c.pacha().args(["rebuild", "testhost", "--root", rootarg]));
+    assert_one_line_error("pacha", &e, "host key verification failed");
+    fs::write(c.t("f"), "x").unwrap();
+    c.ok(&["track", c.tree().to_str().unwrap()]);
+    let e = fails(c.pacha().args(["commit"]));
+    assert!(e.contains("host key verification failed"), "{e}");
+    finish();
+}

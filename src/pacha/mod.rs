@@ -11,6 +11,7 @@ pub mod error;
 pub mod ignore;
 pub mod meta;
 pub mod push;
+pub mod rebuild;
 pub mod repo;
 pub mod restore;
 pub mod watch;
@@ -82,6 +83,18 @@ fn core_subcommands() -> Vec<Command> {
                     .value_name("FILE")
                     .help("Log to FILE (- for stderr) instead of [pacha] log"),
             ),
+        Command::new("rebuild")
+            .about("Build HOST again from its history in the master store")
+            .arg(Arg::new("host").value_name("HOST").required(true))
+            .arg(Arg::new("rev").long("rev").value_name("REV"))
+            .arg(
+                Arg::new("root")
+                    .long("root")
+                    .value_name("DIR")
+                    .default_value("/")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(flag("yes", "Apply (without it: show what would change)")),
         Command::new("rollback")
             .about("Restore paths, content and metadata, as they were at REV")
             .arg(paths_arg(true))
@@ -223,6 +236,15 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
                 },
             )
         }
+        "rebuild" => rebuild::rebuild(
+            cfg,
+            &rebuild::Args {
+                host: m.get_one::<String>("host").cloned().expect("required"),
+                rev: m.get_one::<String>("rev").cloned(),
+                root: m.get_one::<PathBuf>("root").cloned().expect("default"),
+                yes: m.get_flag("yes"),
+            },
+        ),
         "rollback" => {
             let to = m.get_one::<String>("to").expect("required");
             for w in restore::rollback(cfg, &paths(m), to)? {

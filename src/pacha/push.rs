@@ -35,6 +35,32 @@ pub fn ssh_command(cfg: &Config) -> String {
         .join(" ")
 }
 
+/// What a failed git-over-ssh said that matters: ssh's own complaint (an unknown host
+/// key, a refused connection) rather than git's closing "Could not read from remote".
+pub fn ssh_detail(o: &crate::proc::Outcome) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("Host key verification failed")
+        || err.contains("No ED25519 host key is known")
+        || err.contains("host key for") && err.contains("is not known")
+    {
+        return "host key verification failed: the master's host key is not in known_hosts (pacha never accepts an unknown key)".into();
+    }
+    let lines: Vec<&str> = err
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.contains("Could not read from remote repository")
+                && !l.contains("correct access rights")
+                && !l.contains("and the repository exists")
+        })
+        .collect();
+    match lines.first() {
+        Some(l) => l.trim_start_matches("fatal: ").to_string(),
+        None => o.describe(),
+    }
+}
+
 /// `ssh://user@master:port/<hosts_path>/<host>`.
 pub fn url(cfg: &Config, master: &str, host: &str) -> String {
     format!(
@@ -77,16 +103,17 @@ pub fn push(cfg: &Config) -> Result<bool, PachaError> {
         .arg(format!("--receive-pack={receive}"))
         .arg(&url)
         .arg(format!("refs/heads/{b}:refs/heads/{b}", b = repo::BRANCH));
-    match repo::run(&c, "push") {
-        Ok(_) => {
+    let result = match c.run() {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(ssh_detail(&o)),
+        Err(e) => Err(e.detail()),
+    };
+    match result {
+        Ok(()) => {
             let _ = std::fs::remove_file(pending_file(cfg));
             Ok(true)
         }
-        Err(e) => {
-            let detail = match e {
-                PachaError::Git { detail, .. } => detail,
-                other => other.to_string(),
-            };
+        Err(detail) => {
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
             let _ = crate::fsutil::write_atomic(
                 &pending_file(cfg),
