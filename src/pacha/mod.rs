@@ -72,6 +72,10 @@ fn core_subcommands() -> Vec<Command> {
                 "Commit (and push) once, then exit (for cron)",
             ))
             .arg(flag("daemonize", "Detach (needs a pidfile)"))
+            .arg(flag(
+                "check",
+                "Check the configuration and the repository, then exit",
+            ))
             .arg(
                 Arg::new("pidfile")
                     .long("pidfile")
@@ -223,6 +227,11 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
             Ok(ExitCode::SUCCESS)
         }
         "daemon" => {
+            if m.get_flag("check") {
+                repo::init(cfg)?;
+                repo::tracked(cfg)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if m.get_flag("run-once") {
                 return match watch::run_once(cfg)? {
                     Some(rev) => {
