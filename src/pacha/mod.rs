@@ -150,10 +150,9 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<ExitCode> {
             log::LevelFilter::Warn,
         )?;
     }
-    match name {
-        // ---- pnodes: `n if nodes::handles(n) => return nodes::run(n, sub, &cfg),` ----
-        _ => run_core(name, sub, &cfg).map_err(coded),
-    }
+    // ---- pnodes: the node commands are dispatched here, before the core ones:
+    // `if nodes::handles(name) { return nodes::run(name, sub, &cfg); }` ----
+    run_core(name, sub, &cfg).map_err(coded)
 }
 
 fn paths(m: &ArgMatches) -> Vec<PathBuf> {
