@@ -70,10 +70,9 @@ for f in $CONF /etc/apt/apt.conf.d/05pacha /etc/default/pacha /etc/init.d/pacha;
 done
 check "the daemon is disabled by default" grep -qx 'ENABLED=no' /etc/default/pacha
 check "$STATE is 0700" sh -c "[ \"\$(stat -c %a $STATE)\" = 700 ]"
-# apt ran the package's own Post-Invoke hook right after installing it.
-check "the install's apt hook recorded /etc" \
-    sh -c "$PACHA log | grep -q 'package run' && git --git-dir=$STATE/repo.git ls-files | grep -qx etc/passwd"
-check "the repository is 0700" sh -c "[ \"\$(stat -c %a $STATE/repo.git)\" = 700 ]"
+# apt reads its configuration when it starts: the hooks are in force from the next run.
+check "apt sees the Pre-Invoke hook" sh -c "apt-config dump | grep -q 'DPkg::Pre-Invoke.*pacha apt-pre'"
+check "apt sees the Post-Invoke hook" sh -c "apt-config dump | grep -q 'DPkg::Post-Invoke.*pacha apt-post'"
 
 # ---- a tree of its own -----------------------------------------------------------------
 mkdir -p "$tmp/tree/sub" "$tmp/tree/empty"
@@ -137,6 +136,9 @@ check "apt-get install of a test package" installed_pkg $TESTPKG
 check "the hook committed it with the package changes" \
     sh -c "git --git-dir=$STATE/repo.git log -1 --format=%B | grep -qx '+$TESTPKG 1.0'"
 check "... and its file" sh -c "git --git-dir=$STATE/repo.git show --name-only --format= HEAD | grep -qx etc/$TESTPKG/test.conf"
+check "the first apt run recorded /etc with the default configuration" \
+    sh -c "git --git-dir=$STATE/repo.git ls-files | grep -qx etc/passwd && $PACHA log | grep -q 'saving uncommitted changes'"
+check "the repository is 0700" sh -c "[ \"\$(stat -c %a $STATE/repo.git)\" = 700 ]"
 apt-get purge -y -q $TESTPKG >>"$tmp/apt-test.log" 2>&1
 check "the removal is committed too" \
     sh -c "git --git-dir=$STATE/repo.git log -1 --format=%B | grep -qx -- '-$TESTPKG 1.0'"
