@@ -58,9 +58,16 @@ pub fn git(cfg: &Config) -> Cmd {
             "-c",
             "core.autocrlf=false",
             "-c",
-            "gc.auto=0",
-            "-c",
             "commit.gpgSign=false",
+            // No background maintenance after each commit ([`gc`] runs from the daemon).
+            "-c",
+            "maintenance.auto=false",
+            // Never a status walk of the work tree `/` for untracked files.
+            "-c",
+            "status.showUntrackedFiles=no",
+            // Full commit ids in `git commit`'s summary line (saves a rev-parse).
+            "-c",
+            "core.abbrev=40",
         ])
         .timeout(GIT_TIMEOUT);
     c
@@ -322,26 +329,35 @@ pub fn stage(cfg: &Config) -> Result<Vec<String>, PachaError> {
             .args(present.iter().map(|p| rel(p)));
         run(&add, "add")?;
     }
-    // Whatever the index holds outside the tracked paths (untracked since) goes.
-    let mut ls = git(cfg);
-    ls.args(["ls-files", "-z"]);
-    let o = run(&ls, "ls-files")?;
-    let stray: Vec<String> = o
-        .stdout
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .filter(|n| {
-            n != META_PATH
-                && !tracked
-                    .iter()
-                    .any(|t| Path::new("/").join(n).starts_with(t))
-        })
+    // Whatever the index holds outside the tracked paths (untracked since) goes; looked
+    // for only when the tracked list is not the one the index was last staged with.
+    let staged_list = cfg.repository.join("pacha-staged-paths");
+    let list: String = tracked
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
         .collect();
-    if !stray.is_empty() {
-        let mut rm = git(cfg);
-        rm.args(["rm", "-q", "--cached", "--"]).args(&stray);
-        run(&rm, "rm --cached")?;
+    if std::fs::read_to_string(&staged_list).ok().as_deref() != Some(list.as_str()) {
+        let mut ls = git(cfg);
+        ls.args(["ls-files", "-z"]);
+        let o = run(&ls, "ls-files")?;
+        let stray: Vec<String> = o
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .filter(|n| {
+                n != META_PATH
+                    && !tracked
+                        .iter()
+                        .any(|t| Path::new("/").join(n).starts_with(t))
+            })
+            .collect();
+        if !stray.is_empty() {
+            let mut rm = git(cfg);
+            rm.args(["rm", "-q", "--cached", "--"]).args(&stray);
+            run(&rm, "rm --cached")?;
+        }
+        crate::fsutil::write_atomic(&staged_list, list.as_bytes(), 0o600)?;
     }
     let scan = meta::scan(&tracked, &ig, std::slice::from_ref(&cfg.state_dir))?;
     let text = meta::serialize(&scan.entries);
@@ -378,35 +394,52 @@ pub fn commit_locked(cfg: &Config, message: &str) -> Result<Option<String>, Pach
     for w in stage(cfg)? {
         log::warn!("{w}");
     }
-    let head = head(cfg)?;
-    if head.is_some() {
-        let mut d = git(cfg);
-        d.args(["diff", "--cached", "--quiet", "HEAD", "--"]);
-        let o = d.run().map_err(|e| PachaError::Git {
-            what: "diff".into(),
-            detail: e.detail(),
-        })?;
-        if o.success() {
-            return Ok(None);
-        }
-        if o.status.code() != Some(1) {
+    // One git process per step: every one costs a fork and exec on a busy host.
+    let mut d = git(cfg);
+    d.args(["diff", "--cached", "--quiet", "HEAD", "--"]);
+    let o = d.run().map_err(|e| PachaError::Git {
+        what: "diff".into(),
+        detail: e.detail(),
+    })?;
+    match o.status.code() {
+        Some(0) => return Ok(None),
+        Some(1) => {}
+        // No HEAD yet: the first commit.
+        _ if head(cfg)?.is_none() => {}
+        _ => {
             return Err(PachaError::Git {
                 what: "diff --cached".into(),
                 detail: o.stderr_line(),
-            });
+            })
         }
     }
     let mut c = git(cfg);
-    c.args([
-        "commit",
-        "-q",
-        "--no-verify",
-        "--allow-empty-message",
-        "-F",
-        "-",
-    ]);
-    run_input(&c, "commit", message.as_bytes())?;
-    self::head(cfg)
+    c.args(["commit", "--no-verify", "--allow-empty-message", "-F", "-"]);
+    let o = run_input(&c, "commit", message.as_bytes())?;
+    // "[master (root-commit) <40 hex>] subject"
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rev = out
+        .lines()
+        .next()
+        .and_then(|l| l.split(']').next())
+        .and_then(|l| l.rsplit(' ').next())
+        .filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string);
+    match rev {
+        Some(r) => Ok(Some(r)),
+        None => self::head(cfg),
+    }
+}
+
+/// Pack loose objects when git thinks it is time (`gc --auto`); the daemon calls it every
+/// interval, `pacha daemon --run-once` once.
+pub fn gc(cfg: &Config) {
+    let _lock = lock(cfg);
+    let mut c = git(cfg);
+    c.args(["gc", "--auto", "--quiet"]);
+    if let Err(e) = run(&c, "gc") {
+        log::warn!("{e}");
+    }
 }
 
 /// The full commit id of `rev`, or [`PachaError::UnknownRev`].

@@ -291,7 +291,9 @@ fn do_commit(cfg: &Config, changed: &mut std::collections::BTreeSet<PathBuf>) {
 
 /// `pacha daemon --run-once`: one commit and push (retry), for cron.
 pub fn run_once(cfg: &Config) -> Result<Option<String>, PachaError> {
-    push::commit_and_push(cfg, &format!("pacha on {}: periodic commit", cfg.host))
+    let rev = push::commit_and_push(cfg, &format!("pacha on {}: periodic commit", cfg.host))?;
+    repo::gc(cfg);
+    Ok(rev)
 }
 
 pub struct DaemonArgs {
@@ -394,6 +396,7 @@ async fn supervise(
                     if push::pending(&cfg).is_some() {
                         let _ = push::push(&cfg);
                     }
+                    repo::gc(&cfg);
                 }
                 Action::Reload => {
                     match Config::load(&cfg.path) {
