@@ -74,6 +74,15 @@ impl Host {
     }
 }
 
+/// Runs a shell line on drop: what a test did to the host is undone even when it fails.
+struct Undo(String);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = Command::new("sh").arg("-c").arg(&self.0).status();
+    }
+}
+
 fn sh(line: &str) {
     ok(Command::new("sh").arg("-ec").arg(line));
 }
@@ -462,7 +471,10 @@ fn daemon_commits_in_place_edits_new_dirs_and_metadata() {
     let pid = d.0.as_ref().unwrap().id();
     ok(Command::new("kill").arg("-HUP").arg(pid.to_string()));
     let log = wait_commits(&h, 6);
-    assert!(log[0].contains("periodic") || log[0].contains("other"), "{log:?}");
+    assert!(
+        log[0].contains("periodic") || log[0].contains("other"),
+        "{log:?}"
+    );
     fs::write(other.join("late"), "x").unwrap();
     let log = wait_commits(&h, 7);
     assert!(log[0].contains("other/late"), "{log:?}");
@@ -480,7 +492,14 @@ fn daemon_commits_in_place_edits_new_dirs_and_metadata() {
 
     // --daemonize: the parent returns once the daemon is up, the pidfile names it.
     let pidfile = h.p("pacha.pid");
-    h.ok(&["daemon", "--daemonize", "--pidfile", pidfile.to_str().unwrap(), "--log", h.p("bg.log").to_str().unwrap()]);
+    h.ok(&[
+        "daemon",
+        "--daemonize",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "--log",
+        h.p("bg.log").to_str().unwrap(),
+    ]);
     let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
     fs::write(h.t("conf.d/c.conf"), "c\n").unwrap();
     // (Its start-up commit or the watch: either records it.)
@@ -488,7 +507,10 @@ fn daemon_commits_in_place_edits_new_dirs_and_metadata() {
     let clog = h.ok(&["log", h.t("conf.d/c.conf").to_str().unwrap()]);
     assert_eq!(clog.lines().count(), 1, "{clog}");
     ok(Command::new("kill").arg("-TERM").arg(&pid));
-    assert!(wait_for(Duration::from_secs(10), || !pidfile.exists()), "pidfile removed at exit");
+    assert!(
+        wait_for(Duration::from_secs(10), || !pidfile.exists()),
+        "pidfile removed at exit"
+    );
     finish();
 }
 
@@ -518,6 +540,7 @@ fn push_to_master_over_ssh_retry_and_rebuild_into_another_root() {
     // A user that exists when the tree is recorded, gone when it is rebuilt.
     let user = format!("pachat{}", std::process::id() % 100000);
     ok(Command::new("useradd").args(["-M", "-N", "-s", "/usr/sbin/nologin", &user]));
+    let _undo_user = Undo(format!("userdel {user} 2>/dev/null"));
     let h = Host::new(&keys);
     populate(&h);
     fs::write(h.t("owned"), "owned\n").unwrap();
@@ -731,6 +754,9 @@ fn apt_hooks_commit_with_the_package_changes() {
     let name = format!("pacha-test-{}", std::process::id());
     let conf = h.t("pkg.conf");
     let deb = build_deb(h.dir.path(), &name, &conf);
+    let _undo_pkg = Undo(format!(
+        "dpkg -s {name} >/dev/null 2>&1 && dpkg --purge {name} >/dev/null"
+    ));
 
     // As apt runs them: pre, dpkg, post.
     fs::write(h.t("before"), "2\n").unwrap();
