@@ -800,3 +800,33 @@ fn apt_hooks_commit_with_the_package_changes() {
     assert!(!conf.exists());
     finish();
 }
+
+#[test]
+fn daemon_watches_a_tracked_directory_made_again() {
+    let h = Host::new("interval = 0.3\n");
+    fs::write(h.t("a"), "a\n").unwrap();
+    h.ok(&["track", h.tree().to_str().unwrap()]);
+    h.ok(&["commit", "-m", "start"]);
+    let mut d = start_daemon(&h);
+    fs::remove_dir_all(h.tree()).unwrap();
+    wait_commits(&h, 2);
+    fs::create_dir(h.tree()).unwrap();
+    fs::write(h.t("b"), "b\n").unwrap();
+    wait_commits(&h, 3);
+    // Watched again: an edit is committed under its own name.
+    let ok_again = wait_for(Duration::from_secs(15), || {
+        fs::write(h.t("b"), format!("{:?}\n", std::time::SystemTime::now())).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        h.log()[0].contains(&format!("{}", h.t("b").display()))
+    });
+    assert!(
+        ok_again,
+        "{:?}\n{}",
+        h.log(),
+        fs::read_to_string(h.p("daemon.log")).unwrap_or_default()
+    );
+    let pid = d.0.as_ref().unwrap().id();
+    ok(Command::new("kill").arg("-TERM").arg(pid.to_string()));
+    assert!(d.wait().success());
+    finish();
+}

@@ -208,6 +208,18 @@ impl Watcher {
         }
     }
 
+    /// A tracked directory that is not watched (deleted and made again, or made after
+    /// the daemon started): the watches must be set up again.
+    pub fn stale(&self, cfg: &Config) -> bool {
+        repo::tracked(cfg).unwrap_or_default().iter().any(|root| {
+            root.is_dir()
+                && !self
+                    .dirs
+                    .values()
+                    .any(|w| w.dir == *root && w.only.is_none())
+        })
+    }
+
     /// Wait for events; true if one of them is a change worth a commit.
     pub async fn next(&mut self) -> Result<bool, PachaError> {
         let first = match self.stream.next().await {
@@ -393,6 +405,13 @@ async fn supervise(
             match a {
                 Action::Commit => do_commit(&cfg, &mut watcher.changed),
                 Action::Check => {
+                    if watcher.stale(&cfg) {
+                        log::info!("a tracked directory is not watched: watching again");
+                        match Watcher::new(&cfg) {
+                            Ok(w) => watcher = w,
+                            Err(e) => log::error!("{e}"),
+                        }
+                    }
                     if push::pending(&cfg).is_some() {
                         let _ = push::push(&cfg);
                     }
