@@ -41,6 +41,7 @@ e2e-deb: deb
 	bash tests/e2e/deb-walmgr.sh
 	bash tests/e2e/deb-calink.sh
 	bash tests/e2e/deb-ele.sh
+	bash tests/e2e/deb-pacha.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd
@@ -51,6 +52,8 @@ bench:
 	bash bench/walmgr.sh
 	$(CARGO) build --release --locked --bin calink
 	bash bench/calink.sh
+	$(CARGO) build --release --locked --bin pacha
+	PACHA=target/release/pacha bash bench/pacha.sh
 
 # cargo fuzz: every target FUZZ_SECS (default 60) seconds; not part of check.
 fuzz:

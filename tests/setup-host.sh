@@ -28,6 +28,8 @@ packages=(
     # tests/amqp_tls.rs: openssl makes the CA and certificates of a private RabbitMQ TLS
     # node; ca-certificates fills the system store (/etc/ssl/certs) amqps:// defaults to.
     openssl ca-certificates
+    # tests/pacha.rs: git (pacha's history), setfacl/getfattr, dpkg-deb for the apt hook test
+    git acl attr dpkg-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -17,6 +17,11 @@ pub struct Sshd {
     _child: Bg,
     pub ssh: String,
     pub log: PathBuf,
+    /// The client key (root may use it too: sshd allows root with a key).
+    pub key: PathBuf,
+    /// known_hosts holding this sshd's host key for `[127.0.0.1]:port`.
+    pub known_hosts: PathBuf,
+    conf: PathBuf,
 }
 
 impl Sshd {
@@ -67,14 +72,7 @@ impl Sshd {
             .arg("-f")
             .arg(&conf));
         let log = dir.join("sshd.log");
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("/usr/sbin/sshd (apt install openssh-server; tests/setup-host.sh)");
+        let child = spawn_sshd(&conf, &log);
         let ssh = format!(
             "ssh -F /dev/null -p {port} -i {key} -o UserKnownHostsFile={known} \
              -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes \
@@ -86,7 +84,26 @@ impl Sshd {
             _child: Bg(Some(child)),
             ssh,
             log,
+            key: user_key,
+            known_hosts: known,
+            conf,
         };
+        s.wait_up();
+        s
+    }
+
+    /// Stop it (kill and reap); [`Sshd::restart`] brings the same sshd back.
+    pub fn stop(&mut self) {
+        self._child = Bg(None);
+    }
+
+    pub fn restart(&mut self) {
+        self._child = Bg(Some(spawn_sshd(&self.conf, &self.log)));
+        self.wait_up();
+    }
+
+    fn wait_up(&self) {
+        let s = self;
         let mut last = String::new();
         let up = wait_for(Duration::from_secs(15), || {
             let o = run(s.client().args(["127.0.0.1", "echo", "ssh-ok"]));
@@ -98,7 +115,6 @@ impl Sshd {
             "cannot log in through the test sshd: {last}\n--- sshd log ---\n{}",
             fs::read_to_string(&s.log).unwrap_or_default()
         );
-        s
     }
 
     /// The ssh client as postgres.
@@ -108,4 +124,21 @@ impl Sshd {
         c.args(w);
         c
     }
+}
+
+fn spawn_sshd(conf: &Path, log: &Path) -> std::process::Child {
+    Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .expect("/usr/sbin/sshd (apt install openssh-server; tests/setup-host.sh)")
 }
