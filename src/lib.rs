@@ -19,5 +19,6 @@ pub mod proc;
 
 pub mod calink;
 pub mod ele;
+pub mod pacha;
 pub mod skytools;
 pub mod synnefo;
