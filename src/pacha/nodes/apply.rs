@@ -480,7 +480,7 @@ impl ScriptDir {
             Err(e) => (false, e.detail(), String::new()),
         };
         ScriptReport {
-            what: format!("{} script {}", s.phase, s.label()),
+            what: format!("script {}", s.label()),
             ok,
             status,
             output,
@@ -649,7 +649,7 @@ mod tests {
         let r = apply(&p, &opts(root, false));
         assert_eq!(
             r.error.as_deref(),
-            Some("pre script pre/a/20-bad failed (exited with exit status: 4)")
+            Some("script pre/a/20-bad failed (exited with exit status: 4)")
         );
         assert_eq!(r.scripts.len(), 2);
         assert_eq!(r.scripts[1].output, "refusing\n");
@@ -691,7 +691,13 @@ mod tests {
         assert!(root.join("second").exists(), "later post scripts still run");
         let bad = &r.scripts[1];
         assert_eq!((bad.ok, bad.output.as_str()), (false, "out\nerr\n"));
-        assert!(r.render().contains("post script post/a/10-bad failed (exited with exit status: 3):\n    | out\n    | err\n"), "{}", r.render());
+        assert!(
+            r.render().contains(
+                "script post/a/10-bad failed (exited with exit status: 3):\n    | out\n    | err\n"
+            ),
+            "{}",
+            r.render()
+        );
     }
 
     #[test]

@@ -113,6 +113,55 @@ impl Default for Settings {
     }
 }
 
+/// The keys [`Settings::from_section`] reads (for the section's `reject_unknown`).
+pub const KEYS: &[&str] = &[
+    "master_root",
+    "node_root",
+    "node_command",
+    "master",
+    "master_command",
+    "ssh_user",
+    "ssh_port",
+    "ssh_identity",
+    "ssh_known_hosts",
+    "ssh_connect_timeout",
+    "ssh_timeout",
+    "script_timeout",
+];
+
+impl Settings {
+    /// From pacha.ini's section (every key optional; defaults as [`Settings::default`]).
+    pub fn from_section(sec: &crate::config::Section<'_>) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        let master = match sec.string("master")? {
+            None => None,
+            Some(m) => {
+                Some(nodefile::split_address(&m).map_err(|r| sec.bad_value("master", &m, r))?)
+            }
+        };
+        let secs = |k: &str, def: Duration| {
+            sec.duration(k, def, Duration::from_secs(1)..=Duration::from_secs(86400))
+        };
+        Ok(Settings {
+            master_root: sec.path_or("master_root", "/opt/pacha")?,
+            node_root: sec.path_or("node_root", "/")?,
+            node_command: sec.string_or("node_command", &d.node_command)?,
+            master,
+            master_command: sec.string_or("master_command", &d.master_command)?,
+            ssh: SshSettings {
+                program: d.ssh.program.clone(),
+                user: sec.string_or("ssh_user", &d.ssh.user)?,
+                port: sec.number("ssh_port", d.ssh.port, 1..=65535)?,
+                identity: sec.path("ssh_identity")?,
+                known_hosts: sec.path("ssh_known_hosts")?,
+                connect_timeout: secs("ssh_connect_timeout", d.ssh.connect_timeout)?,
+                timeout: secs("ssh_timeout", d.ssh.timeout)?,
+            },
+            script_timeout: secs("script_timeout", d.script_timeout)?,
+        })
+    }
+}
+
 /// What the caller (pacha's `run`) hands in: the settings, and how to record a commit in
 /// this host's history (`Ok(Some(id))` committed, `Ok(None)` nothing to commit).
 pub struct Context<'a> {

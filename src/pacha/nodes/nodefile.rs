@@ -334,7 +334,7 @@ pub fn check_owner(v: &str) -> Result<(), String> {
 }
 
 /// `host`, `host:port`, `[v6]:port`, `[v6]`.
-fn split_address(a: &str) -> Result<(String, Option<u16>), String> {
+pub fn split_address(a: &str) -> Result<(String, Option<u16>), String> {
     let bad_port = |p: &str| format!("port {p:?} is not a number from 1 to 65535");
     let port = |p: &str| match p.parse::<u16>() {
         Ok(n) if n > 0 => Ok(Some(n)),

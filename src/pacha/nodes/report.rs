@@ -8,7 +8,8 @@
 //!   created   /etc/motd
 //!   changed   /etc/nginx/nginx.conf (content, mode 0644 -> 0640)
 //!   unchanged /etc/hosts
-//!   post script post/nginx/50-reload failed (exited with exit status: 1):
+//!   ran script pre/nginx/10-check
+//!   script post/nginx/50-reload failed (exited with exit status: 1):
 //!     | nginx: [emerg] ...
 //!   committed 3f2a9c1
 //! web1: ok: 1 created, 1 changed, 1 unchanged
@@ -100,7 +101,9 @@ impl NodeReport {
                 Status::Changed => "changed",
                 Status::Unchanged => "unchanged",
             };
-            let word = if self.check && f.status != Status::Unchanged {
+            // Nothing was replaced: say what the apply was going to do.
+            let undone = self.check || (self.error.is_some() && !self.partial);
+            let word = if undone && f.status != Status::Unchanged {
                 format!("would be {word}")
             } else {
                 word.to_string()
