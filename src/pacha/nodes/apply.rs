@@ -194,13 +194,26 @@ fn outcome_text(o: &Outcome) -> String {
 }
 
 /// Apply `plan` under `opts.root`. Never fails as a whole: what went wrong is in the
-/// report (`error`, failed scripts).
+/// report (`error`, failed scripts). Two applies under one root never interleave (an
+/// exclusive flock on the root directory, waited for).
 pub fn apply(plan: &Plan, opts: &Options<'_>) -> NodeReport {
     let mut report = NodeReport {
         node: plan.node.clone(),
         state: plan.state.clone(),
         check: opts.check,
         ..NodeReport::default()
+    };
+    let _lock = match fs::File::open(opts.root)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e.to_string())
+        }) {
+        Ok(l) => l,
+        Err(e) => {
+            report.error = Some(format!("lock node root {}: {e}", opts.root.display()));
+            return report;
+        }
     };
     // 1. plan
     let mut targets = Vec::new();
