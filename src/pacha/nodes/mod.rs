@@ -36,20 +36,28 @@ use crate::config::ConfigError;
 
 pub use ssh::SshSettings;
 
+/// Exit status: a node file, template or script is wrong (pacha's configuration code).
+pub const EXIT_CONFIG: u8 = 3;
+/// Exit status: an unknown node or state, a bad name (pacha's usage code).
+pub const EXIT_USAGE: u8 = 4;
 /// Exit status: an apply failed on a node (or on some nodes of a meta-node).
-pub const EXIT_FAILED: u8 = 3;
+pub const EXIT_FAILED: u8 = 10;
 /// Exit status: ssh could not reach a node or the master.
-pub const EXIT_SSH: u8 = 4;
+pub const EXIT_SSH: u8 = 11;
 /// Exit status: a host key was unknown or changed, and refused.
-pub const EXIT_HOST_KEY: u8 = 5;
+pub const EXIT_HOST_KEY: u8 = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodesError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Unknown node, app or state, missing template, include cycle, ...
+    /// A node file, template or script that cannot be used: unknown app, missing
+    /// template, include cycle, ...
     #[error("{0}")]
     Setup(String),
+    /// An unknown node or state, a bad name on the command line.
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Bundle(#[from] bundle::BundleError),
     #[error("ssh {host}: {line}")]
@@ -60,23 +68,30 @@ pub enum NodesError {
         known_hosts: String,
         line: String,
     },
-    /// The far side's pacha failed before it could report.
+    /// The far side's pacha failed before it could report; `code` is its exit status.
     #[error("{host}: {line}")]
-    Remote { host: String, line: String },
+    Remote {
+        host: String,
+        line: String,
+        code: u8,
+    },
     /// An apply failed (the report on stdout says where).
     #[error("{0}")]
     Failed(String),
 }
 
 impl ExitError for NodesError {
-    /// 1 for a bad setup (node file, template, state, bundle), 3 an apply failed,
-    /// 4 ssh failed, 5 a host key was refused.
+    /// 3 a bad node file, template or bundle; 4 an unknown node or state; 10 an apply
+    /// failed; 11 ssh failed; 12 a host key was refused; the far side's own code when
+    /// its pacha failed before reporting.
     fn code(&self) -> u8 {
         match self {
+            NodesError::Config(_) | NodesError::Setup(_) | NodesError::Bundle(_) => EXIT_CONFIG,
+            NodesError::Usage(_) => EXIT_USAGE,
             NodesError::Failed(_) => EXIT_FAILED,
             NodesError::Ssh { .. } => EXIT_SSH,
             NodesError::HostKey { .. } => EXIT_HOST_KEY,
-            _ => 1,
+            NodesError::Remote { code, .. } => *code,
         }
     }
 }
@@ -261,7 +276,7 @@ pub fn run(name: &str, m: &ArgMatches, ctx: &Context<'_>) -> Result<ExitCode, No
                 ExitCode::SUCCESS
             })
         }
-        other => Err(NodesError::Setup(format!("no such command {other}"))),
+        other => Err(NodesError::Usage(format!("no such command {other}"))),
     }
 }
 

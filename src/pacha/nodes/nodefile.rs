@@ -119,10 +119,10 @@ pub fn node_path(master: &Path, name: &str) -> PathBuf {
 
 /// Read `nodes/<name>/<name>.conf`.
 pub fn load(master: &Path, name: &str) -> Result<NodeFile, NodesError> {
-    check_name("node", name).map_err(NodesError::Setup)?;
+    check_name("node", name).map_err(NodesError::Usage)?;
     let path = node_path(master, name);
     if !path.is_file() {
-        return Err(NodesError::Setup(format!(
+        return Err(NodesError::Usage(format!(
             "unknown node {name:?}: {} does not exist",
             path.display()
         )));
@@ -429,12 +429,10 @@ fn walk(
         )));
     }
     match load(master, name).map_err(|e| match (e, chain.last()) {
-        (NodesError::Setup(m), Some(parent)) if m.starts_with("unknown node") => {
-            NodesError::Setup(format!(
-                "{}: [node] include_nodes: {m}",
-                node_path(master, parent).display()
-            ))
-        }
+        (NodesError::Usage(m), Some(parent)) => NodesError::Setup(format!(
+            "{}: [node] include_nodes: {m}",
+            node_path(master, parent).display()
+        )),
         (e, _) => e,
     })? {
         NodeFile::Node(n) => {

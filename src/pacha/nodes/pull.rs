@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use super::nodefile::{self, NodeFile};
 use super::ssh::{self, Remote};
-use super::{apply_here, bundle, template, Context, NodesError};
+use super::{apply_here, bundle, template, Context, NodesError, EXIT_CONFIG};
 
 /// The master's side of a pull: the bundle of `node` for `state`, written to `out`.
 pub fn render(
@@ -21,7 +21,7 @@ pub fn render(
     let n = match nodefile::load(&ctx.settings.master_root, node)? {
         NodeFile::Node(n) => n,
         NodeFile::Meta { path, .. } => {
-            return Err(NodesError::Setup(format!(
+            return Err(NodesError::Usage(format!(
                 "{}: {node} is a meta-node (include_nodes): pull one of the nodes it includes",
                 path.display()
             )))
@@ -40,8 +40,8 @@ pub fn pull(
     check: bool,
 ) -> Result<ExitCode, NodesError> {
     let s = &ctx.settings;
-    nodefile::check_name("node", node).map_err(NodesError::Setup)?;
-    nodefile::check_name("state", state).map_err(NodesError::Setup)?;
+    nodefile::check_name("node", node).map_err(NodesError::Usage)?;
+    nodefile::check_name("state", state).map_err(NodesError::Usage)?;
     let (host, port) = s.master.clone().ok_or_else(|| {
         NodesError::Setup("pull needs the master: set master in pacha.ini".into())
     })?;
@@ -53,14 +53,12 @@ pub fn pull(
     };
     let out = ssh::run(&s.ssh, &remote, &["render", node, state], None)?;
     if !out.success() {
-        return Err(NodesError::Remote {
-            host: remote.describe(&s.ssh),
-            line: ssh::remote_error(&out),
-        });
+        return Err(ssh::remote_error(&remote, &s.ssh, &out));
     }
     let plan = bundle::read(&mut &out.stdout[..]).map_err(|e| NodesError::Remote {
         host: remote.describe(&s.ssh),
         line: e.to_string(),
+        code: EXIT_CONFIG,
     })?;
     let report = apply_here(ctx, &plan, check, &s.node_root, "pull");
     let mut stdout = std::io::stdout().lock();

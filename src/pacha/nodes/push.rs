@@ -41,10 +41,7 @@ fn push_one(
     let out = ssh::run(&s.ssh, &remote, &args, Some(&data))?;
     match serde_json::from_slice::<NodeReport>(&out.stdout) {
         Ok(r) => Ok(r),
-        Err(_) => Err(NodesError::Remote {
-            host: remote.describe(&s.ssh),
-            line: ssh::remote_error(&out),
-        }),
+        Err(_) => Err(ssh::remote_error(&remote, &s.ssh, &out)),
     }
 }
 

@@ -158,14 +158,24 @@ pub fn run(
     Ok(out)
 }
 
-/// The remote pacha's one-line error, without its `pacha: ` prefix.
-pub fn remote_error(out: &Outcome) -> String {
+/// The remote pacha's failure: its one-line error without the `pacha: ` prefix, and
+/// its exit status (1 when it has none).
+pub fn remote_error(remote: &Remote, s: &SshSettings, out: &Outcome) -> NodesError {
     let line = out.stderr_line();
     let line = line.strip_prefix("pacha: ").unwrap_or(&line).to_string();
-    if line.is_empty() {
-        format!("remote pacha {}", out.describe())
-    } else {
-        line
+    NodesError::Remote {
+        host: remote.describe(s),
+        line: if line.is_empty() {
+            format!("remote pacha {}", out.describe())
+        } else {
+            line
+        },
+        code: out
+            .status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .filter(|c| *c != 0)
+            .unwrap_or(1),
     }
 }
 

@@ -60,7 +60,7 @@ pub fn state_dir(master: &Path, app: &str, state: &str) -> PathBuf {
 
 /// Render `node` for `state` from the master's tree.
 pub fn render(master: &Path, node: &Node, state: &str) -> Result<Plan, NodesError> {
-    check_name("state", state).map_err(NodesError::Setup)?;
+    check_name("state", state).map_err(NodesError::Usage)?;
     for app in &node.apps {
         let app_dir = master.join("templates").join(app);
         if !app_dir.is_dir() {
@@ -80,7 +80,7 @@ pub fn render(master: &Path, node: &Node, state: &str) -> Result<Plan, NodesErro
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             known.sort();
-            return Err(NodesError::Setup(format!(
+            return Err(NodesError::Usage(format!(
                 "unknown state {state:?} of app {app:?}: {} is not a directory (states: {})",
                 dir.display(),
                 if known.is_empty() {
