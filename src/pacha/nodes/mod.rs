@@ -171,6 +171,7 @@ impl Settings {
                 known_hosts: sec.path("ssh_known_hosts")?,
                 connect_timeout: secs("ssh_connect_timeout", d.ssh.connect_timeout)?,
                 timeout: secs("ssh_timeout", d.ssh.timeout)?,
+                extra: Vec::new(),
             },
             script_timeout: secs("script_timeout", d.script_timeout)?,
         })

@@ -24,6 +24,9 @@ pub struct SshSettings {
     pub connect_timeout: Duration,
     /// The whole remote command (transfer and apply).
     pub timeout: Duration,
+    /// More ssh arguments (pacha.ini's `[ssh] options`), after ours: ssh keeps the first
+    /// value of an option, so none of them can turn host key checking off.
+    pub extra: Vec<String>,
 }
 
 impl Default for SshSettings {
@@ -36,6 +39,7 @@ impl Default for SshSettings {
             known_hosts: None,
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(600),
+            extra: Vec::new(),
         }
     }
 }
@@ -93,6 +97,7 @@ pub fn command(s: &SshSettings, remote: &Remote, args: &[&str]) -> Cmd {
     if let Some(i) = &s.identity {
         c.arg("-i").arg(i).args(["-o", "IdentitiesOnly=yes"]);
     }
+    c.args(&s.extra);
     let mut line = remote.command.clone();
     for a in args {
         line.push(' ');
@@ -186,6 +191,7 @@ mod tests {
     #[test]
     fn the_command_checks_host_keys_and_quotes_the_far_words() {
         let s = SshSettings {
+            extra: vec!["-o".into(), "StrictHostKeyChecking=no".into()],
             identity: Some("/etc/pacha/id".into()),
             known_hosts: Some("/etc/pacha/known_hosts".into()),
             ..SshSettings::default()
@@ -205,7 +211,12 @@ mod tests {
         assert!(joined.contains("-o StrictHostKeyChecking=yes"), "{joined}");
         assert!(joined.contains("-o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 -p 2222 -l root"), "{joined}");
         assert!(joined.contains("-o UserKnownHostsFile=/etc/pacha/known_hosts -i /etc/pacha/id -o IdentitiesOnly=yes"), "{joined}");
-        assert!(!joined.contains("=no"), "{joined}");
+        // Ours come first, and ssh keeps the first value of an option.
+        let ours = joined.find("StrictHostKeyChecking=yes").unwrap();
+        assert!(
+            ours < joined.find("StrictHostKeyChecking=no").unwrap(),
+            "{joined}"
+        );
         assert_eq!(
             args[args.len() - 3..],
             [
