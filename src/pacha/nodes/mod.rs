@@ -96,8 +96,10 @@ impl ExitError for NodesError {
     }
 }
 
-/// What push, pull, render and apply-bundle need from pacha.ini.
-#[derive(Debug, Clone)]
+/// What push, pull, render and apply-bundle need from pacha.ini: its `[nodes]` section
+/// ([`Settings::from_section`]), with `master` from `[pacha]` and the ssh settings from
+/// `[ssh]` filled in by [`run`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The master's tree (templates, scripts, nodes).
     pub master_root: PathBuf,
@@ -128,61 +130,54 @@ impl Default for Settings {
     }
 }
 
-/// The keys [`Settings::from_section`] reads (for the section's `reject_unknown`).
+/// The keys of pacha.ini's `[nodes]` section.
 pub const KEYS: &[&str] = &[
     "master_root",
     "node_root",
     "node_command",
-    "master",
     "master_command",
-    "ssh_user",
-    "ssh_port",
-    "ssh_identity",
-    "ssh_known_hosts",
-    "ssh_connect_timeout",
     "ssh_timeout",
     "script_timeout",
 ];
 
 impl Settings {
-    /// From pacha.ini's section (every key optional; defaults as [`Settings::default`]).
+    /// From pacha.ini's `[nodes]` (every key optional; defaults as [`Settings::default`]).
     pub fn from_section(sec: &crate::config::Section<'_>) -> Result<Settings, ConfigError> {
+        sec.reject_unknown(KEYS)?;
         let d = Settings::default();
-        let master = match sec.string("master")? {
-            None => None,
-            Some(m) => {
-                Some(nodefile::split_address(&m).map_err(|r| sec.bad_value("master", &m, r))?)
+        let absolute = |k: &str, p: PathBuf| {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(sec.bad_value(k, &p.display().to_string(), "must be an absolute path"))
             }
         };
         let secs = |k: &str, def: Duration| {
             sec.duration(k, def, Duration::from_secs(1)..=Duration::from_secs(86400))
         };
         Ok(Settings {
-            master_root: sec.path_or("master_root", "/opt/pacha")?,
-            node_root: sec.path_or("node_root", "/")?,
+            master_root: absolute("master_root", sec.path_or("master_root", "/opt/pacha")?)?,
+            node_root: absolute("node_root", sec.path_or("node_root", "/")?)?,
             node_command: sec.string_or("node_command", &d.node_command)?,
-            master,
+            master: None,
             master_command: sec.string_or("master_command", &d.master_command)?,
             ssh: SshSettings {
-                program: d.ssh.program.clone(),
-                user: sec.string_or("ssh_user", &d.ssh.user)?,
-                port: sec.number("ssh_port", d.ssh.port, 1..=65535)?,
-                identity: sec.path("ssh_identity")?,
-                known_hosts: sec.path("ssh_known_hosts")?,
-                connect_timeout: secs("ssh_connect_timeout", d.ssh.connect_timeout)?,
                 timeout: secs("ssh_timeout", d.ssh.timeout)?,
-                extra: Vec::new(),
+                ..d.ssh.clone()
             },
             script_timeout: secs("script_timeout", d.script_timeout)?,
         })
     }
 }
 
-/// What the caller (pacha's `run`) hands in: the settings, and how to record a commit in
-/// this host's history (`Ok(Some(id))` committed, `Ok(None)` nothing to commit).
+/// Records a commit in this host's history: the message and the paths just written
+/// (tracked first if they are not). `Ok(Some(id))` committed, `Ok(None)` nothing to.
+pub type CommitFn<'a> = &'a dyn Fn(&str, &[PathBuf]) -> Result<Option<String>, String>;
+
+/// What [`run_with`] works with: the settings, and how to record a commit.
 pub struct Context<'a> {
     pub settings: Settings,
-    pub commit: &'a dyn Fn(&str) -> Result<Option<String>, String>,
+    pub commit: CommitFn<'a>,
 }
 
 fn node_state(about: &'static str) -> [Arg; 3] {
@@ -241,7 +236,56 @@ fn arg<'m>(m: &'m ArgMatches, id: &str) -> &'m str {
     m.get_one::<String>(id).map(String::as_str).unwrap_or("")
 }
 
-pub fn run(name: &str, m: &ArgMatches, ctx: &Context<'_>) -> Result<ExitCode, NodesError> {
+/// Run one of [`subcommands`] with pacha's configuration: `[nodes]`, `[pacha] master`
+/// (`host` or `host:port`) and `[ssh]`; commits go to this host's history
+/// ([`super::repo`]), the written files tracked first when they are not yet.
+pub fn run(name: &str, m: &ArgMatches, cfg: &super::Config) -> Result<ExitCode, NodesError> {
+    let mut settings = cfg.nodes.clone();
+    settings.master = match &cfg.master {
+        None => None,
+        Some(m) => Some(nodefile::split_address(m).map_err(|r| {
+            NodesError::Setup(format!(
+                "{}: [pacha] master = {m:?}: {r}",
+                cfg.path.display()
+            ))
+        })?),
+    };
+    settings.ssh = SshSettings {
+        user: cfg.ssh.user.clone(),
+        port: cfg.ssh.port,
+        connect_timeout: Duration::from_secs(cfg.ssh.connect_timeout.into()),
+        identity: cfg.ssh.identity.clone(),
+        known_hosts: cfg.ssh.known_hosts.clone(),
+        extra: cfg.ssh.options.clone(),
+        ..settings.ssh
+    };
+    let commit = |msg: &str, paths: &[PathBuf]| -> Result<Option<String>, String> {
+        let mut new = Vec::new();
+        for p in paths {
+            if super::repo::tracked_root(cfg, p)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                new.push(p.clone());
+            }
+        }
+        if !new.is_empty() {
+            super::repo::track(cfg, &new).map_err(|e| e.to_string())?;
+        }
+        super::repo::commit(cfg, msg).map_err(|e| e.to_string())
+    };
+    run_with(
+        name,
+        m,
+        &Context {
+            settings,
+            commit: &commit,
+        },
+    )
+}
+
+/// Run one of [`subcommands`] with explicit settings.
+pub fn run_with(name: &str, m: &ArgMatches, ctx: &Context<'_>) -> Result<ExitCode, NodesError> {
     let check = m
         .try_get_one::<bool>("check")
         .ok()
@@ -303,13 +347,14 @@ pub fn apply_here(
             .filter(|f| f.status != report::Status::Unchanged)
             .map(|f| f.dest.as_str())
             .collect();
+        let paths: Vec<PathBuf> = files.iter().map(|d| apply::target(root, d)).collect();
         let msg = format!(
             "pacha {via}: node {} state {}: {}",
             plan.node,
             plan.state,
             files.join(", ")
         );
-        match (ctx.commit)(&msg) {
+        match (ctx.commit)(&msg, &paths) {
             Ok(c) => r.commit = c,
             Err(e) => r.scripts.push(report::ScriptReport {
                 what: "commit to this host's history".into(),

@@ -13,7 +13,7 @@ use crate::proc::{Cmd, Outcome};
 
 use super::NodesError;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SshSettings {
     /// The ssh client.
     pub program: String,
