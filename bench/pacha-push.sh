@@ -78,9 +78,10 @@ EOF
     node=node$n
     cat >"$work/$node.ini" <<EOF
 [pacha]
-repository = $work/$node-history
+host = $node
+state_dir = $work/$node-history
+[nodes]
 node_root = $work/$node-root
-ssh_known_hosts = $work/known_hosts
 EOF
     mkdir -p "$master/nodes/$node"
     {
@@ -101,10 +102,13 @@ echo "[node]
 include_nodes = ['node1.conf', 'node2.conf', 'node3.conf', 'node4.conf', 'node5.conf']" >"$master/nodes/five/five.conf"
 cat >"$work/master.ini" <<EOF
 [pacha]
-repository = $work/master-history
+host = master
+state_dir = $work/master-history
+[ssh]
+identity = $work/id
+known_hosts = $work/known_hosts
+[nodes]
 master_root = $master
-ssh_identity = $work/id
-ssh_known_hosts = $work/known_hosts
 EOF
 
 SSH=(ssh -F /dev/null -i "$work/id" -o IdentitiesOnly=yes -o UserKnownHostsFile="$work/known_hosts"
