@@ -110,7 +110,7 @@ fn master_ini_text(sb: &Sandbox, master: &Path, sshd: &Sshd, known: &Path) -> St
          [nodes]\nmaster_root = {master}\n",
         state = sb.p("master-state").display(),
         master = master.display(),
-        id = sshd.identity.display(),
+        id = sshd.key.display(),
         known = known.display(),
     )
 }
@@ -124,7 +124,7 @@ fn node_ini_text(sb: &Sandbox, name: &str, root: &Path, master_ini: &Path, sshd:
         root = root.display(),
         port = sshd.port,
         mini = master_ini.display(),
-        id = sshd.identity.display(),
+        id = sshd.key.display(),
         known = sshd.known_hosts.display(),
     )
 }

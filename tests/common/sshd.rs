@@ -21,8 +21,8 @@ pub struct Sshd {
     pub port: u16,
     /// Who logs in (and owns the client key): `postgres` or `root`.
     pub user: String,
-    /// The client's private key.
-    pub identity: PathBuf,
+    /// The client key.
+    pub key: PathBuf,
     /// A known_hosts file holding this server's host key (and nothing else).
     pub known_hosts: PathBuf,
 }
@@ -116,7 +116,7 @@ impl Sshd {
             log,
             port,
             user: user.to_string(),
-            identity: user_key,
+            key: user_key,
             known_hosts: known,
         };
         let mut last = String::new();

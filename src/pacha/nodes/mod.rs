@@ -182,8 +182,12 @@ pub struct Context<'a> {
 
 fn node_state(about: &'static str) -> [Arg; 3] {
     [
-        Arg::new("node").required(true).help(about),
+        Arg::new("node")
+            .value_name("NODE")
+            .required(true)
+            .help(about),
         Arg::new("state")
+            .value_name("STATE")
             .required(true)
             .help("The state: templates/<app>/<state>/ for each app of the node"),
         Arg::new("check")
