@@ -64,6 +64,7 @@ const BINARIES: &[(&str, &str)] = &[
     ("calink", "calink"),
     ("ele_report", "ele::report"),
     ("ele_ctl", "ele::ctl"),
+    ("pacha", "pacha"),
 ];
 
 /// Where a module stands in the layering.

@@ -25,6 +25,8 @@ packages=(
     # (tmpfs), sha256sum/dd; PostgreSQL 15 binaries (initdb, pg_ctl, pgbench) come with
     # postgresql-15 / postgresql-contrib above.
     openssh-server openssh-client coreutils
+    # tests/pacha.rs: git (pacha's history), setfacl/getfattr, dpkg-deb for the apt hook test
+    git acl attr dpkg-dev
 )
 missing=()
 for p in "${packages[@]}"; do

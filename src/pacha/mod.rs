@@ -11,8 +11,11 @@ pub mod error;
 pub mod ignore;
 pub mod meta;
 pub mod nodes;
+pub mod push;
+pub mod rebuild;
 pub mod repo;
 pub mod restore;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +64,37 @@ fn core_subcommands() -> Vec<Command> {
         Command::new("diff")
             .about("Changes since REV (default: the last commit), content and metadata")
             .arg(Arg::new("rev").value_name("REV")),
+        Command::new("daemon")
+            .about("Watch the tracked paths and commit changes as they settle")
+            .arg(flag(
+                "run-once",
+                "Commit (and push) once, then exit (for cron)",
+            ))
+            .arg(flag("daemonize", "Detach (needs a pidfile)"))
+            .arg(
+                Arg::new("pidfile")
+                    .long("pidfile")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                Arg::new("log")
+                    .long("log")
+                    .value_name("FILE")
+                    .help("Log to FILE (- for stderr) instead of [pacha] log"),
+            ),
+        Command::new("rebuild")
+            .about("Build HOST again from its history in the master store")
+            .arg(Arg::new("host").value_name("HOST").required(true))
+            .arg(Arg::new("rev").long("rev").value_name("REV"))
+            .arg(
+                Arg::new("root")
+                    .long("root")
+                    .value_name("DIR")
+                    .default_value("/")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(flag("yes", "Apply (without it: show what would change)")),
         Command::new("rollback")
             .about("Restore paths, content and metadata, as they were at REV")
             .arg(paths_arg(true))
@@ -98,6 +132,13 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<ExitCode> {
     let path = m.get_one::<PathBuf>("config").expect("has a default");
     let cfg = Config::load(path).map_err(coded)?;
     let (name, sub) = m.subcommand().expect("subcommand_required");
+    if name != "daemon" {
+        crate::logging::init(
+            PROGRAM,
+            &crate::logging::Target::Stderr,
+            log::LevelFilter::Warn,
+        )?;
+    }
     match name {
         n if nodes::handles(n) => nodes::run(n, sub, &cfg).map_err(coded),
         _ => run_core(name, sub, &cfg).map_err(coded),
@@ -127,9 +168,13 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
                 .get_one::<String>("message")
                 .cloned()
                 .unwrap_or_else(|| format!("pacha commit on {}", cfg.host));
-            match repo::commit(cfg, &msg)? {
+            let rev = repo::commit(cfg, &msg)?;
+            match &rev {
                 Some(rev) => println!("committed {rev}"),
                 None => println!("nothing changed"),
+            }
+            if rev.is_some() || push::pending(cfg).is_some() {
+                push::push(cfg)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -137,22 +182,26 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
             for l in repo::status(cfg)? {
                 println!("{l}");
             }
+            if let Some(p) = push::pending(cfg) {
+                println!("push pending: {p}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         "log" => {
-            let mut c = repo::git(cfg);
-            c.args(["log", "--date=iso", "--format=%H %ad %s"]);
-            if let Some(p) = m.get_one::<PathBuf>("path") {
-                let a = repo::absolute(p)?;
-                if repo::tracked_root(cfg, &a)?.is_none() {
-                    return Err(PachaError::NotTracked(a));
+            let path = match m.get_one::<PathBuf>("path") {
+                Some(p) => {
+                    let a = repo::absolute(p)?;
+                    if repo::tracked_root(cfg, &a)?.is_none() {
+                        return Err(PachaError::NotTracked(a));
+                    }
+                    Some(a)
                 }
-                c.arg("--").arg(repo::rel(&a));
-            }
+                None => None,
+            };
             if repo::head(cfg)?.is_none() {
                 return Ok(ExitCode::SUCCESS);
             }
-            print!("{}", String::from_utf8_lossy(&repo::run(&c, "log")?.stdout));
+            print!("{}", repo::log(cfg, path.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         "diff" => {
@@ -166,6 +215,34 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
             print!("{}", restore::diff(cfg, &rev)?);
             Ok(ExitCode::SUCCESS)
         }
+        "daemon" => {
+            if m.get_flag("run-once") {
+                return match watch::run_once(cfg)? {
+                    Some(rev) => {
+                        println!("committed {rev}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => Ok(ExitCode::SUCCESS),
+                };
+            }
+            watch::daemon(
+                cfg.clone(),
+                watch::DaemonArgs {
+                    daemonize: m.get_flag("daemonize"),
+                    pidfile: m.get_one::<PathBuf>("pidfile").cloned(),
+                    log: m.get_one::<String>("log").cloned(),
+                },
+            )
+        }
+        "rebuild" => rebuild::rebuild(
+            cfg,
+            &rebuild::Args {
+                host: m.get_one::<String>("host").cloned().expect("required"),
+                rev: m.get_one::<String>("rev").cloned(),
+                root: m.get_one::<PathBuf>("root").cloned().expect("default"),
+                yes: m.get_flag("yes"),
+            },
+        ),
         "rollback" => {
             let to = m.get_one::<String>("to").expect("required");
             for w in restore::rollback(cfg, &paths(m), to)? {
@@ -177,8 +254,6 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
     }
 }
 
-/// Keep ArgAction in use for subcommands added by other parts.
-#[allow(dead_code)]
 fn flag(name: &'static str, help: &'static str) -> Arg {
     Arg::new(name)
         .long(name)

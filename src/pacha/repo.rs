@@ -513,3 +513,42 @@ pub fn status(cfg: &Config) -> Result<Vec<String>, PachaError> {
     });
     Ok(lines)
 }
+
+/// `pacha log [PATH]`: one line per commit (`<rev> <date> <subject>`); with PATH, the
+/// commits that changed its content or its recorded metadata (below it too).
+pub fn log(cfg: &Config, path: Option<&Path>) -> Result<String, PachaError> {
+    let mut c = git(cfg);
+    c.args(["log", "--date=iso", "--format=%H %ad %s"]);
+    let all = stdout(&run(&c, "log")?);
+    let Some(path) = path else {
+        return Ok(if all.is_empty() { all } else { all + "\n" });
+    };
+    let mut keep = std::collections::HashSet::new();
+    let mut content = git(cfg);
+    content.args(["log", "--format=%H", "--"]).arg(rel(path));
+    keep.extend(stdout(&run(&content, "log")?).lines().map(str::to_string));
+    let quoted: String = path
+        .to_string_lossy()
+        .chars()
+        .flat_map(|ch| {
+            let special = ".[]()*+?{}|^$\\".contains(ch);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(ch))
+        })
+        .collect();
+    let mut md = git(cfg);
+    md.args(["log", "--format=%H", "--extended-regexp"])
+        .arg(format!("-G\"path\":\"{quoted}(/[^\"]*)?\""))
+        .args(["--", META_PATH]);
+    keep.extend(stdout(&run(&md, "log")?).lines().map(str::to_string));
+    let mut out = String::new();
+    for l in all.lines() {
+        if keep.contains(l.split(' ').next().unwrap_or("")) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

@@ -23,23 +23,23 @@ pub fn dest(root: &Path, e: &Entry) -> PathBuf {
 /// Content for a recorded file (a blob, a staged copy).
 pub type Content<'a> = dyn FnMut(&Entry) -> Result<Vec<u8>, PachaError> + 'a;
 
-/// Why `dest` is not what `e` records (empty: it is). `content` is asked only for
-/// files whose other fields match.
+/// Why `dest` is not what `e` records (empty: it is): "new", "content", field names.
 pub fn differs(
     e: &Entry,
     dest: &Path,
     ids: &mut Ids,
     content: &mut Content,
 ) -> Result<Vec<&'static str>, PachaError> {
+    // The ids the names resolve to here (a missing name is reported once).
+    let (uid, gid) = (ids.uid(e), ids.gid(e));
     let Some(mut now) = meta::stat_entry(dest)? else {
         return Ok(vec!["new"]);
     };
     let mut want = e.clone();
     want.hardlink = None;
     now.path = want.path.clone();
-    // Compare with the ids the names resolve to here.
-    want.uid = ids.uid(e);
-    want.gid = ids.gid(e);
+    want.uid = uid;
+    want.gid = gid;
     now.user = want.user.clone().filter(|_| now.uid == want.uid);
     now.group = want.group.clone().filter(|_| now.gid == want.gid);
     if want.user.is_some() && now.user.is_none() {
@@ -49,7 +49,7 @@ pub fn differs(
         now.group = Some(String::new());
     }
     let mut ch = want.changes(&now);
-    if ch.is_empty() && e.kind == Kind::File {
+    if e.kind == Kind::File && now.kind == Kind::File {
         let have = std::fs::read(dest).map_err(|er| PachaError::meta(dest, er))?;
         if have != content(e)? {
             ch.push("content");
@@ -139,6 +139,11 @@ pub fn place(
     for e in entries {
         let d = dest(root, e);
         let why = differs(e, &d, ids, content)?;
+        // A tracked root's parents (a fresh --root): plain directories.
+        let parent = crate::fsutil::parent_dir(&d);
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(|x| PachaError::meta(parent, x))?;
+        }
         if e.kind == Kind::Dir {
             let is_dir = std::fs::symlink_metadata(&d)
                 .map(|m| m.is_dir())

@@ -21,10 +21,11 @@ pub struct Sshd {
     pub port: u16,
     /// Who logs in (and owns the client key): `postgres` or `root`.
     pub user: String,
-    /// The client key.
+    /// The client key (root may use it too: sshd allows root with a key).
     pub key: PathBuf,
-    /// A known_hosts file holding this server's host key (and nothing else).
+    /// known_hosts holding this sshd's host key for `[127.0.0.1]:port`.
     pub known_hosts: PathBuf,
+    conf: PathBuf,
 }
 
 impl Sshd {
@@ -95,14 +96,7 @@ impl Sshd {
             .arg("-f")
             .arg(&conf));
         let log = dir.join("sshd.log");
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("/usr/sbin/sshd (apt install openssh-server; tests/setup-host.sh)");
+        let child = spawn_sshd(&conf, &log);
         let ssh = format!(
             "ssh -F /dev/null -p {port} -i {key} -o UserKnownHostsFile={known} \
              -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes \
@@ -118,7 +112,24 @@ impl Sshd {
             user: user.to_string(),
             key: user_key,
             known_hosts: known,
+            conf,
         };
+        s.wait_up();
+        s
+    }
+
+    /// Stop it (kill and reap); [`Sshd::restart`] brings the same sshd back.
+    pub fn stop(&mut self) {
+        self._child = Bg(None);
+    }
+
+    pub fn restart(&mut self) {
+        self._child = Bg(Some(spawn_sshd(&self.conf, &self.log)));
+        self.wait_up();
+    }
+
+    fn wait_up(&self) {
+        let s = self;
         let mut last = String::new();
         let up = wait_for(Duration::from_secs(15), || {
             let o = run(s.client().args(["127.0.0.1", "echo", "ssh-ok"]));
@@ -130,7 +141,6 @@ impl Sshd {
             "cannot log in through the test sshd: {last}\n--- sshd log ---\n{}",
             fs::read_to_string(&s.log).unwrap_or_default()
         );
-        s
     }
 
     /// The ssh client as the user who logs in.
@@ -144,4 +154,21 @@ impl Sshd {
         c.args(w);
         c
     }
+}
+
+fn spawn_sshd(conf: &Path, log: &Path) -> std::process::Child {
+    Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .expect("/usr/sbin/sshd (apt install openssh-server; tests/setup-host.sh)")
 }
