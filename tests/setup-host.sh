@@ -27,6 +27,8 @@ packages=(
     openssh-server openssh-client coreutils
     # tests/pacha.rs: git (pacha's history), setfacl/getfattr, dpkg-deb for the apt hook test
     git acl attr dpkg-dev
+    # tests/pacha_nodes.rs: visudo validates a pushed sudoers file; diff for --check
+    sudo diffutils
 )
 missing=()
 for p in "${packages[@]}"; do
