@@ -212,6 +212,8 @@ fn push_applies_a_state_check_shows_the_diff_and_changes_nothing() {
     );
     let m = fs::metadata(&conf).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (uid_of("nobody"), 0o640));
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    assert_eq!(m.gid(), nogroup.gid.as_raw());
     let m = fs::metadata(n.root.join("etc/motd")).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o644));
 
@@ -328,6 +330,10 @@ fn pull_applies_from_the_node_side() {
 
 #[test]
 fn failing_pre_script_or_validation_leaves_the_node_untouched() {
+    assert!(
+        Path::new("/usr/sbin/visudo").exists(),
+        "/usr/sbin/visudo is missing (apt install sudo; tests/setup-host.sh)"
+    );
     let w = World::new("pre");
     let files = "[motd]\napp = web\ndest = /etc/motd\n\
         [sudoers]\napp = sudo\ndest = /etc/sudoers.d/web\nmode = 0440\nvalidate = /usr/sbin/visudo -cf %s\n";
