@@ -36,6 +36,7 @@ e2e-deb: deb
 	bash tests/e2e/deb-walmgr.sh
 	bash tests/e2e/deb-calink.sh
 	bash tests/e2e/deb-ele.sh
+	bash tests/e2e/deb-pacha.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd

@@ -673,3 +673,79 @@ fn push_to_master_over_ssh_retry_and_rebuild_into_another_root() {
     assert!(e.contains("host key verification failed"), "{e}");
     finish();
 }
+
+/// A tiny real package shipping one file at `file` (an absolute path).
+fn build_deb(dir: &Path, name: &str, file: &Path) -> PathBuf {
+    let root = dir.join(format!("{name}-pkg"));
+    let target = root.join(file.strip_prefix("/").unwrap());
+    fs::create_dir_all(target.parent().unwrap()).unwrap();
+    fs::write(&target, "shipped by the package\n").unwrap();
+    fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: hostkit tests <root@localhost>\n\
+             Description: pacha apt hook test package\n"
+        ),
+    )
+    .unwrap();
+    let deb = dir.join(format!("{name}.deb"));
+    ok(Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group", "-Zgzip"])
+        .arg(&root)
+        .arg(&deb));
+    deb
+}
+
+#[test]
+fn apt_hooks_commit_with_the_package_changes() {
+    let h = Host::new("");
+    fs::write(h.t("before"), "1\n").unwrap();
+    h.ok(&["track", h.tree().to_str().unwrap()]);
+    h.ok(&["commit", "-m", "start"]);
+    let name = format!("pacha-test-{}", std::process::id());
+    let conf = h.t("pkg.conf");
+    let deb = build_deb(h.dir.path(), &name, &conf);
+
+    // As apt runs them: pre, dpkg, post.
+    fs::write(h.t("before"), "2\n").unwrap();
+    h.ok(&["apt-pre"]);
+    assert!(
+        h.log()[0].contains("saving uncommitted changes"),
+        "{:?}",
+        h.log()
+    );
+    ok(Command::new("dpkg").arg("-i").arg(&deb));
+    let o = run(h.pacha().arg("apt-post"));
+    // Leave the host as it was even if an assertion below fails.
+    let removed = run(Command::new("dpkg").args(["-r", &name]));
+    assert!(o.status.success(), "{}", show(&h.pacha(), &o));
+    let repo = h.p("state/repo.git");
+    let msg = ok(Command::new("git")
+        .env("GIT_DIR", &repo)
+        .args(["log", "-1", "--format=%B"]));
+    assert!(
+        msg.contains("Package changes:") && msg.contains(&format!("+{name} 1.0")),
+        "{msg}"
+    );
+    let files = ok(Command::new("git").env("GIT_DIR", &repo).args([
+        "show",
+        "--name-only",
+        "--format=",
+        "HEAD",
+    ]));
+    assert!(files.contains("pkg.conf"), "{files}");
+
+    // The removal, hooked the same way.
+    assert!(removed.status.success());
+    ok(Command::new("dpkg").arg("-i").arg(&deb));
+    h.ok(&["apt-pre"]);
+    ok(Command::new("dpkg").args(["-r", &name]));
+    h.ok(&["apt-post"]);
+    let msg = ok(Command::new("git")
+        .env("GIT_DIR", &repo)
+        .args(["log", "-1", "--format=%B"]));
+    assert!(msg.contains(&format!("-{name} 1.0")), "{msg}");
+    assert!(!conf.exists());
+    finish();
+}

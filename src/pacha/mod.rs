@@ -6,6 +6,7 @@
 //! to the master store over ssh, [`rebuild`] builds a host again from it, [`watch`] is
 //! the daemon, [`apt`] the package-manager hooks.
 
+pub mod apt;
 pub mod config;
 pub mod error;
 pub mod ignore;
@@ -71,6 +72,10 @@ fn core_subcommands() -> Vec<Command> {
                 "Commit (and push) once, then exit (for cron)",
             ))
             .arg(flag("daemonize", "Detach (needs a pidfile)"))
+            .arg(flag(
+                "check",
+                "Check the configuration and the repository, then exit",
+            ))
             .arg(
                 Arg::new("pidfile")
                     .long("pidfile")
@@ -95,6 +100,10 @@ fn core_subcommands() -> Vec<Command> {
                     .value_parser(clap::value_parser!(PathBuf)),
             )
             .arg(flag("yes", "Apply (without it: show what would change)")),
+        Command::new("apt-pre")
+            .about("apt DPkg::Pre-Invoke hook: commit pending changes, note the packages"),
+        Command::new("apt-post")
+            .about("apt DPkg::Post-Invoke hook: commit with the package changes listed"),
         Command::new("rollback")
             .about("Restore paths, content and metadata, as they were at REV")
             .arg(paths_arg(true))
@@ -216,6 +225,11 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
             Ok(ExitCode::SUCCESS)
         }
         "daemon" => {
+            if m.get_flag("check") {
+                repo::init(cfg)?;
+                repo::tracked(cfg)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if m.get_flag("run-once") {
                 return match watch::run_once(cfg)? {
                     Some(rev) => {
@@ -243,6 +257,17 @@ fn run_core(name: &str, m: &ArgMatches, cfg: &Config) -> Result<ExitCode, PachaE
                 yes: m.get_flag("yes"),
             },
         ),
+        "apt-pre" | "apt-post" => {
+            let rev = if name == "apt-pre" {
+                apt::pre(cfg)?
+            } else {
+                apt::post(cfg)?
+            };
+            if let Some(rev) = rev {
+                println!("pacha: committed {rev}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         "rollback" => {
             let to = m.get_one::<String>("to").expect("required");
             for w in restore::rollback(cfg, &paths(m), to)? {

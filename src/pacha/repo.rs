@@ -286,7 +286,8 @@ pub fn scan_now(cfg: &Config) -> Result<meta::Scan, PachaError> {
 
 /// Bring the index to the state of the tracked paths: content through `git add -A`
 /// (stat cache), metadata through the data file's blob. Returns the scan's warnings.
-fn stage(cfg: &Config) -> Result<Vec<String>, PachaError> {
+/// The caller holds [`lock`].
+pub fn stage(cfg: &Config) -> Result<Vec<String>, PachaError> {
     let ig = ignore(cfg);
     let excl = cfg.repository.join("info");
     crate::fsutil::ensure_dir(&excl, 0o700)?;

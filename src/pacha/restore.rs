@@ -262,11 +262,10 @@ pub fn rollback(cfg: &Config, paths: &[PathBuf], to: &str) -> Result<Vec<String>
 pub fn diff(cfg: &Config, rev: &str) -> Result<String, PachaError> {
     let _lock = repo::lock(cfg)?;
     let mut out = String::new();
-    // The index as the tracked paths are now (what a commit would record).
-    let saved = repo::head(cfg)?;
-    drop(saved);
+    // The index as the tracked paths are now (what a commit would record), new files too.
+    repo::stage(cfg)?;
     let mut c = repo::git(cfg);
-    c.args(["diff", "--no-color", "--no-renames", rev, "--"]);
+    c.args(["diff", "--cached", "--no-color", "--no-renames", rev, "--"]);
     for t in repo::tracked(cfg)? {
         c.arg(repo::rel(&t));
     }
