@@ -450,11 +450,24 @@ fn daemon_commits_in_place_edits_new_dirs_and_metadata() {
     assert!(log[0].contains("new/inner"), "{log:?}");
     assert_eq!(h.ok(&["status"]), "");
 
-    // An ignored editor file makes no commit; SIGTERM stops it cleanly.
+    // An ignored editor file makes no commit.
     fs::write(h.t("new/.inner.swp"), "x").unwrap();
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(h.log().len(), 5);
+
+    // A path tracked while it runs is watched after SIGHUP.
+    let other = h.p("other");
+    fs::create_dir(&other).unwrap();
+    h.ok(&["track", other.to_str().unwrap()]);
     let pid = d.0.as_ref().unwrap().id();
+    ok(Command::new("kill").arg("-HUP").arg(pid.to_string()));
+    let log = wait_commits(&h, 6);
+    assert!(log[0].contains("periodic") || log[0].contains("other"), "{log:?}");
+    fs::write(other.join("late"), "x").unwrap();
+    let log = wait_commits(&h, 7);
+    assert!(log[0].contains("other/late"), "{log:?}");
+
+    // SIGTERM stops it cleanly.
     ok(Command::new("kill").arg("-TERM").arg(pid.to_string()));
     let st = d.wait();
     assert!(st.success(), "{st}");
@@ -463,7 +476,19 @@ fn daemon_commits_in_place_edits_new_dirs_and_metadata() {
     fs::write(h.t("conf.d/b.conf"), "b\n").unwrap();
     let out = h.ok(&["daemon", "--run-once"]);
     assert!(out.contains("committed"), "{out}");
-    assert_eq!(h.log().len(), 6);
+    assert_eq!(h.log().len(), 8);
+
+    // --daemonize: the parent returns once the daemon is up, the pidfile names it.
+    let pidfile = h.p("pacha.pid");
+    h.ok(&["daemon", "--daemonize", "--pidfile", pidfile.to_str().unwrap(), "--log", h.p("bg.log").to_str().unwrap()]);
+    let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    fs::write(h.t("conf.d/c.conf"), "c\n").unwrap();
+    // (Its start-up commit or the watch: either records it.)
+    wait_commits(&h, 9);
+    let clog = h.ok(&["log", h.t("conf.d/c.conf").to_str().unwrap()]);
+    assert_eq!(clog.lines().count(), 1, "{clog}");
+    ok(Command::new("kill").arg("-TERM").arg(&pid));
+    assert!(wait_for(Duration::from_secs(10), || !pidfile.exists()), "pidfile removed at exit");
     finish();
 }
 

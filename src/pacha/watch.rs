@@ -351,6 +351,9 @@ async fn supervise(
     let mut signals = Signals::new()
         .map_err(|e| PachaError::Daemon(format!("cannot install signal handlers: {e}")))?;
     let mut watcher = Watcher::new(&cfg)?;
+    // A change made while the daemon was down is committed at once (the watches are
+    // already there: nothing made meanwhile is missed).
+    do_commit(&cfg, &mut watcher.changed);
     log::info!(
         "{PROGRAM} {} watching {} path(s), {} directories",
         env!("CARGO_PKG_VERSION"),
@@ -359,8 +362,6 @@ async fn supervise(
     );
     startup.ready()?;
     let mut m = Machine::new(cfg.debounce);
-    // A change made while the daemon was down is committed at once.
-    do_commit(&cfg, &mut watcher.changed);
     let mut interval = tokio::time::interval(cfg.interval);
     interval.tick().await;
     loop {
