@@ -263,30 +263,46 @@ fn a_meta_node_reports_per_node_and_goes_on_past_a_failing_one() {
     // Nothing listens there: ssh fails for b.
     let b = w.node("b", "web", one, free_port());
     let c = w.node("c", "web", one, w.sshd.port);
+    // d is reached but refuses the state: its validation fails, nothing changes there.
+    let d = w.node(
+        "d",
+        "web",
+        "[motd]\ndest = /etc/motd\nvalidate = grep -q never %s\n",
+        w.sshd.port,
+    );
     w.template("web/prod/motd", "meta\n");
+    // A meta-node including another one: all -> (a, b), c, d.
+    put(
+        &w.master.join("nodes/ab/ab.conf"),
+        "[node]\ninclude_nodes = a, b\n",
+    );
     put(
         &w.master.join("nodes/all/all.conf"),
-        "[node]\ninclude_nodes = ['a.conf', 'b.conf', 'c.conf']\n",
+        "[node]\ninclude_nodes = ['ab.conf', 'c.conf', 'd.conf']\n",
     );
     let mut cmd = w.pacha(&["push", "all", "prod"]);
     let o = run(&mut cmd);
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(10), "{}", show(&cmd, &o));
-    let (pa, pb, pc) = (
-        out.find("a: ok").unwrap(),
-        out.find("b: FAILED").unwrap(),
-        out.find("c: ok").unwrap(),
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s:?} in {out}"));
+    let (pa, pb, pc, pd) = (
+        at("a: ok"),
+        at("b: FAILED, nothing changed: ssh 127.0.0.1:"),
+        at("c: ok"),
+        at("d: FAILED, nothing changed: validate /etc/motd"),
     );
-    assert!(pa < pb && pb < pc, "in include order: {out}");
-    assert_one_line_error("pacha", &err, "1 of 3 nodes failed: b");
+    assert!(pa < pb && pb < pc && pc < pd, "in include order: {out}");
+    assert_one_line_error("pacha", &err, "2 of 4 nodes failed: b, d");
     for n in [&a, &c] {
         assert_eq!(
             fs::read_to_string(n.root.join("etc/motd")).unwrap(),
             "meta\n"
         );
     }
-    assert!(!b.root.join("etc/motd").exists());
+    for n in [&b, &d] {
+        assert!(!n.root.join("etc").exists(), "{} was changed", n.name);
+    }
     finish();
 }
 
