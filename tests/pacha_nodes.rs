@@ -478,6 +478,29 @@ fn an_unknown_host_key_is_refused() {
         "{err}"
     );
     assert!(!n.root.join("etc").exists());
+
+    // A known_hosts naming another key for that address: a changed key, refused too.
+    let other = w.sb.p("other_host_key");
+    common::cmd::ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other),
+    );
+    let wrong = w.sb.p("wrong_known_hosts");
+    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    fs::write(&wrong, format!("[127.0.0.1]:{} {other_pub}", w.sshd.port)).unwrap();
+    fs::write(
+        &w.master_ini,
+        master_ini_text(&w.sb, &w.master, &w.sshd, &wrong),
+    )
+    .unwrap();
+    let mut c = w.pacha(&["push", "web5", "prod"]);
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(12), "{}", show(&c, &o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_one_line_error("pacha", &err, "host key refused");
+    assert!(err.contains("HAS CHANGED"), "{err}");
+    assert!(!n.root.join("etc").exists());
     finish();
 }
 
