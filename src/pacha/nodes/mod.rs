@@ -370,3 +370,49 @@ pub fn apply_here(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subcommands_are_well_formed_and_ours() {
+        let c = Command::new("pacha").subcommands(subcommands());
+        c.clone().debug_assert();
+        for s in c.get_subcommands() {
+            assert!(handles(s.get_name()), "{}", s.get_name());
+        }
+        let m = c
+            .try_get_matches_from(["pacha", "push", "web1", "prod", "--check"])
+            .unwrap();
+        let (name, sub) = m.subcommand().unwrap();
+        assert_eq!(
+            (name, arg(sub, "node"), arg(sub, "state")),
+            ("push", "web1", "prod")
+        );
+        assert!(sub.get_flag("check"));
+    }
+
+    #[test]
+    fn settings_from_the_nodes_section() {
+        let ini = crate::config::Config::parse(
+            "[nodes]\nmaster_root = /srv/pacha\nscript_timeout = 5\n",
+            Path::new("p.ini"),
+        )
+        .unwrap();
+        let s = Settings::from_section(&ini.section("nodes")).unwrap();
+        assert_eq!(s.master_root, PathBuf::from("/srv/pacha"));
+        assert_eq!(s.script_timeout, Duration::from_secs(5));
+        assert_eq!(s.node_root, PathBuf::from("/"));
+        let ini =
+            crate::config::Config::parse("[nodes]\nnode_root = rel\n", Path::new("p.ini")).unwrap();
+        let e = Settings::from_section(&ini.section("nodes")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.ini: [nodes] node_root = \"rel\": must be an absolute path"
+        );
+        let ini = crate::config::Config::parse("[nodes]\nroot = /x\n", Path::new("p.ini")).unwrap();
+        let e = Settings::from_section(&ini.section("nodes")).unwrap_err();
+        assert_eq!(e.to_string(), "p.ini: [nodes] root: unknown key");
+    }
+}
