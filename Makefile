@@ -47,6 +47,8 @@ bench:
 	bash bench/walmgr.sh
 	$(CARGO) build --release --locked --bin calink
 	bash bench/calink.sh
+	$(CARGO) build --release --locked --bin pacha
+	PACHA=target/release/pacha bash bench/pacha.sh
 
 clean:
 	$(CARGO) clean

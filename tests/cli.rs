@@ -17,6 +17,7 @@ fn every_program_command_is_well_formed() {
         ("calink", hostkit::calink::command()),
         ("ele_report", hostkit::ele::report::command()),
         ("ele_ctl", hostkit::ele::ctl::command()),
+        ("pacha", hostkit::pacha::command()),
     ];
     for (program, cmd) in commands {
         assert_eq!(cmd.get_name(), program, "command() of {program}");

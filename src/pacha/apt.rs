@@ -49,7 +49,7 @@ fn parse(text: &str) -> BTreeMap<String, String> {
             let mut w = l.split_whitespace();
             let status = w.next()?;
             // "ii " installed; "rc" (config files only) and others are not installed.
-            if !status.starts_with('i') || status.len() < 2 || &status[1..2] != "i" {
+            if status.as_bytes().get(..2) != Some(b"ii".as_slice()) {
                 return None;
             }
             Some((w.next()?.to_string(), w.next().unwrap_or("").to_string()))

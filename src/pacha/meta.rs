@@ -591,7 +591,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(root.join("a.b"), std::fs::Permissions::from_mode(0o4755))
             .unwrap();
-        let s = scan(&[root.clone()], &Ignore::new(&[]), &[]).unwrap();
+        let s = scan(std::slice::from_ref(&root), &Ignore::new(&[]), &[]).unwrap();
         let names: Vec<String> = s
             .entries
             .iter()

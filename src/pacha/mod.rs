@@ -148,10 +148,10 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<ExitCode> {
             log::LevelFilter::Warn,
         )?;
     }
-    match name {
-        n if nodes::handles(n) => nodes::run(n, sub, &cfg).map_err(coded),
-        _ => run_core(name, sub, &cfg).map_err(coded),
+    if nodes::handles(name) {
+        return nodes::run(name, sub, &cfg).map_err(coded);
     }
+    run_core(name, sub, &cfg).map_err(coded)
 }
 
 fn paths(m: &ArgMatches) -> Vec<PathBuf> {

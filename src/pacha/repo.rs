@@ -281,7 +281,11 @@ pub fn ignore(cfg: &Config) -> Ignore {
 
 /// Scan the tracked paths' metadata now.
 pub fn scan_now(cfg: &Config) -> Result<meta::Scan, PachaError> {
-    meta::scan(&tracked(cfg)?, &ignore(cfg), &[cfg.state_dir.clone()])
+    meta::scan(
+        &tracked(cfg)?,
+        &ignore(cfg),
+        std::slice::from_ref(&cfg.state_dir),
+    )
 }
 
 /// Bring the index to the state of the tracked paths: content through `git add -A`
@@ -339,7 +343,7 @@ pub fn stage(cfg: &Config) -> Result<Vec<String>, PachaError> {
         rm.args(["rm", "-q", "--cached", "--"]).args(&stray);
         run(&rm, "rm --cached")?;
     }
-    let scan = meta::scan(&tracked, &ig, &[cfg.state_dir.clone()])?;
+    let scan = meta::scan(&tracked, &ig, std::slice::from_ref(&cfg.state_dir))?;
     let text = meta::serialize(&scan.entries);
     let mut h = git(cfg);
     h.args(["hash-object", "-w", "--stdin"]);

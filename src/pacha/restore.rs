@@ -245,7 +245,7 @@ pub fn rollback(cfg: &Config, paths: &[PathBuf], to: &str) -> Result<Vec<String>
         let now = meta::scan(
             std::slice::from_ref(a),
             &repo::ignore(cfg),
-            &[cfg.state_dir.clone()],
+            std::slice::from_ref(&cfg.state_dir),
         )?;
         for e in now.entries.iter().rev() {
             if !want.contains(e.path.as_str()) {
