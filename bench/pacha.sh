@@ -11,6 +11,8 @@
 #              (median of ROUNDS)
 #   daemon     `pacha daemon` (debounce 0.1 s, the default) running; one file appended
 #              to; time until its commit is in the repository (median of ROUNDS)
+#   push       pacha push of a 50-file state to 1 and to 5 nodes: bench/pacha-push.sh,
+#              run last with the same binary
 #
 # etckeeper is not installed on the host (its package would put its own apt hook and
 # /etc/.git in place): its .deb is fetched with `apt-get download` and unpacked with
@@ -141,3 +143,8 @@ cat <<MD
 | commit after one file changed (median of $ROUNDS) | $p_commit ms | $e_commit ms |
 | daemon: one-file edit to commit in the repository (median of $ROUNDS, debounce 0.1 s) | $d_lat ms (commit itself $d_commit ms) | — (no daemon) |
 MD
+
+# Push of a 50-file template state to 1 and to 5 nodes (five sshd on loopback ports):
+# bench/pacha-push.sh, same binary.
+echo
+PACHA=$PACHA bash bench/pacha-push.sh

@@ -192,6 +192,12 @@ impl Config {
         }
     }
 
+    /// The value as written, without `%(name)s` interpolation (for values that are
+    /// commands with `%s` placeholders of their own, such as pacha's `validate`).
+    pub fn get_literal(&self, section: &str, key: &str) -> Option<String> {
+        self.raw(section, &key.to_lowercase()).map(str::to_string)
+    }
+
     /// Like [`Config::get`] but a missing key is an error.
     pub fn require(&self, section: &str, key: &str) -> Result<String, ConfigError> {
         self.get(section, key)?
@@ -327,6 +333,14 @@ impl<'a> Section<'a> {
             .raw(key)?
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty()))
+    }
+
+    /// The value as written (trimmed, no interpolation); empty counts as unset.
+    pub fn literal(&self, key: &str) -> Option<String> {
+        self.cfg
+            .get_literal(&self.name, key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     }
 
     /// The value, or `default` when unset or empty.
@@ -703,6 +717,17 @@ mod tests {
         // Unbounded above still cannot overflow a Duration.
         let c = cfg("[s]\nhuge = 1e300\n");
         assert!(c.section("s").duration("huge", d, ..).is_err());
+    }
+
+    #[test]
+    fn literal_values_are_not_interpolated() {
+        let c = cfg("[s]\nv = visudo -cf %s\nw = 100%%\n");
+        assert_eq!(
+            c.section("s").literal("V").as_deref(),
+            Some("visudo -cf %s")
+        );
+        assert_eq!(c.section("s").literal("w").as_deref(), Some("100%%"));
+        assert_eq!(c.section("s").literal("absent"), None);
     }
 
     #[test]

@@ -30,6 +30,8 @@ packages=(
     openssl ca-certificates
     # tests/pacha.rs: git (pacha's history), setfacl/getfattr, dpkg-deb for the apt hook test
     git acl attr dpkg-dev
+    # tests/pacha_nodes.rs: visudo validates a pushed sudoers file; diff for --check
+    sudo diffutils
 )
 missing=()
 for p in "${packages[@]}"; do

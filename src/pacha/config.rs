@@ -39,7 +39,14 @@ const PACHA_KEYS: &[&str] = &[
     "log",
     "syslog_facility",
 ];
-const SSH_KEYS: &[&str] = &["user", "port", "connect_timeout", "options"];
+const SSH_KEYS: &[&str] = &[
+    "user",
+    "port",
+    "connect_timeout",
+    "options",
+    "identity",
+    "known_hosts",
+];
 
 /// Where the daemon logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +63,10 @@ pub struct Ssh {
     pub connect_timeout: u32,
     /// Extra ssh arguments (`-i key`, `-o UserKnownHostsFile=...`), shell-split.
     pub options: Vec<String>,
+    /// `-i` (push and pull of nodes).
+    pub identity: Option<PathBuf>,
+    /// `-o UserKnownHostsFile=` (push and pull of nodes).
+    pub known_hosts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +93,8 @@ pub struct Config {
     pub log: LogTo,
     pub syslog_facility: String,
     pub ssh: Ssh,
+    /// `[nodes]`: templates, nodes, push and pull.
+    pub nodes: super::nodes::Settings,
 }
 
 fn absolute(ini: &Ini, section: &str, key: &str, p: PathBuf) -> Result<PathBuf, PachaError> {
@@ -111,10 +124,12 @@ impl Config {
 
     pub fn from_ini(ini: &Ini) -> Result<Config, PachaError> {
         for s in ini.sections() {
-            if s != "pacha" && s != "ssh" {
+            if s != "pacha" && s != "ssh" && s != "nodes" {
                 return Err(PachaError::Setting {
                     path: ini.path().to_path_buf(),
-                    reason: format!("unknown section [{s}] (pacha reads [pacha] and [ssh])"),
+                    reason: format!(
+                        "unknown section [{s}] (pacha reads [pacha], [ssh] and [nodes])"
+                    ),
                 });
             }
         }
@@ -193,7 +208,10 @@ impl Config {
             port: s.number("port", 22u16, 1..)?,
             connect_timeout: s.number("connect_timeout", 10u32, 1..=600)?,
             options,
+            identity: s.path("identity")?,
+            known_hosts: s.path("known_hosts")?,
         };
+        let nodes = super::nodes::Settings::from_section(&ini.section("nodes"))?;
         Ok(Config {
             path: ini.path().to_path_buf(),
             paths,
@@ -215,6 +233,7 @@ impl Config {
             log,
             syslog_facility: p.string_or("syslog_facility", "daemon")?,
             ssh,
+            nodes,
             host,
             state_dir,
         })

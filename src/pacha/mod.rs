@@ -11,12 +11,12 @@ pub mod config;
 pub mod error;
 pub mod ignore;
 pub mod meta;
+pub mod nodes;
 pub mod push;
 pub mod rebuild;
 pub mod repo;
 pub mod restore;
 pub mod watch;
-// ---- pnodes: `pub mod nodes;` goes here (templates, nodes, push/pull). ----
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,9 +129,7 @@ pub fn command() -> Command {
                 .value_parser(clap::value_parser!(PathBuf)),
         )
         .subcommands(core_subcommands());
-    // ---- pnodes: `.subcommands(nodes::subcommands())` goes here. ----
-    #[allow(clippy::let_and_return)]
-    c
+    c.subcommands(nodes::subcommands())
 }
 
 pub fn main() -> ExitCode {
@@ -150,8 +148,9 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<ExitCode> {
             log::LevelFilter::Warn,
         )?;
     }
-    // ---- pnodes: the node commands are dispatched here, before the core ones:
-    // `if nodes::handles(name) { return nodes::run(name, sub, &cfg); }` ----
+    if nodes::handles(name) {
+        return nodes::run(name, sub, &cfg).map_err(coded);
+    }
     run_core(name, sub, &cfg).map_err(coded)
 }
 

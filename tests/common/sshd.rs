@@ -1,5 +1,6 @@
 //! A real sshd on a private port for the tests of remote operation (walmgr's remote
-//! store): its own host key, and a client key `postgres` logs in with.
+//! store, pacha's push and pull): its own host key, and a client key `postgres` (or,
+//! with [`Sshd::start_as`], `root`) logs in with.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +18,9 @@ pub struct Sshd {
     _child: Bg,
     pub ssh: String,
     pub log: PathBuf,
+    pub port: u16,
+    /// Who logs in (and owns the client key): `postgres` or `root`.
+    pub user: String,
     /// The client key (root may use it too: sshd allows root with a key).
     pub key: PathBuf,
     /// known_hosts holding this sshd's host key for `[127.0.0.1]:port`.
@@ -25,14 +29,29 @@ pub struct Sshd {
 }
 
 impl Sshd {
+    /// An sshd `postgres` logs in to (walmgr's archive_command runs as postgres).
     pub fn start(sb: &Sandbox, port: u16) -> Sshd {
+        Sshd::start_as(sb, port, "postgres")
+    }
+
+    /// An sshd `user` (`postgres` or `root`) logs in to, with a key of its own; the
+    /// files live in `<sandbox>/ssh-<port>` so one sandbox can hold several servers.
+    pub fn start_as(sb: &Sandbox, port: u16, user: &str) -> Sshd {
+        assert!(
+            user == "postgres" || user == "root",
+            "the test sshd allows postgres and root"
+        );
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "/usr/sbin/sshd is missing (apt install openssh-server; tests/setup-host.sh)"
         );
         fs::create_dir_all("/run/sshd").unwrap();
         fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755)).unwrap();
-        let dir = sb.mkdir("ssh");
+        let dir = if user == "postgres" {
+            sb.mkdir("ssh")
+        } else {
+            sb.mkdir(&format!("ssh-{port}"))
+        };
         let host_key = dir.join("host_ed25519");
         let user_key = dir.join("id_ed25519");
         for (k, c) in [
@@ -43,16 +62,21 @@ impl Sshd {
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", c, "-f"])
                 .arg(k));
         }
-        // The client key belongs to postgres (archive_command runs as postgres).
-        chown_pg(&user_key);
-        chown_pg(&dir.join("id_ed25519.pub"));
+        // The client key belongs to the user who logs in.
+        let as_user = |p: &Path| {
+            if user == "postgres" {
+                chown_pg(p)
+            }
+        };
+        as_user(&user_key);
+        as_user(&dir.join("id_ed25519.pub"));
         let authorized = dir.join("authorized_keys");
         fs::copy(dir.join("id_ed25519.pub"), &authorized).unwrap();
-        chown_pg(&authorized);
+        as_user(&authorized);
         let host_pub = fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
         let known = dir.join("known_hosts");
         fs::write(&known, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
-        chown_pg(&known);
+        as_user(&known);
         let conf = dir.join("sshd_config");
         fs::write(
             &conf,
@@ -76,7 +100,7 @@ impl Sshd {
         let ssh = format!(
             "ssh -F /dev/null -p {port} -i {key} -o UserKnownHostsFile={known} \
              -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes \
-             -o ConnectTimeout=10 -o LogLevel=ERROR -l postgres",
+             -o ConnectTimeout=10 -o LogLevel=ERROR -l {user}",
             key = user_key.display(),
             known = known.display(),
         );
@@ -84,6 +108,8 @@ impl Sshd {
             _child: Bg(Some(child)),
             ssh,
             log,
+            port,
+            user: user.to_string(),
             key: user_key,
             known_hosts: known,
             conf,
@@ -117,10 +143,14 @@ impl Sshd {
         );
     }
 
-    /// The ssh client as postgres.
+    /// The ssh client as the user who logs in.
     pub fn client(&self) -> Command {
         let mut w = self.ssh.split_whitespace();
-        let mut c = as_postgres(w.next().unwrap());
+        let mut c = if self.user == "postgres" {
+            as_postgres(w.next().unwrap())
+        } else {
+            Command::new(w.next().unwrap())
+        };
         c.args(w);
         c
     }
