@@ -48,8 +48,12 @@ fn monitor(sb: &Sandbox, objects: &[&str]) -> (i32, String) {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
+    // A configuration error ends the monitor before it reads: a broken pipe here is
+    // that, and its exit code and stderr say what happened.
     for o in objects {
-        stdin.write_all(o.as_bytes()).unwrap();
+        if stdin.write_all(o.as_bytes()).is_err() {
+            break;
+        }
     }
     drop(stdin);
     let out = child.wait_with_output().unwrap();
