@@ -258,7 +258,10 @@ fn point_in_time_recovery() {
     drop(c);
 
     // The segment past the end, asked for in a recovery's directory: exit 1, quietly.
-    let last = m.psql("select pg_walfile_name(pg_current_wal_lsn())");
+    // (Well past the current position: right after a WAL switch the current LSN sits on
+    // a segment boundary, and pg_walfile_name of a boundary names the segment before
+    // it, which is archived.)
+    let last = m.psql("select pg_walfile_name(pg_current_wal_lsn() + 10 * 16 * 1024 * 1024)");
     let o = run(&mut xrestore(&slave, &d_time, &last, "RECOVERYXLOG"));
     assert_eq!(o.status.code(), Some(1), "{}", show(&walmgr(), &o));
 
