@@ -528,7 +528,8 @@ fn master_keys(sshd: &common::sshd::Sshd, store: &Path, port: u16, known: &Path)
 #[test]
 fn push_to_master_over_ssh_retry_and_rebuild_into_another_root() {
     let sb = common::pg::Sandbox::new("pacha");
-    let port = 56171;
+    // Not a fixed port: one in the ephemeral range can be taken by any connection.
+    let port = common::pg::free_port();
     let mut sshd = common::sshd::Sshd::start(&sb, port);
     let master = tempfile::Builder::new()
         .prefix("hk-pacha-master-")

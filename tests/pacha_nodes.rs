@@ -4,25 +4,15 @@
 mod common;
 
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cmd::{assert_one_line_error, finish, run, show};
-use common::pg::Sandbox;
+use common::pg::{free_port, Sandbox};
 use common::sshd::Sshd;
 
 const PACHA: &str = env!("CARGO_BIN_EXE_pacha");
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn put(p: &Path, content: &str) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -8,7 +8,9 @@ use super::*;
 fn remote_slave_over_ssh() {
     let _g = serial();
     let sb = Sandbox::new("ssh");
-    let sshd = Sshd::start(&sb, 56170);
+    // A port the kernel just had free: fixed ports in the ephemeral range (56170 was)
+    // can be taken by any outgoing connection of the moment.
+    let sshd = Sshd::start(&sb, common::pg::free_port());
     let m = Cluster::initdb(&sb, "master", 56171, 16, "archive_mode = on\n");
     m.start();
     let store = sb.p("slavestore");
