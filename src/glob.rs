@@ -68,7 +68,8 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
     current
 }
 
-/// Does one path component `name` match the pattern component `pat`?
+/// Does one path component `name` match the pattern component `pat`? As the shell
+/// globs: a leading `.` must be matched by a literal one (FNM_PERIOD).
 pub fn matches(pat: &str, name: &str) -> bool {
     let p: Vec<char> = pat.chars().collect();
     let s: Vec<char> = name.chars().collect();
@@ -78,6 +79,14 @@ pub fn matches(pat: &str, name: &str) -> bool {
     {
         return false;
     }
+    go(&p, &s)
+}
+
+/// fnmatch(3) without FNM_PERIOD (`*` matches a leading `.` too), as ignore lists
+/// (gitignore, etckeeper's) mean it: `*`, `?`, `[...]`, `\x`.
+pub fn fnmatch(pat: &str, name: &str) -> bool {
+    let p: Vec<char> = pat.chars().collect();
+    let s: Vec<char> = name.chars().collect();
     go(&p, &s)
 }
 

@@ -86,13 +86,17 @@ impl Ignore {
             .zip(&self.anchored)
             .any(|(pat, &anch)| {
                 if anch {
-                    pat.len() == comps.len() && pat.iter().zip(&comps).all(|(p, c)| fnmatch(p, c))
+                    pat.len() == comps.len()
+                        && pat
+                            .iter()
+                            .zip(&comps)
+                            .all(|(p, c)| crate::glob::fnmatch(p, c))
                 } else {
                     pat.len() <= comps.len()
                         && pat
                             .iter()
                             .zip(&comps[comps.len() - pat.len()..])
-                            .all(|(p, c)| fnmatch(p, c))
+                            .all(|(p, c)| crate::glob::fnmatch(p, c))
                 }
             })
     }
@@ -114,49 +118,6 @@ impl Ignore {
             s.push('\n');
         }
         s
-    }
-}
-
-/// fnmatch without FNM_PERIOD: `*`, `?`, `[...]`, `\x`.
-pub fn fnmatch(pat: &str, name: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
-    let s: Vec<char> = name.chars().collect();
-    go(&p, &s)
-}
-
-fn go(p: &[char], s: &[char]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some('*') => (0..=s.len()).any(|i| go(&p[1..], &s[i..])),
-        Some('?') => !s.is_empty() && go(&p[1..], &s[1..]),
-        Some('[') => {
-            let Some(c) = s.first() else { return false };
-            let (neg, mut i) = match p.get(1) {
-                Some('!') | Some('^') => (true, 2),
-                _ => (false, 1),
-            };
-            let start = i;
-            let mut hit = false;
-            loop {
-                let Some(&ch) = p.get(i) else {
-                    // no closing bracket: a literal '['
-                    return *c == '[' && go(&p[1..], &s[1..]);
-                };
-                if ch == ']' && i > start {
-                    break;
-                }
-                if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|e| *e != ']') {
-                    hit |= ch <= *c && *c <= p[i + 2];
-                    i += 3;
-                } else {
-                    hit |= ch == *c;
-                    i += 1;
-                }
-            }
-            hit != neg && go(&p[i + 1..], &s[1..])
-        }
-        Some('\\') if p.len() > 1 => s.first() == Some(&p[1]) && go(&p[2..], &s[1..]),
-        Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
     }
 }
 
