@@ -17,6 +17,7 @@ pub mod logging;
 pub mod monitor;
 pub mod pg;
 pub mod proc;
+pub mod s3;
 
 pub mod calink;
 pub mod ele;

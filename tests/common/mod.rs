@@ -6,7 +6,8 @@
 //!   binaries they run copied where `postgres` can read them;
 //! - `rabbitmq`: a private RabbitMQ node with a TLS listener and test-made certificates;
 //! - `cmd`: run a binary, assert its exit code and its one-line error;
-//! - `sshd`: a real sshd on a private port, logged into by `postgres` with a test key.
+//! - `sshd`: a real sshd on a private port, logged into by `postgres` with a test key;
+//! - `s3`: moto's S3 server on loopback (authentication on) and a proxy that injects faults.
 //!
 //! Each test binary compiles all of it (`mod common;`) and uses a part.
 #![allow(dead_code)]
@@ -19,6 +20,7 @@ pub mod amqp;
 pub mod cmd;
 pub mod pg;
 pub mod rabbitmq;
+pub mod s3;
 pub mod sshd;
 
 // Not every test binary uses it.

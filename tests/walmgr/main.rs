@@ -190,6 +190,7 @@ mod pitr;
 mod remote;
 mod restore_as_root;
 mod roundtrip;
+mod s3;
 mod secrets;
 mod standby;
 mod status;

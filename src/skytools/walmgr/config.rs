@@ -36,6 +36,18 @@ const COMMON_KEYS: &[&str] = &[
     "keep_backups",
     "archive_command",
     "walmgr_path",
+    "s3_endpoint",
+    "s3_region",
+    "s3_addressing",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_session_token",
+    "s3_credentials_file",
+    "s3_sse",
+    "s3_sse_kms_key_id",
+    "s3_conditional_put",
+    "s3_timeout",
+    "s3_retries",
 ];
 
 const MASTER_KEYS: &[&str] = &[
@@ -82,6 +94,9 @@ pub struct StorePaths {
     pub partial_wals: PathBuf,
     pub full_backup: PathBuf,
     pub config_backup: PathBuf,
+    /// The store is in S3 (`slave` or `walmgr_data` = `s3://bucket/prefix`): the paths
+    /// above are then `s3://bucket/key-prefix` URLs, and this says how to reach them.
+    pub s3: Option<crate::s3::Config>,
 }
 
 /// What the store side needs: paths plus the retention rules.
@@ -96,6 +111,8 @@ pub struct StoreSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlaveLocation {
+    /// This process writes the store itself: a directory, or an S3 store
+    /// (`s3://bucket/prefix`, see [`StorePaths::s3`]).
     Local(PathBuf),
     Remote { host: String, path: PathBuf },
 }
@@ -298,6 +315,12 @@ fn known(sec: &Section, side: &[&str]) -> Result<()> {
 fn store_path(sec: &Section, key: &str, root: &Path, default: &str) -> Result<PathBuf> {
     match sec.string(key)? {
         None => Ok(root.join(default)),
+        Some(v) if crate::s3::Url::parse(&v).is_some() => Err(bad(
+            sec,
+            key,
+            &v,
+            "an S3 store is named as a whole: slave (or walmgr_data) = s3://bucket/prefix",
+        )),
         Some(v) => match split_remote(&v) {
             Some((_, p)) => Ok(expand_home(p)),
             None => Ok(expand_home(&v)),
@@ -305,23 +328,238 @@ fn store_path(sec: &Section, key: &str, root: &Path, default: &str) -> Result<Pa
     }
 }
 
-fn store(sec: &Section, slave_path: &Path) -> Result<StoreSettings> {
-    let root = match sec.string("walmgr_data")? {
-        Some(v) => expand_home(split_remote(&v).map(|(_, p)| p).unwrap_or(&v)),
-        None => slave_path.to_path_buf(),
+/// A store path key of an S3 store: `s3://<the same bucket>/...` (Skytools'
+/// `%(slave)s/logs.complete` gives that), default `<root>/<default>`.
+fn s3_store_path(sec: &Section, key: &str, root: &crate::s3::Url, default: &str) -> Result<PathBuf> {
+    let v = match sec.string(key)? {
+        None => return Ok(PathBuf::from(format!("{root}/{default}"))),
+        Some(v) => v,
     };
-    let paths = StorePaths {
-        completed_wals: store_path(sec, "completed_wals", &root, "logs.complete")?,
-        partial_wals: store_path(sec, "partial_wals", &root, "logs.partial")?,
-        full_backup: store_path(sec, "full_backup", &root, "data.master")?,
-        config_backup: store_path(sec, "config_backup", &root, "config.backup")?,
-        root,
+    match crate::s3::Url::parse(&v) {
+        Some(Ok(u)) if u.bucket == root.bucket && !u.prefix.is_empty() => {
+            Ok(PathBuf::from(u.to_string()))
+        }
+        Some(Ok(_)) => Err(bad(
+            sec,
+            key,
+            &v,
+            format!("must be a prefix in the store's bucket (s3://{}/...)", root.bucket),
+        )),
+        Some(Err(e)) => Err(bad(sec, key, &v, e)),
+        None => Err(bad(
+            sec,
+            key,
+            &v,
+            format!("the store is in S3 ({root}): expected s3://{}/...", root.bucket),
+        )),
+    }
+}
+
+fn store(sec: &Section, slave_path: &Path) -> Result<StoreSettings> {
+    let root_raw = match sec.string("walmgr_data")? {
+        Some(v) => v,
+        None => slave_path.to_string_lossy().into_owned(),
+    };
+    let paths = match crate::s3::Url::parse(&root_raw) {
+        Some(Ok(url)) => StorePaths {
+            completed_wals: s3_store_path(sec, "completed_wals", &url, "logs.complete")?,
+            partial_wals: s3_store_path(sec, "partial_wals", &url, "logs.partial")?,
+            full_backup: s3_store_path(sec, "full_backup", &url, "data.master")?,
+            config_backup: s3_store_path(sec, "config_backup", &url, "config.backup")?,
+            root: PathBuf::from(url.to_string()),
+            s3: Some(s3_config(sec, &url)?),
+        },
+        Some(Err(e)) => {
+            let key = if sec.string("walmgr_data")?.is_some() {
+                "walmgr_data"
+            } else {
+                "slave"
+            };
+            return Err(bad(sec, key, &root_raw, e));
+        }
+        None => {
+            let root = expand_home(split_remote(&root_raw).map(|(_, p)| p).unwrap_or(&root_raw));
+            StorePaths {
+                completed_wals: store_path(sec, "completed_wals", &root, "logs.complete")?,
+                partial_wals: store_path(sec, "partial_wals", &root, "logs.partial")?,
+                full_backup: store_path(sec, "full_backup", &root, "data.master")?,
+                config_backup: store_path(sec, "config_backup", &root, "config.backup")?,
+                root,
+                s3: None,
+            }
+        }
     };
     Ok(StoreSettings {
         paths,
         keep_backups: sec.number("keep_backups", 0usize, ..)?,
         archive_command: sec.string("archive_command")?,
     })
+}
+
+/// The `s3_*` keys of an S3 store.
+fn s3_config(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Config> {
+    use crate::s3::{Addressing, Config as S3, Sse};
+    let region = sec
+        .string("s3_region")?
+        .unwrap_or_else(|| "us-east-1".to_string());
+    if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(bad(sec, "s3_region", &region, "expected a region name such as eu-west-1"));
+    }
+    let (scheme, host, default_addressing) = match sec.string("s3_endpoint")? {
+        Some(e) => {
+            let (scheme, host) = S3::parse_endpoint(&e).map_err(|r| bad(sec, "s3_endpoint", &e, r))?;
+            (scheme, host, Addressing::Path)
+        }
+        None => (
+            "https".to_string(),
+            format!("s3.{region}.amazonaws.com"),
+            Addressing::VirtualHost,
+        ),
+    };
+    let addressing = match sec.string("s3_addressing")?.as_deref() {
+        None => default_addressing,
+        Some("path") => Addressing::Path,
+        Some("virtual" | "virtual-host" | "virtual_host") => Addressing::VirtualHost,
+        Some(v) => return Err(bad(sec, "s3_addressing", v, "expected path or virtual")),
+    };
+    if addressing == Addressing::VirtualHost && url.bucket.contains('.') && scheme == "https" {
+        return Err(bad(
+            sec,
+            "s3_addressing",
+            "virtual",
+            format!(
+                "bucket {} has a '.', which no TLS certificate of the service covers: use s3_addressing = path",
+                url.bucket
+            ),
+        ));
+    }
+    let kms_key = sec.string("s3_sse_kms_key_id")?;
+    let sse = match sec.string("s3_sse")?.as_deref() {
+        None => None,
+        Some("AES256") => Some(Sse::Aes256),
+        Some("aws:kms") => Some(Sse::Kms {
+            key_id: kms_key.clone(),
+        }),
+        Some(v) => return Err(bad(sec, "s3_sse", v, "expected AES256 or aws:kms")),
+    };
+    if let (Some(k), false) = (&kms_key, matches!(sse, Some(Sse::Kms { .. }))) {
+        return Err(bad(sec, "s3_sse_kms_key_id", k, "needs s3_sse = aws:kms"));
+    }
+    Ok(S3 {
+        scheme,
+        host,
+        region,
+        addressing,
+        bucket: url.bucket.clone(),
+        credentials: s3_credentials(sec, url)?,
+        sse,
+        conditional_put: sec.bool("s3_conditional_put", true)?,
+        timeout: sec.duration(
+            "s3_timeout",
+            Duration::from_secs(60),
+            (
+                Bound::Included(Duration::from_secs(1)),
+                Bound::Included(Duration::from_secs(3600)),
+            ),
+        )?,
+        retries: sec.number("s3_retries", 3u32, 0..=10)?,
+    })
+}
+
+/// Credentials, first found: `s3_access_key_id` + `s3_secret_access_key` in the ini,
+/// `s3_credentials_file` (AWS's shared-credentials format, owner-only), the environment
+/// (`AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+fn s3_credentials(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Credentials> {
+    use crate::s3::Credentials;
+    // Secrets are taken literally: ConfigParser's %-interpolation must not touch them.
+    let id = sec.string("s3_access_key_id")?;
+    let secret = sec.literal("s3_secret_access_key");
+    match (id, secret) {
+        (Some(id), Some(secret)) => {
+            secret_file_ok(sec.config().path(), "s3_secret_access_key", 0o004)
+                .map_err(|r| bad(sec, "s3_secret_access_key", "<hidden>", r))?;
+            return Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: sec.literal("s3_session_token"),
+                source: sec.config().path().display().to_string(),
+            });
+        }
+        (Some(_), None) => {
+            return Err(bad(sec, "s3_access_key_id", "", "needs s3_secret_access_key beside it"))
+        }
+        (None, Some(_)) => {
+            return Err(bad(sec, "s3_secret_access_key", "<hidden>", "needs s3_access_key_id beside it"))
+        }
+        (None, None) => {}
+    }
+    if let Some(f) = sec.path("s3_credentials_file")? {
+        let shown = f.display().to_string();
+        let fail = |r: String| bad(sec, "s3_credentials_file", &shown, r);
+        let meta = std::fs::metadata(&f).map_err(|e| fail(e.to_string()))?;
+        secret_file_ok(&f, "credentials", 0o077).map_err(fail)?;
+        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+        let me = nix::unistd::geteuid().as_raw();
+        if owner != 0 && owner != me {
+            return Err(fail(format!(
+                "owned by uid {owner}: must belong to root or to the user walmgr runs as (uid {me})"
+            )));
+        }
+        let cfg = Config::load(&f).map_err(|e| fail(e.to_string()))?;
+        let section = if cfg.has_section("default") {
+            "default".to_string()
+        } else {
+            cfg.sections()
+                .next()
+                .ok_or_else(|| fail("no [default] section".into()))?
+                .to_string()
+        };
+        let get = |k: &str| cfg.get_literal(&section, k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        return match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+            (Some(id), Some(secret)) => Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: get("aws_session_token"),
+                source: shown.clone(),
+            }),
+            _ => Err(fail(format!(
+                "[{section}] needs aws_access_key_id and aws_secret_access_key"
+            ))),
+        };
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        (Some(id), Some(secret)) => Ok(Credentials {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: env("AWS_SESSION_TOKEN"),
+            source: "the environment".into(),
+        }),
+        _ => Err(bad(
+            sec,
+            "s3_credentials_file",
+            "",
+            format!(
+                "the store {url} needs credentials: s3_access_key_id + s3_secret_access_key, \
+                 s3_credentials_file, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY in the environment"
+            ),
+        )),
+    }
+}
+
+/// A file holding a secret must not be readable beyond `forbidden` mode bits allow.
+/// A file that cannot be stat'ed (a unit test's made-up path) is not judged here.
+fn secret_file_ok(path: &Path, what: &str, forbidden: u32) -> std::result::Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & forbidden != 0 => Err(format!(
+            "{} holds {what} but has mode {:04o}: chmod {} it",
+            path.display(),
+            m.permissions().mode() & 0o7777,
+            if forbidden == 0o004 { "o-rwx" } else { "600" }
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn job_name(sec: &Section) -> Result<String> {
@@ -333,6 +571,9 @@ fn job_name(sec: &Section) -> Result<String> {
 fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
     let slave_raw = sec.required("slave")?;
     let slave = match split_remote(&slave_raw) {
+        _ if crate::s3::Url::parse(&slave_raw).is_some() => {
+            SlaveLocation::Local(PathBuf::from(slave_raw.trim()))
+        }
         // ssh would take a host starting with '-' for an option.
         Some((host, _)) if host.starts_with('-') => {
             return Err(bad(
@@ -476,7 +717,7 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
 
 fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
     let slave_raw = sec.required("slave")?;
-    if split_remote(&slave_raw).is_some() {
+    if split_remote(&slave_raw).is_some() && crate::s3::Url::parse(&slave_raw).is_none() {
         return Err(bad(
             sec,
             "slave",

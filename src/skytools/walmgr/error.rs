@@ -75,6 +75,9 @@ pub enum WalmgrError {
     /// set named): PostgreSQL could not reach it from there.
     #[error("{0}")]
     TargetBeforeSets(String),
+    /// The S3 service refused a request or could not be reached.
+    #[error("S3 store: {0}")]
+    S3(#[from] crate::s3::Error),
     /// A failure inside walmgr itself: a pipe, a thread, a tar stream writer.
     #[error("{0}")]
     Internal(String),
@@ -126,6 +129,7 @@ impl crate::cli::ExitError for WalmgrError {
             WalmgrError::Verify(_) => 12,
             WalmgrError::Internal(_) => 13,
             WalmgrError::TargetBeforeSets(_) => 14,
+            WalmgrError::S3(_) => 15,
             WalmgrError::Undeliverable(_) => RESTORE_ABORT,
         }
     }

@@ -16,6 +16,7 @@ pub mod pg;
 pub mod pitr;
 pub mod remote;
 pub mod restore;
+pub mod s3store;
 pub mod setup;
 pub mod status;
 pub mod store;

@@ -18,6 +18,13 @@ pub fn archive_command(m: &Master) -> String {
 /// Create the store's directories (the side that holds the store).
 pub fn create_store(st: &StoreSettings, dry_run: bool) -> Result<()> {
     let p = &st.paths;
+    if p.s3.is_some() {
+        // Buckets are made by their owner; check that this one answers to these
+        // credentials (also with -n: it changes nothing).
+        super::store::WalStore::new(p).ensure_dirs()?;
+        println!("S3 store {} reachable", p.root.display());
+        return Ok(());
+    }
     for d in [
         &p.root,
         &p.completed_wals,

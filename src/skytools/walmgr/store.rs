@@ -5,6 +5,10 @@
 //! meta second, and the directory is fsynced once after both, before anyone is told
 //! "stored": a crash at any point leaves either a complete, acknowledged pair, or
 //! something that is not acknowledged and may be written again.
+//!
+//! The same store may live in S3 (`slave = s3://bucket/prefix`): [`WalStore`] then
+//! hands each call to [`super::s3store`], which keeps these rules with the service's
+//! conditional writes; callers do not tell the two apart.
 
 use std::borrow::Cow;
 use std::fs::{self, File};
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::codec::Compression;
+use super::s3store::S3Wal;
 use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::walname::{Kind, WalName};
 use crate::digest::{HashReader, HashWriter};
@@ -85,8 +90,10 @@ pub enum PutOutcome {
 
 #[derive(Debug, Clone)]
 pub struct WalStore {
+    /// The directory (for an S3 store: its `s3://bucket/prefix`, for messages).
     pub dir: PathBuf,
     pub partial_dir: PathBuf,
+    s3: Option<std::sync::Arc<S3Wal>>,
 }
 
 impl WalStore {
@@ -94,7 +101,24 @@ impl WalStore {
         WalStore {
             dir: paths.completed_wals.clone(),
             partial_dir: paths.partial_wals.clone(),
+            s3: paths
+                .s3
+                .as_ref()
+                .map(|c| std::sync::Arc::new(S3Wal::new(c, &paths.completed_wals))),
         }
+    }
+
+    /// A directory store at `dir` (tests, tools).
+    pub fn local(dir: PathBuf, partial_dir: PathBuf) -> WalStore {
+        WalStore {
+            dir,
+            partial_dir,
+            s3: None,
+        }
+    }
+
+    pub fn is_s3(&self) -> bool {
+        self.s3.is_some()
     }
 
     pub fn data_path(&self, name: &str, c: Compression) -> PathBuf {
@@ -108,6 +132,9 @@ impl WalStore {
     /// The committed meta of `name`, if it is stored. A meta whose data file is missing or
     /// short was never acknowledged (crash between the renames and the directory fsync).
     pub fn lookup(&self, name: &str) -> Result<Option<Meta>> {
+        if let Some(s3) = &self.s3 {
+            return s3.lookup(name);
+        }
         let mp = self.meta_path(name);
         let text = match fs::read(&mp) {
             Ok(t) => t,
@@ -141,7 +168,11 @@ impl WalStore {
         }
     }
 
+    /// Create the directories; for an S3 store, check that the bucket answers.
     pub fn ensure_dirs(&self) -> Result<()> {
+        if let Some(s3) = &self.s3 {
+            return s3.ensure();
+        }
         fsutil::ensure_dir(&self.dir, 0o700)?;
         fsutil::ensure_dir(&self.partial_dir, 0o700)?;
         Ok(())
@@ -150,6 +181,9 @@ impl WalStore {
     /// Store `stored` (already compressed as `meta` says). Refuses to replace different
     /// contents; verifies the bytes received against the meta before committing.
     pub fn put(&self, meta: &Meta, stored: Incoming) -> Result<PutOutcome> {
+        if let Some(s3) = &self.s3 {
+            return s3.put(meta, stored);
+        }
         WalName::parse(&meta.name)?;
         // From the check to the commit nobody else may write or remove this name (two
         // archivers sharing a store, a hung remote receiver beside its retry, a purge).
@@ -230,7 +264,11 @@ impl WalStore {
     }
 
     /// Check the stored file's own checksum (cheap: the compressed bytes).
+    /// For an S3 store: what the service says it holds (size and checksums).
     pub fn check_stored(&self, meta: &Meta) -> Result<()> {
+        if let Some(s3) = &self.s3 {
+            return s3.check_stored(meta);
+        }
         let dp = self.data_path(&meta.name, meta.compression);
         let mut w = HashWriter::new(io::sink());
         let mut f = File::open(&dp).map_err(io_err("open", &dp))?;
@@ -249,8 +287,14 @@ impl WalStore {
     /// pass in small buffers: the stored bytes are hashed as they are read, the original
     /// ones as they are written, and the caller discards `out` unless this returns Ok.
     pub fn read_verified(&self, meta: &Meta, out: &mut dyn Write) -> Result<()> {
-        let dp = self.data_path(&meta.name, meta.compression);
-        let f = File::open(&dp).map_err(io_err("open", &dp))?;
+        let (dp, f): (PathBuf, Box<dyn Read + Send>) = match &self.s3 {
+            Some(s3) => s3.open(meta)?,
+            None => {
+                let dp = self.data_path(&meta.name, meta.compression);
+                let f = File::open(&dp).map_err(io_err("open", &dp))?;
+                (dp, Box::new(f))
+            }
+        };
         let mut stored = HashReader::new(io::BufReader::with_capacity(1 << 18, f));
         let mut out = TrackWrites {
             inner: out,
@@ -323,12 +367,18 @@ impl WalStore {
     /// walmgr (or a write of ours interrupted before its meta, complete since it was fsynced
     /// before its rename). Served without a checksum.
     pub fn legacy(&self, name: &str) -> Option<PathBuf> {
+        if self.s3.is_some() {
+            return None;
+        }
         let p = self.data_path(name, Compression::None);
         (p.is_file() && !self.meta_path(name).exists()).then_some(p)
     }
 
     /// WAL-named files without a meta, sorted.
     pub fn list_legacy(&self) -> Result<Vec<String>> {
+        if self.s3.is_some() {
+            return Ok(Vec::new());
+        }
         let names = self.file_names()?;
         let mut out: Vec<String> = names
             .iter()
@@ -342,6 +392,9 @@ impl WalStore {
 
     /// Names with a `.meta` (committed or not: `lookup` decides), sorted.
     pub fn list(&self) -> Result<Vec<String>> {
+        if let Some(s3) = &self.s3 {
+            return s3.list();
+        }
         let mut out: Vec<String> = self
             .file_names()?
             .iter()
@@ -371,6 +424,9 @@ impl WalStore {
     /// never timeline history files, which recovery needs to follow timelines). The meta
     /// goes first, so an interrupted purge leaves files that are simply not archived.
     pub fn purge_before(&self, cutoff: &WalName) -> Result<usize> {
+        if let Some(s3) = &self.s3 {
+            return s3.purge_before(cutoff);
+        }
         let _lock = self.lock()?;
         let mut removed = 0;
         for name in self.list()? {
@@ -410,6 +466,9 @@ impl WalStore {
     /// Leftovers: temp files whose writer is gone. Files without a meta stay: they may be
     /// a Skytools archive walmgr took over (xrestore still serves those).
     pub fn cleanup(&self) -> Result<Vec<PathBuf>> {
+        if let Some(s3) = &self.s3 {
+            return s3.cleanup();
+        }
         let _lock = self.lock()?;
         let mut removed = Vec::new();
         for dir in [&self.dir, &self.partial_dir] {
@@ -470,10 +529,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, WalStore) {
         let d = tempfile::tempdir().unwrap();
-        let s = WalStore {
-            dir: d.path().join("c"),
-            partial_dir: d.path().join("p"),
-        };
+        let s = WalStore::local(d.path().join("c"), d.path().join("p"));
         s.ensure_dirs().unwrap();
         (d, s)
     }

@@ -220,6 +220,7 @@ mod tests {
                 full_backup: root.join("f"),
                 config_backup: root.join("b"),
                 root: root.clone(),
+                s3: None,
             },
             keep_backups: 0,
             archive_command: None,

@@ -1,0 +1,361 @@
+use super::*;
+use common::pg::free_port;
+use common::s3::{FaultProxy, Moto};
+
+// ---------------------------------------------------------------------------------------
+// The store in S3 (moto's server on loopback, authentication on; tests/common/s3.rs)
+// ---------------------------------------------------------------------------------------
+
+const BUCKET: &str = "walmgr-test";
+const STORE: &str = "s3://walmgr-test/pg/main";
+const WALS: &str = "pg/main/logs.complete/";
+
+/// The `s3_*` lines of an ini reaching the service at `endpoint`.
+fn s3_keys(endpoint: &str, creds: &Path, extra: &str) -> String {
+    format!(
+        "s3_endpoint = {endpoint}\ns3_credentials_file = {}\n{extra}",
+        creds.display()
+    )
+}
+
+fn exit_code(c: &mut Command) -> (i32, String) {
+    let o = run(c);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// PostgreSQL archives into S3 through archive_command; a copy taken without WAL
+/// (pg_basebackup -X none) recovers from the same S3 store through restore_command,
+/// named by a slave ini, and holds every row.
+#[test]
+fn s3_archive_and_recover_from_it() {
+    let _g = serial();
+    let sb = Sandbox::new("s3-recover");
+    let moto = Moto::start(&sb.p(""), BUCKET);
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let keys = s3_keys(&moto.endpoint, &creds, "");
+    let m = Cluster::initdb(&sb, "master", free_port(), 16, "");
+    m.start();
+    let ini = master_ini(&sb, &m, STORE, &format!("compression = zstd\n{keys}"));
+    ok(walmgr().arg(&ini).arg("setup"));
+    assert_eq!(m.psql("show archive_mode"), "on", "{}", m.log_tail());
+
+    m.psql("create table t as select g, md5(g::text) h from generate_series(1, 20000) g");
+    let copy = sb.p("copy");
+    ok(pgtool("pg_basebackup")
+        .arg("-D")
+        .arg(&copy)
+        .arg("-h")
+        .arg(&m.sock)
+        .args(["-p", &m.port.to_string(), "-X", "none", "-c", "fast"]));
+    m.psql("insert into t select g, md5(g::text) from generate_series(20001, 60000) g");
+    m.psql("delete from t where g % 7 = 0");
+    m.psql("create table after_copy as select 42 x");
+    let last = m.switch_and_wait_archived(60);
+    let q = "select count(*), sum(g), md5(string_agg(h, ',' order by g)) from t";
+    let want = m.psql(q);
+
+    let stored = moto.keys(WALS);
+    assert!(
+        stored.iter().any(|k| k == &format!("{WALS}{last}.meta"))
+            && stored
+                .iter()
+                .any(|k| k.starts_with(&format!("{WALS}{last}.")) && k.ends_with(".zst")),
+        "{last} and its .meta in the bucket: {stored:?}"
+    );
+
+    // The slave ini names the same store.
+    let slave = slave_ini(&sb, "slave.ini", Path::new(STORE), &copy, &keys);
+    let v = ok(walmgr().arg(&slave).arg("verify"));
+    assert!(v.contains("files") && v.contains(&last), "verify: {v}");
+    let lb = ok(walmgr().arg(&slave).arg("listbackups"));
+    assert!(lb.contains("no backups"), "listbackups: {lb}");
+
+    let rc = format!("{} {} xrestore %f %p", walmgr_bin(), slave.display());
+    fs::write(
+        copy.join("postgresql.auto.conf"),
+        format!("restore_command = '{rc}'\narchive_mode = 'off'\n"),
+    )
+    .unwrap();
+    fs::write(copy.join("recovery.signal"), "").unwrap();
+    chown_pg(&copy.join("recovery.signal"));
+    let c = Cluster::adopt(&sb, &copy, free_port(), "");
+    c.start();
+    wait_promoted(&c, 120);
+    assert_eq!(c.psql(q), want, "recovered rows");
+    assert_eq!(c.psql("select x from after_copy"), "42");
+    finish();
+}
+
+/// xarchive's rules on S3: an identical re-archive succeeds and writes nothing, a
+/// different file under the same name is refused naming both sha256, and xrestore
+/// delivers the original bytes; a 5xx on the upload is retried, and without retries
+/// nothing is stored.
+#[test]
+fn s3_rearchive_conflict_and_5xx() {
+    let _g = serial();
+    let sb = Sandbox::new("s3-xarchive");
+    let moto = Moto::start(&sb.p(""), BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let m = Cluster::initdb(&sb, "master", free_port(), 16, "");
+    let ini = master_ini(
+        &sb,
+        &m,
+        STORE,
+        &format!("compression = none\n{}", s3_keys(&proxy.endpoint(), &creds, "")),
+    );
+    let rel = format!("pg_wal/{SEG1}");
+
+    // The first upload of the segment gets a 503 (from the proxy): retried, stored.
+    proxy.fail_once(&format!("PUT /{BUCKET}/{WALS}{SEG1}."));
+    let o = run(&mut xarchive(&ini, &m.data, &rel, SEG1));
+    assert!(o.status.success(), "{}", show(&xarchive(&ini, &m.data, &rel, SEG1), &o));
+    assert_eq!(proxy.fault_count(), 1, "the 503 was injected");
+    let log = fs::read_to_string(sb.p("walmgr-master.log")).unwrap_or_default();
+    assert!(
+        log.contains("503") && log.contains("retrying"),
+        "the retry is logged: {log}"
+    );
+    let before = moto.keys(WALS);
+    assert_eq!(before.len(), 2, "one data object and its .meta: {before:?}");
+
+    let (code, err) = exit_code(&mut xarchive(&ini, &m.data, &rel, SEG1));
+    assert_eq!(code, 0, "identical re-archive: {err}");
+    let log = fs::read_to_string(sb.p("walmgr-master.log")).unwrap_or_default();
+    assert!(log.contains("already archived"), "{log}");
+    assert_eq!(moto.keys(WALS), before, "identical re-archive wrote nothing");
+
+    let orig = fs::read(m.data.join(&rel)).unwrap();
+    let mut forged = orig.clone();
+    forged[8 << 20] ^= 0xff;
+    let forged_p = sb.write("forged", &forged);
+    chown_pg(&forged_p);
+    let (code, err) = exit_code(&mut xarchive(&ini, &m.data, &forged_p, SEG1));
+    assert_eq!(code, 5, "conflict: {err}");
+    assert_one_line_error(&err, SEG1);
+    for sha in [sha256(&m.data.join(&rel)), sha256(&forged_p)] {
+        assert!(err.contains(&sha), "the error names sha256 {sha}: {err}");
+    }
+    assert_eq!(moto.keys(WALS), before, "conflict wrote nothing");
+
+    // xrestore from the slave ini (direct to the service) delivers the original bytes.
+    let slave = slave_ini(
+        &sb,
+        "slave.ini",
+        Path::new(STORE),
+        &sb.p("standby"),
+        &s3_keys(&moto.endpoint, &creds, ""),
+    );
+    let out = sb.mkdir("out");
+    ok(&mut xrestore(&slave, &out, SEG1, out.join("RECOVERYXLOG")));
+    assert_eq!(fs::read(out.join("RECOVERYXLOG")).unwrap(), orig);
+    let (code, _) = exit_code(&mut xrestore(
+        &slave,
+        &out,
+        "000000010000000000000002",
+        out.join("x"),
+    ));
+    assert_eq!(code, 1, "a segment not in the bucket: 'not in the archive'");
+    ok(walmgr().arg(&slave).arg("verify"));
+    ok(walmgr().arg(&slave).arg("cleanup"));
+    assert_eq!(moto.keys(WALS), before, "cleanup keeps committed segments");
+
+    // Without retries a 503 fails the push, and nothing counts as stored.
+    let ini2 = master_ini(
+        &sb,
+        &m,
+        "s3://walmgr-test/other",
+        &format!(
+            "compression = zstd\n{}",
+            s3_keys(&proxy.endpoint(), &creds, "s3_retries = 0\n")
+        ),
+    );
+    proxy.fail_once("PUT /walmgr-test/other/logs.complete/");
+    let (code, err) = exit_code(&mut xarchive(&ini2, &m.data, &rel, SEG1));
+    assert_eq!(code, 15, "{err}");
+    assert_one_line_error(&err, "503");
+    assert!(
+        !moto
+            .keys("other/logs.complete/")
+            .iter()
+            .any(|k| k.ends_with(".meta")),
+        "no .meta after a failed push"
+    );
+    // PostgreSQL's retry (the same command again) then succeeds.
+    ok(&mut xarchive(&ini2, &m.data, &rel, SEG1));
+    finish();
+}
+
+/// Wrong credentials, a missing bucket, a readable credentials file, credentials from
+/// the environment.
+#[test]
+fn s3_credentials_and_missing_bucket() {
+    let _g = serial();
+    let sb = Sandbox::new("s3-creds");
+    let moto = Moto::start_authenticated(&sb.p(""), BUCKET);
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let m = Cluster::initdb(&sb, "master", free_port(), 16, "");
+    let rel = format!("pg_wal/{SEG1}");
+    let ini_with = |name: &str, store: &str, keys: &str| {
+        let p = master_ini(&sb, &m, store, &format!("compression = none\n{keys}"));
+        let to = sb.p(name);
+        fs::rename(&p, &to).unwrap();
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
+        chown_pg(&to);
+        to
+    };
+    let ep = format!("s3_endpoint = {}\n", moto.endpoint);
+
+    let wrong_secret = ini_with(
+        "wrong-secret.ini",
+        STORE,
+        &format!(
+            "{ep}s3_access_key_id = {}\ns3_secret_access_key = not-the-secret\n",
+            moto.key_id
+        ),
+    );
+    let (code, err) = exit_code(&mut xarchive(&wrong_secret, &m.data, &rel, SEG1));
+    assert_eq!(code, 15, "{err}");
+    assert_one_line_error(&err, "SignatureDoesNotMatch");
+    assert!(!err.contains("not-the-secret"), "the secret is not shown: {err}");
+
+    let wrong_key = ini_with(
+        "wrong-key.ini",
+        STORE,
+        &format!("{ep}s3_access_key_id = AKIAWRONGWRONGWRONG\ns3_secret_access_key = x\n"),
+    );
+    let (code, err) = exit_code(&mut xarchive(&wrong_key, &m.data, &rel, SEG1));
+    assert_eq!(code, 15, "{err}");
+    assert_one_line_error(&err, "InvalidAccessKeyId");
+
+    let no_bucket = ini_with(
+        "no-bucket.ini",
+        "s3://no-such-bucket/pg",
+        &format!("{ep}s3_credentials_file = {}\n", creds.display()),
+    );
+    let (code, err) = exit_code(&mut xarchive(&no_bucket, &m.data, &rel, SEG1));
+    assert_eq!(code, 15, "{err}");
+    assert_one_line_error(&err, "NoSuchBucket");
+    let (code, err) = exit_code(walmgr().arg("-n").arg(&no_bucket).arg("setup"));
+    assert_ne!(code, 0, "{err}");
+
+    // A credentials file others may read is refused before anything is sent.
+    let loose = moto.credentials_file(&sb.p("loose.credentials"));
+    fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
+    let loose_ini = ini_with(
+        "loose.ini",
+        STORE,
+        &format!("{ep}s3_credentials_file = {}\n", loose.display()),
+    );
+    let (code, err) = exit_code(&mut xarchive(&loose_ini, &m.data, &rel, SEG1));
+    assert_eq!(code, 3, "{err}");
+    assert_one_line_error(&err, "loose.credentials");
+    assert!(!err.contains(&moto.secret), "{err}");
+
+    // A secret in a world-readable ini is refused too.
+    let open_ini = ini_with(
+        "open.ini",
+        STORE,
+        &format!(
+            "{ep}s3_access_key_id = {}\ns3_secret_access_key = {}\n",
+            moto.key_id, moto.secret
+        ),
+    );
+    fs::set_permissions(&open_ini, fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = exit_code(&mut xarchive(&open_ini, &m.data, &rel, SEG1));
+    assert_eq!(code, 3, "{err}");
+    assert_one_line_error(&err, "s3_secret_access_key");
+    assert!(!err.contains(&moto.secret), "{err}");
+
+    // From the environment.
+    let env_ini = ini_with("env.ini", STORE, &ep);
+    let (code, err) = exit_code(&mut xarchive(&env_ini, &m.data, &rel, SEG1));
+    assert_eq!(code, 3, "no credentials anywhere: {err}");
+    assert_one_line_error(&err, "credentials");
+    ok(xarchive(&env_ini, &m.data, &rel, SEG1)
+        .env("AWS_ACCESS_KEY_ID", &moto.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &moto.secret));
+    // (No listing here: see tests/common/s3.rs on moto and '/' in a signed query.)
+    let meta = moto
+        .client(&moto.endpoint, BUCKET)
+        .get_bytes(&format!("{WALS}{SEG1}.meta"), 1 << 20)
+        .unwrap();
+    assert!(meta.is_some(), "{SEG1}.meta stored with the environment's key");
+    finish();
+}
+
+/// The service goes away in the middle of an upload (connections cut after 4 MiB of a
+/// 16 MiB segment), then is refused altogether: archive_command fails, nothing counts as
+/// stored, and PostgreSQL's own retry archives the segment once the service is back.
+#[test]
+fn s3_service_cut_mid_push() {
+    let _g = serial();
+    let sb = Sandbox::new("s3-cut");
+    let moto = Moto::start(&sb.p(""), BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let m = Cluster::initdb(&sb, "master", free_port(), 16, "");
+    m.start();
+    let ini = master_ini(
+        &sb,
+        &m,
+        STORE,
+        &format!(
+            "compression = none\n{}",
+            s3_keys(&proxy.endpoint(), &creds, "s3_retries = 1\ns3_timeout = 5\n")
+        ),
+    );
+    ok(walmgr().arg(&ini).arg("setup"));
+    m.switch_and_wait_archived(60);
+
+    for (what, fault) in [("cut mid-upload", 0u8), ("refused", 1)] {
+        match fault {
+            0 => proxy.cut_after(4 << 20),
+            _ => proxy.refuse(),
+        }
+        m.psql("create table if not exists t (g int)");
+        m.psql("insert into t select generate_series(1, 1000)");
+        let seg = m.psql("select pg_walfile_name(pg_switch_wal())");
+        assert!(
+            wait_for(Duration::from_secs(60), || m.archiver().3 == seg),
+            "{what}: archive_command failed on {seg}: {:?}\n{}",
+            m.archiver(),
+            m.log_tail()
+        );
+        assert!(!m.archived(&seg), "{what}: not reported archived");
+        assert!(
+            !moto.keys(WALS).contains(&format!("{WALS}{seg}.meta")),
+            "{what}: no .meta for a failed push"
+        );
+        let slave = slave_ini(
+            &sb,
+            "slave.ini",
+            Path::new(STORE),
+            &sb.p("standby"),
+            &s3_keys(&moto.endpoint, &creds, ""),
+        );
+        let out = sb.mkdir("out");
+        let (code, _) = exit_code(&mut xrestore(&slave, &out, &seg, out.join("x")));
+        assert_eq!(code, 1, "{what}: {seg} is not in the archive");
+        proxy.pass();
+        // A new .ready file wakes the archiver, which has given up for a minute.
+        m.psql("insert into t select generate_series(1, 10)");
+        m.psql("select pg_switch_wal()");
+        assert!(
+            wait_for(Duration::from_secs(90), || m.archived(&seg)),
+            "{what}: PostgreSQL's retry archived {seg}: {:?}\n{}",
+            m.archiver(),
+            m.log_tail()
+        );
+        ok(&mut xrestore(&slave, &out, &seg, out.join("x")));
+        assert_eq!(fs::metadata(out.join("x")).unwrap().len(), 16 << 20);
+        fs::remove_file(out.join("x")).unwrap();
+    }
+    assert!(proxy.fault_count() >= 2);
+    let slave = sb.p("slave.ini");
+    ok(walmgr().arg(&slave).arg("verify"));
+    finish();
+}
