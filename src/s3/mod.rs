@@ -487,14 +487,17 @@ impl Client {
                 .read_to_string()
                 .unwrap_or_default()
         };
-        let code = xml_values(&body, "Code").into_iter().next().unwrap_or_else(|| {
-            match status {
-                403 => "Forbidden (check the credentials)",
-                404 => "NotFound",
-                _ => "",
-            }
-            .to_string()
-        });
+        let code = xml_values(&body, "Code")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| {
+                match status {
+                    403 => "Forbidden (check the credentials)",
+                    404 => "NotFound",
+                    _ => "",
+                }
+                .to_string()
+            });
         let message = xml_values(&body, "Message")
             .into_iter()
             .next()
@@ -592,7 +595,10 @@ impl Client {
             Some(Sse::Kms { key_id }) => {
                 let mut v = vec![("x-amz-server-side-encryption".into(), "aws:kms".into())];
                 if let Some(k) = key_id {
-                    v.push(("x-amz-server-side-encryption-aws-kms-key-id".into(), k.clone()));
+                    v.push((
+                        "x-amz-server-side-encryption-aws-kms-key-id".into(),
+                        k.clone(),
+                    ));
                 }
                 v
             }
@@ -602,13 +608,7 @@ impl Client {
     /// PUT `body` under `key` with its md5 (`Content-MD5`) and sha256
     /// (`x-amz-checksum-sha256`): a service that checks either refuses a body damaged on
     /// the way. `sha256_hex` is the body's (the caller has it already).
-    pub fn put(
-        &self,
-        key: &str,
-        body: &[u8],
-        sha256_hex: &str,
-        opts: &PutOptions,
-    ) -> Result<Put> {
+    pub fn put(&self, key: &str, body: &[u8], sha256_hex: &str, opts: &PutOptions) -> Result<Put> {
         let mut extra = vec![
             ("content-md5".to_string(), md5_b64(body)),
             ("x-amz-sdk-checksum-algorithm".to_string(), "SHA256".into()),
@@ -681,8 +681,11 @@ impl Client {
                         .unwrap_or_default(),
                 });
             }
-            let truncated = xml_values(&body, "IsTruncated").first().map(String::as_str) == Some("true");
-            token = xml_values(&body, "NextContinuationToken").into_iter().next();
+            let truncated =
+                xml_values(&body, "IsTruncated").first().map(String::as_str) == Some("true");
+            token = xml_values(&body, "NextContinuationToken")
+                .into_iter()
+                .next();
             if !truncated || token.is_none() {
                 return Ok(out);
             }
@@ -720,9 +723,7 @@ impl Client {
     /// Upload part `n` (1-based); returns its ETag.
     pub fn multipart_part(&self, key: &str, upload: &str, n: u32, body: &[u8]) -> Result<String> {
         let sha = crate::digest::sha256_hex(body);
-        let mut extra = vec![
-            ("content-md5".to_string(), md5_b64(body)),
-        ];
+        let mut extra = vec![("content-md5".to_string(), md5_b64(body))];
         if let Some(c) = sha256_hex_to_b64(&sha) {
             extra.push(("x-amz-checksum-sha256".to_string(), c));
         }
@@ -742,7 +743,10 @@ impl Client {
             return Err(Error::Protocol {
                 method: "PUT",
                 object: self.object(key),
-                reason: format!("part {n}: the service stored md5 {etag}, we sent {}", md5_hex(body)),
+                reason: format!(
+                    "part {n}: the service stored md5 {etag}, we sent {}",
+                    md5_hex(body)
+                ),
             });
         }
         Ok(etag)
@@ -757,7 +761,14 @@ impl Client {
             ));
         }
         xml.push_str("</CompleteMultipartUpload>");
-        let mut resp = self.send("POST", key, &[("uploadId", upload)], &[], xml.as_bytes(), None)?;
+        let mut resp = self.send(
+            "POST",
+            key,
+            &[("uploadId", upload)],
+            &[],
+            xml.as_bytes(),
+            None,
+        )?;
         let status = resp.status().as_u16();
         // The service may answer 200 and still report an error in the body.
         let body = resp.body_mut().read_to_string().unwrap_or_default();
@@ -766,12 +777,21 @@ impl Client {
                 method: "POST",
                 object: self.object(key),
                 status,
-                code: xml_values(&body, "Code").into_iter().next().unwrap_or_default(),
-                message: xml_values(&body, "Message").into_iter().next().unwrap_or_default(),
+                code: xml_values(&body, "Code")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+                message: xml_values(&body, "Message")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
             });
         }
         Ok(Head {
-            etag: xml_values(&body, "ETag").into_iter().next().map(|e| e.trim_matches('"').to_string()),
+            etag: xml_values(&body, "ETag")
+                .into_iter()
+                .next()
+                .map(|e| e.trim_matches('"').to_string()),
             ..Head::default()
         })
     }
@@ -792,14 +812,25 @@ mod tests {
     #[test]
     fn urls() {
         let u = Url::parse("s3://wal-bucket/pg/main/").unwrap().unwrap();
-        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("wal-bucket", "pg/main"));
+        assert_eq!(
+            (u.bucket.as_str(), u.prefix.as_str()),
+            ("wal-bucket", "pg/main")
+        );
         assert_eq!(u.key("logs.complete"), "pg/main/logs.complete");
         assert_eq!(u.to_string(), "s3://wal-bucket/pg/main");
         let u = Url::parse("s3://b12").unwrap().unwrap();
         assert_eq!(u.key("x"), "x");
         assert!(Url::parse("/var/lib/wal").is_none());
         assert!(Url::parse("host:/p").is_none());
-        for bad in ["s3://", "s3://B", "s3://ab", "s3://-ab/x", "s3://abc/a/../b", "s3://abc/a//b", "s3://a_b/x"] {
+        for bad in [
+            "s3://",
+            "s3://B",
+            "s3://ab",
+            "s3://-ab/x",
+            "s3://abc/a/../b",
+            "s3://abc/a//b",
+            "s3://a_b/x",
+        ] {
             assert!(Url::parse(bad).unwrap().is_err(), "{bad}");
         }
     }
@@ -811,10 +842,19 @@ mod tests {
             ("http".into(), "127.0.0.1:9000".into())
         );
         assert_eq!(
-            Config::parse_endpoint("https://s3.eu-west-1.amazonaws.com").unwrap().1,
+            Config::parse_endpoint("https://s3.eu-west-1.amazonaws.com")
+                .unwrap()
+                .1,
             "s3.eu-west-1.amazonaws.com"
         );
-        for bad in ["127.0.0.1:9000", "ftp://h", "http://", "http://h/path", "http://h:port", "http://u@h"] {
+        for bad in [
+            "127.0.0.1:9000",
+            "ftp://h",
+            "http://",
+            "http://h/path",
+            "http://h:port",
+            "http://u@h",
+        ] {
             assert!(Config::parse_endpoint(bad).is_err(), "{bad}");
         }
     }
@@ -828,7 +868,10 @@ mod tests {
             source: "the ini".into(),
         };
         let d = format!("{c:?}");
-        assert!(d.contains("AKIDEXAMPLE") && !d.contains("secret-") && !d.contains("very"), "{d}");
+        assert!(
+            d.contains("AKIDEXAMPLE") && !d.contains("secret-") && !d.contains("very"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn matches_the_documented_example() {
         let headers = vec![
-            ("host".to_string(), "examplebucket.s3.amazonaws.com".to_string()),
+            (
+                "host".to_string(),
+                "examplebucket.s3.amazonaws.com".to_string(),
+            ),
             ("range".to_string(), "bytes=0-9".to_string()),
             ("x-amz-content-sha256".to_string(), EMPTY_SHA256.to_string()),
             ("x-amz-date".to_string(), "20130524T000000Z".to_string()),

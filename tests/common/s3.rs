@@ -56,12 +56,7 @@ pub struct Moto {
 fn iam(port: u16, params: &[(&str, &str)]) -> String {
     let body: Vec<String> = params
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                hostkit::s3::sigv4::uri_encode(v, false)
-            )
-        })
+        .map(|(k, v)| format!("{k}={}", hostkit::s3::sigv4::uri_encode(v, false)))
         .collect();
     let body = body.join("&") + "&Version=2010-05-08";
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -123,7 +118,11 @@ impl Moto {
             log,
         };
         assert!(
-            wait_for(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            wait_for(Duration::from_secs(30), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
             "moto_server did not listen on {port}: {}",
             std::fs::read_to_string(&m.log).unwrap_or_default()
         );
@@ -131,7 +130,12 @@ impl Moto {
             m.add_key();
         }
         let c = m.client(&m.endpoint.clone(), bucket);
-        match c.put("", b"", hostkit::s3::sigv4::EMPTY_SHA256, &Default::default()) {
+        match c.put(
+            "",
+            b"",
+            hostkit::s3::sigv4::EMPTY_SHA256,
+            &Default::default(),
+        ) {
             Ok(_) => {}
             Err(e) => panic!("create bucket {bucket}: {e}"),
         }
@@ -153,7 +157,10 @@ impl Moto {
                 ),
             ],
         );
-        let key = iam(port, &[("Action", "CreateAccessKey"), ("UserName", "walmgr")]);
+        let key = iam(
+            port,
+            &[("Action", "CreateAccessKey"), ("UserName", "walmgr")],
+        );
         self.key_id = hostkit::s3::xml_values(&key, "AccessKeyId").remove(0);
         self.secret = hostkit::s3::xml_values(&key, "SecretAccessKey").remove(0);
     }
@@ -349,7 +356,8 @@ fn serve(
         {
             faults.fetch_add(1, Ordering::SeqCst);
             let _ = std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink());
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code>\
+            let body =
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code>\
                         <Message>injected by the test proxy</Message></Error>";
             let mut c = client.try_clone().unwrap();
             let _ = write!(

@@ -105,14 +105,21 @@ fn s3_rearchive_conflict_and_5xx() {
         &sb,
         &m,
         STORE,
-        &format!("compression = none\n{}", s3_keys(&proxy.endpoint(), &creds, "")),
+        &format!(
+            "compression = none\n{}",
+            s3_keys(&proxy.endpoint(), &creds, "")
+        ),
     );
     let rel = format!("pg_wal/{SEG1}");
 
     // The first upload of the segment gets a 503 (from the proxy): retried, stored.
     proxy.fail_once(&format!("PUT /{BUCKET}/{WALS}{SEG1}."));
     let o = run(&mut xarchive(&ini, &m.data, &rel, SEG1));
-    assert!(o.status.success(), "{}", show(&xarchive(&ini, &m.data, &rel, SEG1), &o));
+    assert!(
+        o.status.success(),
+        "{}",
+        show(&xarchive(&ini, &m.data, &rel, SEG1), &o)
+    );
     assert_eq!(proxy.fault_count(), 1, "the 503 was injected");
     let log = fs::read_to_string(sb.p("walmgr-master.log")).unwrap_or_default();
     assert!(
@@ -126,7 +133,11 @@ fn s3_rearchive_conflict_and_5xx() {
     assert_eq!(code, 0, "identical re-archive: {err}");
     let log = fs::read_to_string(sb.p("walmgr-master.log")).unwrap_or_default();
     assert!(log.contains("already archived"), "{log}");
-    assert_eq!(moto.keys(WALS), before, "identical re-archive wrote nothing");
+    assert_eq!(
+        moto.keys(WALS),
+        before,
+        "identical re-archive wrote nothing"
+    );
 
     let orig = fs::read(m.data.join(&rel)).unwrap();
     let mut forged = orig.clone();
@@ -220,7 +231,10 @@ fn s3_credentials_and_missing_bucket() {
     let (code, err) = exit_code(&mut xarchive(&wrong_secret, &m.data, &rel, SEG1));
     assert_eq!(code, 15, "{err}");
     assert_one_line_error(&err, "SignatureDoesNotMatch");
-    assert!(!err.contains("not-the-secret"), "the secret is not shown: {err}");
+    assert!(
+        !err.contains("not-the-secret"),
+        "the secret is not shown: {err}"
+    );
 
     let wrong_key = ini_with(
         "wrong-key.ini",
@@ -283,7 +297,10 @@ fn s3_credentials_and_missing_bucket() {
         .client(&moto.endpoint, BUCKET)
         .get_bytes(&format!("{WALS}{SEG1}.meta"), 1 << 20)
         .unwrap();
-    assert!(meta.is_some(), "{SEG1}.meta stored with the environment's key");
+    assert!(
+        meta.is_some(),
+        "{SEG1}.meta stored with the environment's key"
+    );
     finish();
 }
 
@@ -305,7 +322,11 @@ fn s3_service_cut_mid_push() {
         STORE,
         &format!(
             "compression = none\n{}",
-            s3_keys(&proxy.endpoint(), &creds, "s3_retries = 1\ns3_timeout = 5\n")
+            s3_keys(
+                &proxy.endpoint(),
+                &creds,
+                "s3_retries = 1\ns3_timeout = 5\n"
+            )
         ),
     );
     ok(walmgr().arg(&ini).arg("setup"));
@@ -343,9 +364,9 @@ fn s3_service_cut_mid_push() {
         proxy.pass();
         // A new .ready file wakes the archiver, which has given up for a minute.
         m.psql("insert into t select generate_series(1, 10)");
-        m.psql("select pg_switch_wal()");
+        let wake = m.psql("select pg_walfile_name(pg_switch_wal())");
         assert!(
-            wait_for(Duration::from_secs(90), || m.archived(&seg)),
+            wait_for(Duration::from_secs(90), || m.archived(&wake)),
             "{what}: PostgreSQL's retry archived {seg}: {:?}\n{}",
             m.archiver(),
             m.log_tail()

@@ -114,7 +114,10 @@ pub enum SlaveLocation {
     /// This process writes the store itself: a directory, or an S3 store
     /// (`s3://bucket/prefix`, see [`StorePaths::s3`]).
     Local(PathBuf),
-    Remote { host: String, path: PathBuf },
+    Remote {
+        host: String,
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +333,12 @@ fn store_path(sec: &Section, key: &str, root: &Path, default: &str) -> Result<Pa
 
 /// A store path key of an S3 store: `s3://<the same bucket>/...` (Skytools'
 /// `%(slave)s/logs.complete` gives that), default `<root>/<default>`.
-fn s3_store_path(sec: &Section, key: &str, root: &crate::s3::Url, default: &str) -> Result<PathBuf> {
+fn s3_store_path(
+    sec: &Section,
+    key: &str,
+    root: &crate::s3::Url,
+    default: &str,
+) -> Result<PathBuf> {
     let v = match sec.string(key)? {
         None => return Ok(PathBuf::from(format!("{root}/{default}"))),
         Some(v) => v,
@@ -343,14 +351,20 @@ fn s3_store_path(sec: &Section, key: &str, root: &crate::s3::Url, default: &str)
             sec,
             key,
             &v,
-            format!("must be a prefix in the store's bucket (s3://{}/...)", root.bucket),
+            format!(
+                "must be a prefix in the store's bucket (s3://{}/...)",
+                root.bucket
+            ),
         )),
         Some(Err(e)) => Err(bad(sec, key, &v, e)),
         None => Err(bad(
             sec,
             key,
             &v,
-            format!("the store is in S3 ({root}): expected s3://{}/...", root.bucket),
+            format!(
+                "the store is in S3 ({root}): expected s3://{}/...",
+                root.bucket
+            ),
         )),
     }
 }
@@ -402,12 +416,22 @@ fn s3_config(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Config> {
     let region = sec
         .string("s3_region")?
         .unwrap_or_else(|| "us-east-1".to_string());
-    if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(bad(sec, "s3_region", &region, "expected a region name such as eu-west-1"));
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(bad(
+            sec,
+            "s3_region",
+            &region,
+            "expected a region name such as eu-west-1",
+        ));
     }
     let (scheme, host, default_addressing) = match sec.string("s3_endpoint")? {
         Some(e) => {
-            let (scheme, host) = S3::parse_endpoint(&e).map_err(|r| bad(sec, "s3_endpoint", &e, r))?;
+            let (scheme, host) =
+                S3::parse_endpoint(&e).map_err(|r| bad(sec, "s3_endpoint", &e, r))?;
             (scheme, host, Addressing::Path)
         }
         None => (
@@ -486,10 +510,20 @@ fn s3_credentials(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Cred
             });
         }
         (Some(_), None) => {
-            return Err(bad(sec, "s3_access_key_id", "", "needs s3_secret_access_key beside it"))
+            return Err(bad(
+                sec,
+                "s3_access_key_id",
+                "",
+                "needs s3_secret_access_key beside it",
+            ))
         }
         (None, Some(_)) => {
-            return Err(bad(sec, "s3_secret_access_key", "<hidden>", "needs s3_access_key_id beside it"))
+            return Err(bad(
+                sec,
+                "s3_secret_access_key",
+                "<hidden>",
+                "needs s3_access_key_id beside it",
+            ))
         }
         (None, None) => {}
     }
@@ -514,7 +548,11 @@ fn s3_credentials(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Cred
                 .ok_or_else(|| fail("no [default] section".into()))?
                 .to_string()
         };
-        let get = |k: &str| cfg.get_literal(&section, k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            cfg.get_literal(&section, k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         return match (get("aws_access_key_id"), get("aws_secret_access_key")) {
             (Some(id), Some(secret)) => Ok(Credentials {
                 access_key_id: id,

@@ -76,7 +76,7 @@ pub enum WalmgrError {
     #[error("{0}")]
     TargetBeforeSets(String),
     /// The S3 service refused a request or could not be reached.
-    #[error("S3 store: {0}")]
+    #[error(transparent)]
     S3(#[from] crate::s3::Error),
     /// A failure inside walmgr itself: a pipe, a thread, a tar stream writer.
     #[error("{0}")]

@@ -53,8 +53,12 @@ impl S3Wal {
     }
 
     fn key(&self, rel: &str) -> String {
-        if self.prefix.is_empty() {
-            rel.to_string()
+        if self.prefix.is_empty() || rel.is_empty() {
+            if rel.is_empty() {
+                self.prefix.clone()
+            } else {
+                rel.to_string()
+            }
         } else {
             format!("{}/{rel}", self.prefix)
         }
@@ -184,9 +188,8 @@ impl S3Wal {
             Incoming::Local(b) => Cow::Borrowed(b),
             Incoming::Remote(r) => {
                 let mut v = Vec::with_capacity(meta.stored_size.min(1 << 30) as usize);
-                r.read_to_end(&mut v).map_err(|e| {
-                    WalmgrError::Transfer(format!("{}: receiving: {e}", meta.name))
-                })?;
+                r.read_to_end(&mut v)
+                    .map_err(|e| WalmgrError::Transfer(format!("{}: receiving: {e}", meta.name)))?;
                 let sha = crate::digest::sha256_hex(&v);
                 if sha != meta.stored_sha256 || v.len() as u64 != meta.stored_size {
                     return Err(WalmgrError::Corrupt {
@@ -268,9 +271,7 @@ impl S3Wal {
             if_none_match: true,
             meta: &[("sha256", meta.stored_sha256.as_str())],
         };
-        let written = self
-            .client
-            .put(&dk, bytes, &meta.stored_sha256, &opts)?;
+        let written = self.client.put(&dk, bytes, &meta.stored_sha256, &opts)?;
         if let Put::Written(h) = &written {
             // A single-part ETag is the md5 of the object, except under SSE-KMS.
             let kms = matches!(self.client.config().sse, Some(s3::Sse::Kms { .. }));
@@ -304,7 +305,11 @@ impl S3Wal {
     /// Every key under completed_wals, relative to it, with its age in seconds.
     fn keys(&self) -> Result<Vec<(String, s3::Entry)>> {
         let pfx = self.key("");
-        let pfx = if pfx.is_empty() { pfx } else { format!("{pfx}/") };
+        let pfx = if pfx.is_empty() {
+            pfx
+        } else {
+            format!("{pfx}/")
+        };
         Ok(self
             .client
             .list(&pfx)?

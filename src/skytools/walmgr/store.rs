@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::codec::Compression;
-use super::s3store::S3Wal;
 use super::error::{check_digest, io_err, Result, WalmgrError};
+use super::s3store::S3Wal;
 use super::walname::{Kind, WalName};
 use crate::digest::{HashReader, HashWriter};
 use crate::fsutil::{self, TEMP_PREFIX};
