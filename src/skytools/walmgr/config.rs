@@ -951,6 +951,138 @@ mod tests {
     }
 
     #[test]
+    fn s3_store_in_master_and_slave_inis() {
+        let keys = "s3_endpoint = http://127.0.0.1:9000\ns3_access_key_id = AKID\n\
+                    s3_secret_access_key = se%cret\n";
+        let Settings::Master(m) = parse(&format!(
+            "[w]\nmaster_data = /pg\nslave = s3://wal-bucket/pg/main/\n\
+             completed_wals = %(slave)s/logs.complete\n{keys}"
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            m.slave,
+            SlaveLocation::Local("s3://wal-bucket/pg/main/".into())
+        );
+        let p = &m.store.paths;
+        assert_eq!(p.root, PathBuf::from("s3://wal-bucket/pg/main"));
+        assert_eq!(
+            p.completed_wals,
+            PathBuf::from("s3://wal-bucket/pg/main/logs.complete")
+        );
+        assert_eq!(
+            p.full_backup,
+            PathBuf::from("s3://wal-bucket/pg/main/data.master")
+        );
+        let c = p.s3.as_ref().unwrap();
+        assert_eq!(
+            (c.scheme.as_str(), c.host.as_str()),
+            ("http", "127.0.0.1:9000")
+        );
+        assert_eq!(c.addressing, crate::s3::Addressing::Path);
+        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.bucket, "wal-bucket");
+        // Taken literally: no %-interpolation of a secret.
+        assert_eq!(c.credentials.secret_access_key, "se%cret");
+        assert!(c.conditional_put && c.sse.is_none());
+        assert!(!format!("{m:?}").contains("se%cret"), "no secret in Debug");
+
+        let Settings::Slave(s) = parse(&format!(
+            "[w]\nslave = s3://wal-bucket/pg/main\ns3_sse = aws:kms\n\
+             s3_sse_kms_key_id = alias/wal\ns3_addressing = virtual\n{keys}"
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.store.paths.completed_wals, p.completed_wals,
+            "both name one store"
+        );
+        let c = s.store.paths.s3.as_ref().unwrap();
+        assert_eq!(c.addressing, crate::s3::Addressing::VirtualHost);
+        assert_eq!(
+            c.sse,
+            Some(crate::s3::Sse::Kms {
+                key_id: Some("alias/wal".into())
+            })
+        );
+        // Without an endpoint: AWS, virtual-host addressing, the region's host.
+        let Settings::Slave(s) =
+            parse("[w]\nslave = s3://b12/x\ns3_region = eu-west-1\ns3_access_key_id = A\ns3_secret_access_key = B\n")
+                .unwrap()
+        else {
+            panic!()
+        };
+        let c = s.store.paths.s3.unwrap();
+        assert_eq!(c.host, "s3.eu-west-1.amazonaws.com");
+        assert_eq!(c.addressing, crate::s3::Addressing::VirtualHost);
+    }
+
+    #[test]
+    fn bad_s3_settings_name_the_key() {
+        let creds = "s3_access_key_id = A\ns3_secret_access_key = B\n";
+        let cases = [
+            ("slave = s3://Bad_Bucket/x\n", "slave"),
+            ("slave = s3://bkt/a/../b\n", "slave"),
+            (
+                "slave = /ws\ncompleted_wals = s3://bkt/wals\n",
+                "completed_wals",
+            ),
+            (
+                "slave = s3://bkt/p\ncompleted_wals = /var/wals\n",
+                "completed_wals",
+            ),
+            (
+                "slave = s3://bkt/p\ncompleted_wals = s3://other/wals\n",
+                "completed_wals",
+            ),
+            (
+                "slave = s3://bkt/p\ns3_endpoint = 127.0.0.1:9000\n",
+                "s3_endpoint",
+            ),
+            (
+                "slave = s3://bkt/p\ns3_endpoint = http://h/path\n",
+                "s3_endpoint",
+            ),
+            ("slave = s3://bkt/p\ns3_addressing = dns\n", "s3_addressing"),
+            (
+                "slave = s3://b.kt/p\ns3_addressing = virtual\n",
+                "s3_addressing",
+            ),
+            ("slave = s3://bkt/p\ns3_sse = des\n", "s3_sse"),
+            (
+                "slave = s3://bkt/p\ns3_sse_kms_key_id = k\n",
+                "s3_sse_kms_key_id",
+            ),
+            ("slave = s3://bkt/p\ns3_retries = 99\n", "s3_retries"),
+            ("slave = s3://bkt/p\ns3_timeout = 0\n", "s3_timeout"),
+            ("slave = s3://bkt/p\ns3_region = eu west\n", "s3_region"),
+        ];
+        for (text, key) in cases {
+            let e = parse(&format!("[w]\n{text}{creds}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(key) && e.contains("/etc/wal.ini"),
+                "{text:?}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = parse("[w]\nslave = s3://bkt/p\ns3_access_key_id = A\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3_secret_access_key"), "{e}");
+        let e = parse("[w]\nslave = s3://bkt/p\ns3_secret_access_key = topsecret\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s3_access_key_id") && !e.contains("topsecret"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn remote_split() {
         assert_eq!(split_remote("h:/p"), Some(("h", "/p")));
         assert_eq!(split_remote("/p:x"), None);
