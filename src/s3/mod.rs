@@ -337,7 +337,27 @@ type Response = ureq::http::Response<ureq::Body>;
 
 impl Client {
     pub fn new(cfg: Config) -> Client {
+        let mut tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        );
+        if cfg.scheme == "https" {
+            // The system's CA store (/etc/ssl/certs), as amqps:// uses: a private S3
+            // service's CA is trusted by adding it there.
+            let found = rustls_native_certs::load_native_certs();
+            let certs: Vec<ureq::tls::Certificate<'static>> = found
+                .certs
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect();
+            if certs.is_empty() {
+                log::warn!(
+                    "no CA certificates in the system store: https to the S3 service will fail"
+                );
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_global(Some(cfg.timeout))
             .user_agent(concat!("hostkit-walmgr/", env!("CARGO_PKG_VERSION")))
