@@ -81,6 +81,19 @@ fi
 if [ ! -d /run/sshd ]; then
     install -d -m 0755 /run/sshd
 fi
+# tests/walmgr/s3.rs: moto's standalone S3 server on loopback (PyPI; Debian packages no
+# S3 server short of Ceph's radosgw). In a venv of its own (Debian's python3 refuses
+# system-wide pip installs); kept when moto_server is already on PATH.
+if ! command -v moto_server >/dev/null 2>&1 && [ ! -x /opt/hostkit-test/moto/bin/moto_server ]; then
+    say "installing moto[server] into /opt/hostkit-test/moto (pip)"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+    fi
+    python3 -m venv /opt/hostkit-test/moto
+    /opt/hostkit-test/moto/bin/pip install -q 'moto[server]>=5.0.20,<6'
+fi
+
 # walmgr's tests run clusters and walmgr as the postgres user.
 if ! id postgres >/dev/null 2>&1; then
     echo "setup-host: no postgres user after installing postgresql-15" >&2

@@ -26,40 +26,62 @@ fn exit_code(c: &mut Command) -> (i32, String) {
     )
 }
 
-/// PostgreSQL archives into S3 through archive_command; a copy taken without WAL
-/// (pg_basebackup -X none) recovers from the same S3 store through restore_command,
-/// named by a slave ini, and holds every row.
+/// PostgreSQL archives into S3 through archive_command; base backups go to a local
+/// directory beside it (keep_backups = 1: the second backup purges the WAL before it
+/// from the bucket); `restore --recovery` from the slave ini, which names the same S3
+/// store, replays the WAL from S3 through restore_command and holds every row.
 #[test]
 fn s3_archive_and_recover_from_it() {
     let _g = serial();
     let sb = Sandbox::new("s3-recover");
     let moto = Moto::start(&sb.p(""), BUCKET);
     let creds = moto.credentials_file(&sb.p("s3.credentials"));
-    let keys = s3_keys(&moto.endpoint, &creds, "");
+    let backups = sb.p("backups");
+    let keys = s3_keys(
+        &moto.endpoint,
+        &creds,
+        &format!("full_backup = {}\nkeep_backups = 1\n", backups.display()),
+    );
     let m = Cluster::initdb(&sb, "master", free_port(), 16, "");
     m.start();
     let ini = master_ini(&sb, &m, STORE, &format!("compression = zstd\n{keys}"));
     ok(walmgr().arg(&ini).arg("setup"));
     assert_eq!(m.psql("show archive_mode"), "on", "{}", m.log_tail());
+    assert!(backups.is_dir(), "setup makes the local backup directory");
 
     m.psql("create table t as select g, md5(g::text) h from generate_series(1, 20000) g");
-    let copy = sb.p("copy");
-    ok(pgtool("pg_basebackup")
-        .arg("-D")
-        .arg(&copy)
-        .arg("-h")
-        .arg(&m.sock)
-        .args(["-p", &m.port.to_string(), "-X", "none", "-c", "fast"]));
-    m.psql("insert into t select g, md5(g::text) from generate_series(20001, 60000) g");
+    ok(walmgr().arg(&ini).arg("backup"));
+    // (Something to switch away from: the archiver sends the .backup file last.)
+    m.psql("create table t2 as select 1 y");
+    let first = m.switch_and_wait_archived(60);
+    m.psql("insert into t select g, md5(g::text) from generate_series(20001, 40000) g");
+    m.switch_and_wait_archived(60);
+    assert!(moto.keys(WALS).contains(&format!("{WALS}{first}.meta")));
+    ok(walmgr().arg(&ini).arg("backup"));
+    let sets = backup_sets(&sb.p(""));
+    assert!(sets.is_empty(), "no sets under the sandbox root: {sets:?}");
+    let sets: Vec<String> = names(&backups)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(sets.len(), 1, "keep_backups = 1: {sets:?}");
+    let stored = moto.keys(WALS);
+    assert!(
+        !stored
+            .iter()
+            .any(|k| k.starts_with(&format!("{WALS}{first}."))),
+        "WAL before the kept set is purged from the bucket: {stored:?}"
+    );
+
+    m.psql("insert into t select g, md5(g::text) from generate_series(40001, 60000) g");
     m.psql("delete from t where g % 7 = 0");
-    m.psql("create table after_copy as select 42 x");
+    m.psql("create table after_backup as select 42 x");
     let last = m.switch_and_wait_archived(60);
     let q = "select count(*), sum(g), md5(string_agg(h, ',' order by g)) from t";
     let want = m.psql(q);
-
     let stored = moto.keys(WALS);
     assert!(
-        stored.iter().any(|k| k == &format!("{WALS}{last}.meta"))
+        stored.contains(&format!("{WALS}{last}.meta"))
             && stored
                 .iter()
                 .any(|k| k.starts_with(&format!("{WALS}{last}.")) && k.ends_with(".zst")),
@@ -67,25 +89,26 @@ fn s3_archive_and_recover_from_it() {
     );
 
     // The slave ini names the same store.
-    let slave = slave_ini(&sb, "slave.ini", Path::new(STORE), &copy, &keys);
+    let dst = sb.p("restored");
+    let slave = slave_ini(&sb, "slave.ini", Path::new(STORE), &dst, &keys);
     let v = ok(walmgr().arg(&slave).arg("verify"));
     assert!(v.contains("files") && v.contains(&last), "verify: {v}");
     let lb = ok(walmgr().arg(&slave).arg("listbackups"));
-    assert!(lb.contains("no backups"), "listbackups: {lb}");
-
-    let rc = format!("{} {} xrestore %f %p", walmgr_bin(), slave.display());
-    fs::write(
-        copy.join("postgresql.auto.conf"),
-        format!("restore_command = '{rc}'\narchive_mode = 'off'\n"),
-    )
-    .unwrap();
-    fs::write(copy.join("recovery.signal"), "").unwrap();
-    chown_pg(&copy.join("recovery.signal"));
-    let c = Cluster::adopt(&sb, &copy, free_port(), "");
+    assert!(lb.contains(sets[0].as_str()), "listbackups: {lb}");
+    ok(walmgr().arg("--recovery").arg(&slave).arg("restore"));
+    let auto = fs::read_to_string(dst.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("xrestore"), "{auto}");
+    let c = Cluster::adopt(&sb, &dst, free_port(), "");
     c.start();
     wait_promoted(&c, 120);
     assert_eq!(c.psql(q), want, "recovered rows");
-    assert_eq!(c.psql("select x from after_copy"), "42");
+    assert_eq!(c.psql("select x from after_backup"), "42");
+
+    // Without a local full_backup, backups into S3 are refused with one clear line.
+    let ini2 = master_ini(&sb, &m, STORE, &s3_keys(&moto.endpoint, &creds, ""));
+    let (code, err) = exit_code(walmgr().arg(&ini2).arg("backup"));
+    assert_eq!(code, 10, "{err}");
+    assert_one_line_error(&err, "not supported yet");
     finish();
 }
 

@@ -59,6 +59,7 @@ struct Done {
 
 /// `walmgr master.ini backup`
 pub fn backup(m: &Master) -> Result<()> {
+    m.store.paths.backups_unsupported("backup")?;
     let lock = crate::daemon::Pidfile::acquire(&m.backup_lock).map_err(|e| match e {
         crate::daemon::DaemonError::Running { .. }
         | crate::daemon::DaemonError::RunningUnlocked { .. } => {

@@ -99,6 +99,26 @@ pub struct StorePaths {
     pub s3: Option<crate::s3::Config>,
 }
 
+impl StorePaths {
+    /// Is `p` (one of the paths above) an `s3://` location?
+    pub fn in_s3(p: &Path) -> bool {
+        p.to_str().is_some_and(|s| s.starts_with("s3://"))
+    }
+
+    /// Base backups into an S3 store are not written yet: the line that says so, and
+    /// what to do instead, when `full_backup` is in S3.
+    pub fn backups_unsupported(&self, cmd: &str) -> Result<()> {
+        if StorePaths::in_s3(&self.full_backup) {
+            return Err(WalmgrError::Refused(format!(
+                "{cmd}: base backups in S3 ({}) are not supported yet; set full_backup \
+                 (and config_backup) to a local directory: the WAL stays in S3",
+                self.full_backup.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What the store side needs: paths plus the retention rules.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
@@ -333,11 +353,14 @@ fn store_path(sec: &Section, key: &str, root: &Path, default: &str) -> Result<Pa
 
 /// A store path key of an S3 store: `s3://<the same bucket>/...` (Skytools'
 /// `%(slave)s/logs.complete` gives that), default `<root>/<default>`.
+/// With `local_ok`, the key may also name a local directory (base backups kept on this
+/// host while the WAL is in S3).
 fn s3_store_path(
     sec: &Section,
     key: &str,
     root: &crate::s3::Url,
     default: &str,
+    local_ok: bool,
 ) -> Result<PathBuf> {
     let v = match sec.string(key)? {
         None => return Ok(PathBuf::from(format!("{root}/{default}"))),
@@ -357,6 +380,7 @@ fn s3_store_path(
             ),
         )),
         Some(Err(e)) => Err(bad(sec, key, &v, e)),
+        None if local_ok && split_remote(&v).is_none() => Ok(expand_home(&v)),
         None => Err(bad(
             sec,
             key,
@@ -376,10 +400,10 @@ fn store(sec: &Section, slave_path: &Path) -> Result<StoreSettings> {
     };
     let paths = match crate::s3::Url::parse(&root_raw) {
         Some(Ok(url)) => StorePaths {
-            completed_wals: s3_store_path(sec, "completed_wals", &url, "logs.complete")?,
-            partial_wals: s3_store_path(sec, "partial_wals", &url, "logs.partial")?,
-            full_backup: s3_store_path(sec, "full_backup", &url, "data.master")?,
-            config_backup: s3_store_path(sec, "config_backup", &url, "config.backup")?,
+            completed_wals: s3_store_path(sec, "completed_wals", &url, "logs.complete", false)?,
+            partial_wals: s3_store_path(sec, "partial_wals", &url, "logs.partial", false)?,
+            full_backup: s3_store_path(sec, "full_backup", &url, "data.master", true)?,
+            config_backup: s3_store_path(sec, "config_backup", &url, "config.backup", true)?,
             root: PathBuf::from(url.to_string()),
             s3: Some(s3_config(sec, &url)?),
         },
@@ -1016,6 +1040,19 @@ mod tests {
         };
         let c = s.store.paths.s3.unwrap();
         assert_eq!(c.host, "s3.eu-west-1.amazonaws.com");
+        assert!(s.store.paths.backups_unsupported("backup").is_err());
+        let Settings::Slave(s) = parse(
+            "[w]\nslave = s3://b12/x\nfull_backup = /var/lib/wal/data.master\n\
+             s3_access_key_id = A\ns3_secret_access_key = B\n",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.store.paths.full_backup,
+            PathBuf::from("/var/lib/wal/data.master")
+        );
+        assert!(s.store.paths.backups_unsupported("backup").is_ok());
         assert_eq!(c.addressing, crate::s3::Addressing::VirtualHost);
     }
 

@@ -292,6 +292,7 @@ pub fn restore(
     recovery: bool,
     pitr: Option<&Pitr>,
 ) -> Result<()> {
+    s.store.paths.backups_unsupported("restore")?;
     let recovery = recovery || pitr.is_some();
     let dst = match dst {
         Some(d) => std::path::absolute(d).map_err(io_err("resolve", Path::new(d)))?,

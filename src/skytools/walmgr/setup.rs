@@ -23,6 +23,17 @@ pub fn create_store(st: &StoreSettings, dry_run: bool) -> Result<()> {
         // credentials (also with -n: it changes nothing).
         super::store::WalStore::new(p).ensure_dirs()?;
         println!("S3 store {} reachable", p.root.display());
+        // Base backups may be kept in a local directory beside it.
+        for d in [&p.full_backup, &p.config_backup] {
+            if super::config::StorePaths::in_s3(d) {
+                continue;
+            }
+            if dry_run {
+                println!("would create {}", d.display());
+            } else {
+                fsutil::ensure_dir(d, 0o700)?;
+            }
+        }
         return Ok(());
     }
     for d in [
