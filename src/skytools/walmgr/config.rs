@@ -1038,7 +1038,7 @@ mod tests {
         else {
             panic!()
         };
-        let c = s.store.paths.s3.unwrap();
+        let c = s.store.paths.s3.clone().unwrap();
         assert_eq!(c.host, "s3.eu-west-1.amazonaws.com");
         assert!(s.store.paths.backups_unsupported("backup").is_err());
         let Settings::Slave(s) = parse(
