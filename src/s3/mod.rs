@@ -122,6 +122,9 @@ pub struct Config {
     pub timeout: Duration,
     /// Extra attempts after a connection failure or a 5xx answer.
     pub retries: u32,
+    /// PEM file of the CA(s) that sign the service's certificate, instead of the
+    /// system store.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -268,6 +271,21 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The certificates of a PEM file (at least one).
+pub fn read_ca_file(f: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", f.display()));
+    }
+    Ok(certs)
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -341,14 +359,18 @@ impl Client {
             std::sync::Arc::new(rustls::crypto::ring::default_provider()),
         );
         if cfg.scheme == "https" {
-            // The system's CA store (/etc/ssl/certs), as amqps:// uses: a private S3
-            // service's CA is trusted by adding it there.
-            let found = rustls_native_certs::load_native_certs();
-            let certs: Vec<ureq::tls::Certificate<'static>> = found
-                .certs
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
+            // The system's CA store (/etc/ssl/certs), as amqps:// uses, or `ca_file`.
+            let certs: Vec<ureq::tls::Certificate<'static>> = match &cfg.ca_file {
+                Some(f) => read_ca_file(f).unwrap_or_else(|e| {
+                    log::warn!("{e}");
+                    Vec::new()
+                }),
+                None => rustls_native_certs::load_native_certs()
+                    .certs
+                    .iter()
+                    .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                    .collect(),
+            };
             if certs.is_empty() {
                 log::warn!(
                     "no CA certificates in the system store: https to the S3 service will fail"

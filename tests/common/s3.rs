@@ -82,20 +82,28 @@ fn iam(port: u16, params: &[(&str, &str)]) -> String {
 impl Moto {
     /// A fresh server (in memory) on a free port with bucket `bucket`; any key works.
     pub fn start(dir: &Path, bucket: &str) -> Moto {
-        Moto::launch(dir, bucket, false)
+        Moto::launch(dir, bucket, false, None)
+    }
+
+    /// The same over https with `cert`/`key` (PEM), signed by the CA in `ca`.
+    pub fn start_tls(dir: &Path, bucket: &str, cert: &Path, key: &Path, ca: &Path) -> Moto {
+        Moto::launch(dir, bucket, false, Some((cert, key, ca)))
     }
 
     /// The same with authentication on, and a key allowed everything in S3.
     pub fn start_authenticated(dir: &Path, bucket: &str) -> Moto {
-        Moto::launch(dir, bucket, true)
+        Moto::launch(dir, bucket, true, None)
     }
 
-    fn launch(dir: &Path, bucket: &str, auth: bool) -> Moto {
+    fn launch(dir: &Path, bucket: &str, auth: bool, tls: Option<(&Path, &Path, &Path)>) -> Moto {
         let port = free_port();
         let log = dir.join(format!("moto-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(moto_bin());
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some((cert, key, _)) = tls {
+            cmd.arg("-c").arg(cert).arg("-k").arg(key);
+        }
         if auth {
             // The three IAM calls below go unauthenticated; everything after is signed.
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
@@ -111,7 +119,10 @@ impl Moto {
         let mut m = Moto {
             child,
             port,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!(
+                "{}://127.0.0.1:{port}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
             bucket: bucket.to_string(),
             key_id: "AKIAWALMGRTESTKEY000".into(),
             secret: "walmgr-test-secret".into(),
@@ -129,7 +140,10 @@ impl Moto {
         if auth {
             m.add_key();
         }
-        let c = m.client(&m.endpoint.clone(), bucket);
+        let mut c = m.client(&m.endpoint.clone(), bucket);
+        if let Some((_, _, ca)) = tls {
+            c = m.client_with_ca(&m.endpoint.clone(), bucket, Some(ca));
+        }
         match c.put(
             "",
             b"",
@@ -167,6 +181,15 @@ impl Moto {
 
     /// A client of this service as the test's key (through `endpoint`).
     pub fn client(&self, endpoint: &str, bucket: &str) -> hostkit::s3::Client {
+        self.client_with_ca(endpoint, bucket, None)
+    }
+
+    fn client_with_ca(
+        &self,
+        endpoint: &str,
+        bucket: &str,
+        ca: Option<&Path>,
+    ) -> hostkit::s3::Client {
         let (scheme, host) = hostkit::s3::Config::parse_endpoint(endpoint).unwrap();
         hostkit::s3::Client::new(hostkit::s3::Config {
             scheme,
@@ -184,6 +207,7 @@ impl Moto {
             conditional_put: true,
             timeout: Duration::from_secs(30),
             retries: 0,
+            ca_file: ca.map(Path::to_path_buf),
         })
     }
 

@@ -223,6 +223,61 @@ fn s3_rearchive_conflict_and_5xx() {
     finish();
 }
 
+/// An https endpoint whose certificate is signed by a CA named in `s3_ca_file` (made
+/// here with openssl); without it, the system store does not know that CA and the
+/// push fails.
+#[test]
+fn s3_https_with_a_private_ca() {
+    let _g = serial();
+    let sb = Sandbox::new("s3-tls");
+    let d = sb.mkdir("tls");
+    let sh = format!(
+        "cd {} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem \
+         -days 2 -subj /CN=walmgr-test-ca && openssl req -newkey rsa:2048 -nodes \
+         -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 && printf \
+         'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' >ext \
+         && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+         -out srv.pem -days 2 -extfile ext && chmod 644 ca.pem",
+        d.display()
+    );
+    let o = run(Command::new("sh").arg("-c").arg(&sh));
+    assert!(
+        o.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let moto = Moto::start_tls(
+        &sb.p(""),
+        BUCKET,
+        &d.join("srv.pem"),
+        &d.join("srv.key"),
+        &d.join("ca.pem"),
+    );
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let m = Cluster::initdb(&sb, "master", free_port(), 16, "");
+    let rel = format!("pg_wal/{SEG1}");
+    let untrusted = master_ini(&sb, &m, STORE, &s3_keys(&moto.endpoint, &creds, ""));
+    let (code, err) = exit_code(&mut xarchive(&untrusted, &m.data, &rel, SEG1));
+    assert_eq!(code, 15, "unknown CA: {err}");
+    let ca = format!("s3_ca_file = {}\n", d.join("ca.pem").display());
+    let trusted = master_ini(&sb, &m, STORE, &s3_keys(&moto.endpoint, &creds, &ca));
+    ok(&mut xarchive(&trusted, &m.data, &rel, SEG1));
+    let slave = slave_ini(
+        &sb,
+        "slave.ini",
+        Path::new(STORE),
+        &sb.p("standby"),
+        &s3_keys(&moto.endpoint, &creds, &ca),
+    );
+    let out = sb.mkdir("out");
+    ok(&mut xrestore(&slave, &out, SEG1, out.join("x")));
+    assert_eq!(
+        fs::read(out.join("x")).unwrap(),
+        fs::read(m.data.join(&rel)).unwrap()
+    );
+    finish();
+}
+
 /// Wrong credentials, a missing bucket, a readable credentials file, credentials from
 /// the environment.
 #[test]

@@ -48,6 +48,7 @@ const COMMON_KEYS: &[&str] = &[
     "s3_conditional_put",
     "s3_timeout",
     "s3_retries",
+    "s3_ca_file",
 ];
 
 const MASTER_KEYS: &[&str] = &[
@@ -511,6 +512,14 @@ fn s3_config(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Config> {
             ),
         )?,
         retries: sec.number("s3_retries", 3u32, 0..=10)?,
+        ca_file: match sec.path("s3_ca_file")? {
+            Some(f) => {
+                crate::s3::read_ca_file(&f)
+                    .map_err(|r| bad(sec, "s3_ca_file", &f.to_string_lossy(), r))?;
+                Some(f)
+            }
+            None => None,
+        },
     })
 }
 
@@ -1095,6 +1104,10 @@ mod tests {
             ("slave = s3://bkt/p\ns3_retries = 99\n", "s3_retries"),
             ("slave = s3://bkt/p\ns3_timeout = 0\n", "s3_timeout"),
             ("slave = s3://bkt/p\ns3_region = eu west\n", "s3_region"),
+            (
+                "slave = s3://bkt/p\ns3_ca_file = /nonexistent/ca.pem\n",
+                "s3_ca_file",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(&format!("[w]\n{text}{creds}"))
