@@ -49,9 +49,16 @@ put_back() {
 AMQP_URL=${AMQP_URL:-'amqp://guest:guest@127.0.0.1:5672/%2f'}
 rabbit_eval() { rabbitmqctl -q eval "$1" >/dev/null 2>&1; }
 rabbit_res() { printf 'rabbit_misc:r(<<"/">>, %s, <<"%s">>)' "$1" "$2"; }
-# rabbit_exchange NAME: declare a durable topic exchange.
+# rabbit_exchange NAME [QUEUE=KEY...]: declare a durable topic exchange and bind the
+# (declared) queues to it, in one rabbitmqctl run (each starts an Erlang VM).
 rabbit_exchange() {
-    rabbit_eval "rabbit_exchange:declare($(rabbit_res exchange "$1"), topic, true, false, false, [], <<\"hostkit-e2e\">>)."
+    local x=$1 b e
+    shift
+    e="rabbit_exchange:declare($(rabbit_res exchange "$x"), topic, true, false, false, [], <<\"hostkit-e2e\">>)"
+    for b in "$@"; do
+        e="$e, ok = rabbit_binding:add({binding, $(rabbit_res exchange "$x"), <<\"${b#*=}\">>, $(rabbit_res queue "${b%%=*}"), []}, <<\"hostkit-e2e\">>)"
+    done
+    rabbit_eval "$e."
 }
 rabbit_drop_exchange() {
     rabbit_eval "rabbit_exchange:delete($(rabbit_res exchange "$1"), false, <<\"hostkit-e2e\">>)."
@@ -59,15 +66,6 @@ rabbit_drop_exchange() {
 # rabbit_queue NAME: declare a durable queue.
 rabbit_queue() { amqp-declare-queue -u "$AMQP_URL" -d -q "$1" >/dev/null; }
 rabbit_drop_queue() { amqp-delete-queue -u "$AMQP_URL" -q "$1" >/dev/null 2>&1; }
-# rabbit_bind EXCHANGE QUEUE KEY
-rabbit_bind() {
-    rabbit_eval "rabbit_binding:add({binding, $(rabbit_res exchange "$1"), <<\"$3\">>, $(rabbit_res queue "$2"), []}, <<\"hostkit-e2e\">>)."
-}
-# rabbit_bound EXCHANGE QUEUE KEY: the binding is listed by rabbitmqctl.
-rabbit_bound() {
-    rabbitmqctl -q list_bindings source_name destination_name routing_key |
-        grep -qP "^\\Q$1\\E\\t\\Q$2\\E\\t\\Q$3\\E\$"
-}
 # amqp_drain QUEUE FILE: append every message waiting in QUEUE to FILE, one per line.
 amqp_drain() {
     while amqp-get -u "$AMQP_URL" -q "$1" >>"$2" 2>/dev/null; do echo >>"$2"; done
