@@ -39,7 +39,6 @@ export DEBIAN_FRONTEND=noninteractive
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 cd "$(dirname "$0")/../.." || exit 1
-ROOT=$(pwd)
 
 CHECKS_NAME=suite
 # shellcheck source=tests/e2e/checks.sh
