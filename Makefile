@@ -32,14 +32,15 @@ release:
 deb:
 	bash debian/build-debs.sh
 
-# Build the packages, install them and drive them as an operator would.
+# Build the packages, install them and drive them as an operator would: suite.sh is
+# one scenario with every package installed and running together (snf-cyclades-gtools'
+# and calink's package checks are in it); the others test one package alone.
 e2e: e2e-deb
 
 e2e-deb: deb
-	bash tests/e2e/deb-eventd.sh
+	bash tests/e2e/suite.sh
 	bash tests/e2e/deb-skytools.sh
 	bash tests/e2e/deb-walmgr.sh
-	bash tests/e2e/deb-calink.sh
 	bash tests/e2e/deb-ele.sh
 	bash tests/e2e/deb-pacha.sh
 

@@ -37,20 +37,12 @@ finished=0
 CHECKS_NAME="deb-ele"
 # shellcheck source=tests/e2e/checks.sh
 . tests/e2e/checks.sh
+# shellcheck source=tests/e2e/lib.sh
+. tests/e2e/lib.sh
 
-# q SQL [DB]: one value from the private cluster.
-q() { as_pg "$PGBIN/psql" -h "$tmp" -p "$PORT" -U postgres -d "${2:-postgres}" -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
-pg_stop() { [ -f "$1/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$1" -m immediate -w stop >/dev/null 2>&1; }
-# run LABEL COMMAND...: run COMMAND as postgres, output in $tmp/LABEL.out/.err, return its status.
-run() {
-    local label=$1
-    shift
-    as_pg "$@" >"$tmp/$label.out" 2>"$tmp/$label.err"
-}
-show_err() {
-    echo "    stderr of $1:"
-    sed 's/^/      /' "$tmp/$1.err" | tail -15
-}
+# q SQL [DB]: one value from the private cluster; run LABEL COMMAND...: as postgres.
+q() { pq "$PORT" "$1" "${2:-postgres}"; }
+run() { pg_run "$@"; }
 
 cleanup() {
     local rc=$?

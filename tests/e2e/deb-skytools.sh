@@ -46,19 +46,16 @@ DB=hk_e2e_sky_$$
 PSQL=(psql -h 127.0.0.1 -U postgres -X -q -tA -v ON_ERROR_STOP=1)
 
 installed=0
-had_pgqd=0
-pgqd_auto=0
-pgqd_removed=0
-pgq_pkgs=
 db_created=0
 job_written=0
 tmp=
-backup=
 finished=0
 
 CHECKS_NAME=deb-skytools
 # shellcheck source=tests/e2e/checks.sh
 . tests/e2e/checks.sh
+# shellcheck source=tests/e2e/lib.sh
+. tests/e2e/lib.sh
 
 # sql STATEMENT: run it in the test database, print the result unaligned.
 sql() { "${PSQL[@]}" -d "$DB" -c "$1"; }
@@ -71,11 +68,6 @@ job_pids() {
 }
 no_job() { [ -z "$(job_pids)" ]; }
 one_job() { [ "$(job_pids | wc -w)" = 1 ]; }
-# A running process (a zombie not yet reaped by PID 1 does not count).
-alive() {
-    [ -n "${1:-}" ] && [ -d "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
-}
-dead() { ! alive "$1"; }
 owned_by_skytools() { [ -d "$1" ] && [ "$(stat -c %U:%G "$1")" = $USER_:$USER_ ]; }
 
 cleanup() {
@@ -105,33 +97,11 @@ cleanup() {
         done
     fi
     # Files that were there before the test, under paths the packages own.
-    if [ -n "$backup" ] && [ -d "$backup" ]; then
-        for f in "$backup"/*; do
-            [ -e "$f" ] || continue
-            p=$(basename "$f" | tr '%' '/')
-            mkdir -p "$(dirname "$p")"
-            mv -f "$f" "$p"
-        done
-        rmdir "$backup" 2>/dev/null
-    fi
+    put_back
     if [ $db_created = 1 ]; then
         "${PSQL[@]}" -d postgres -c "drop database if exists $DB with (force)" >/dev/null 2>&1
     fi
-    if [ $pgqd_removed = 1 ]; then
-        say "re-installing Debian's pgqd"
-        apt-get install -y -q --no-install-recommends pgqd >/dev/null 2>&1 ||
-            echo "deb-skytools: error: could not re-install Debian's pgqd" >&2
-    fi
-    for p in $pgq_pkgs; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then
-            say "re-installing $p"
-            apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1 ||
-                echo "deb-skytools: error: could not re-install $p" >&2
-        fi
-    done
-    if [ $had_pgqd = 1 ] && [ $pgqd_auto = 1 ]; then
-        apt-mark auto pgqd >/dev/null 2>&1
-    fi
+    pgqd_restore
     [ -n "$tmp" ] && rm -rf "$tmp"
     finish_checks "$rc"
 }
@@ -167,23 +137,11 @@ tmp=$(mktemp -d /tmp/hk-deb-sky-e2e.XXXXXX)
 chmod 755 "$tmp"
 # Move aside anything already at the packages' paths (dpkg would otherwise ask about
 # an existing conffile, and scriptmgr would start other jobs), put it back at the end.
-backup=$tmp/backup
-mkdir -p "$backup"
-for f in $CONF $INIT /etc/logrotate.d/skytools3 $JOBDIR/*.ini; do
-    [ -e $f ] && mv -f $f "$backup/$(printf %s $f | tr / %)"
-done
+set_aside $CONF $INIT /etc/logrotate.d/skytools3 $JOBDIR/*.ini
 
 # Debian's C pgqd ships /usr/bin/pgqd too: skytools3-ticker conflicts with it, and
 # apt removes it (not purged: its conffiles stay) while installing skytools3-ticker.
-if dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q 'ok installed'; then
-    had_pgqd=1
-    apt-mark showauto pgqd 2>/dev/null | grep -qx pgqd && pgqd_auto=1
-    say "Debian's pgqd $(dpkg-query -W -f='${Version}' pgqd) is installed: replaced" \
-        "by $TICKER, re-installed at the end"
-fi
-# The pgq extension packages (they depend on pgqd): they must survive the swap.
-pgq_pkgs=$(dpkg-query -W -f='${Package} ${Status}\n' 'postgresql-*-pgq3' 2>/dev/null |
-    awk '/ok installed/ { print $1 }' | tr '\n' ' ')
+pgqd_note
 
 # ---- install -------------------------------------------------------------------------
 say "installing"
@@ -369,15 +327,13 @@ say "purging"
 rm -f $JOB
 job_written=0
 # With Debian's pgqd back in the same transaction if it was there before (pgqd+).
-swap=
-[ $had_pgqd = 1 ] && swap=pgqd+
-if apt-get purge -y -q $TICKER $PKG $swap >"$tmp/apt-purge.log" 2>&1; then
-    ok "apt-get purge $TICKER $PKG $swap"
+if apt-get purge -y -q $TICKER $PKG $pgqd_swap >"$tmp/apt-purge.log" 2>&1; then
+    ok "apt-get purge $TICKER $PKG $pgqd_swap"
     installed=0
     pgqd_removed=0
 else
     cat "$tmp/apt-purge.log"
-    nok "apt-get purge $TICKER $PKG $swap"
+    nok "apt-get purge $TICKER $PKG $pgqd_swap"
 fi
 check "scriptmgr removed" test ! -e $SCRIPTMGR
 if [ $had_pgqd = 1 ]; then

@@ -37,31 +37,11 @@ finished=0
 CHECKS_NAME="deb-walmgr"
 # shellcheck source=tests/e2e/checks.sh
 . tests/e2e/checks.sh
-
-# q PORT SQL: one value from a private cluster.
-q() { as_pg "$PGBIN/psql" -h "$tmp" -p "$1" -U postgres -d postgres -X -q -tA -v ON_ERROR_STOP=1 -c "$2"; }
-pg_stop() { [ -f "$1/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$1" -m immediate -w stop >/dev/null 2>&1; }
-# wait_for SECONDS COMMAND...: poll every 0.2 s until COMMAND succeeds.
-wait_for() {
-    local n=$(($1 * 5))
-    shift
-    while [ $n -gt 0 ]; do
-        "$@" && return 0
-        sleep 0.2
-        n=$((n - 1))
-    done
-    return 1
-}
-# wm LABEL COMMAND...: run COMMAND as postgres, output in $tmp/LABEL.out/.err, return its status.
-wm() {
-    local label=$1
-    shift
-    as_pg "$@" >"$tmp/$label.out" 2>"$tmp/$label.err"
-}
-show_err() {
-    echo "    stderr of $1:"
-    sed 's/^/      /' "$tmp/$1.err" | tail -15
-}
+# shellcheck source=tests/e2e/lib.sh
+. tests/e2e/lib.sh
+# q PORT SQL: one value from a private cluster; wm LABEL COMMAND...: as postgres.
+q() { pq "$@"; }
+wm() { pg_run "$@"; }
 
 cleanup() {
     local rc=$? p
