@@ -34,6 +34,10 @@ const ASKED: &str = "asked";
 const LOCK: &str = "lock";
 /// The prefetcher exits after this long with nothing new asked and nothing to fetch.
 const IDLE: Duration = Duration::from_secs(10);
+/// How long xrestore waits for a segment the prefetcher is writing.
+const IN_PROGRESS_WAIT: Duration = Duration::from_secs(5);
+/// Segments fetched at once.
+const THREADS: usize = 2;
 
 /// The names the prefetcher should hold after `asked` (a segment of `seg_size` bytes):
 /// the next `n` segments on its timeline.
@@ -47,10 +51,11 @@ pub fn window(asked: &WalName, n: usize, seg_size: u64) -> Vec<String> {
         .collect()
 }
 
-/// A spool entry that no longer belongs (anything not in the window: delivered, before
-/// the point PostgreSQL restarted from, another timeline).
-pub fn stale(entry: &str, window: &[String]) -> bool {
-    !window.iter().any(|w| w == entry)
+/// A spool entry that no longer belongs: neither the segment asked for (xrestore may be
+/// taking it right now) nor in the window after it (so: delivered, before the point
+/// PostgreSQL restarted from, on another timeline).
+pub fn stale(entry: &str, asked: &str, window: &[String]) -> bool {
+    entry != asked && !window.iter().any(|w| w == entry)
 }
 
 pub struct Prefetch {
@@ -78,11 +83,27 @@ impl Prefetch {
         WalName::parse(s.trim()).ok().map(|w| w.name)
     }
 
+    /// True while the prefetcher is writing `name` (its temp file, of a live writer).
+    fn in_progress(&self, name: &str) -> bool {
+        let prefix = format!("{TEMP_PREFIX}{name}.");
+        fs::read_dir(&self.dir).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                let f = e.file_name().to_string_lossy().into_owned();
+                f.starts_with(&prefix) && !super::store::temp_writer_gone(&f)
+            })
+        })
+    }
+
     /// Move the spooled copy of `meta` to `dst`, if there is one and it is exactly what
-    /// the store holds (name, size, sha256). A copy that is not is removed and reported;
-    /// the caller then fetches from the store. Ok(true) = delivered.
+    /// the store holds (name, size, sha256); one being written is waited for (briefly:
+    /// fetching it a second time would only slow both). A copy that is not right is
+    /// removed and reported; the caller then fetches from the store. Ok(true) = delivered.
     pub fn take(&self, meta: &Meta, dst: &Path) -> Result<bool> {
         let p = self.dir.join(&meta.name);
+        let until = Instant::now() + IN_PROGRESS_WAIT;
+        while !p.exists() && self.in_progress(&meta.name) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut f = match File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -105,6 +126,8 @@ impl Prefetch {
         let ino = f.metadata().map_err(io_err("stat", &p))?.ino();
         match fs::rename(&p, dst) {
             Ok(()) => {}
+            // Removed meanwhile (a prefetcher that saw it as stale): fetch instead.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             // pg_wal on another file system: copy what was checked.
             Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
                 use std::io::Seek;
@@ -156,9 +179,11 @@ pub fn kick(ini: &Path, data: &Path, name: &str) {
 /// The process whose exit ends prefetching: the server recovering `data` (its
 /// postmaster.pid), else whoever ran xrestore.
 fn asker(data: &Path) -> i32 {
-    crate::daemon::read_pid(&data.join("postmaster.pid"))
+    // postmaster.pid: the pid on the first line, then the data directory, port, ...
+    fs::read_to_string(data.join("postmaster.pid"))
         .ok()
-        .flatten()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
         .unwrap_or_else(|| nix::unistd::getppid().as_raw())
 }
 
@@ -188,30 +213,22 @@ pub fn run(store: &WalStore, n: usize, data: &Path, asker: i32) -> Result<()> {
             // The segment size: the asked segment's, from its meta.
             let seg_size = store.lookup(&a.name).ok().flatten().map_or(0, |m| m.size);
             let win = window(&a, n, seg_size);
-            remove_stale(&p, &win);
+            remove_stale(&p, &a.name, &win);
+            // In WAL order, up to the first one not archived yet (nothing after it is
+            // needed sooner).
+            let mut todo = Vec::new();
             for name in &win {
                 if p.dir.join(name).exists() {
                     continue;
                 }
-                let Ok(Some(meta)) = store.lookup(name) else {
-                    break; // not archived yet: nothing after it is needed sooner
-                };
-                match fetch(store, &meta, &p.dir.join(name)) {
-                    Ok(()) => {
-                        fetched += 1;
-                        did = true;
-                        log::debug!("prefetch: {name} ready");
-                    }
-                    Err(e) => {
-                        log::warn!("prefetch: {name}: {e}");
-                        break;
-                    }
-                }
-                // The asker moved on: recompute the window.
-                if p.asked() != last_asked {
-                    break;
+                match store.lookup(name) {
+                    Ok(Some(meta)) => todo.push(meta),
+                    _ => break,
                 }
             }
+            let n = fetch_all(store, &p, &todo);
+            fetched += n;
+            did = n > 0;
         }
         if did {
             last_change = Instant::now();
@@ -222,7 +239,35 @@ pub fn run(store: &WalStore, n: usize, data: &Path, asker: i32) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // What is left is not needed any more (recovery ended) or is cheap to fetch again.
+    remove_stale(&p, "", &[]);
     Ok(())
+}
+
+/// Fetch `todo` into the spool, THREADS at a time, oldest first. Returns how many.
+fn fetch_all(store: &WalStore, p: &Prefetch, todo: &[Meta]) -> u64 {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS.min(todo.len()) {
+            s.spawn(|| {
+                while let Some(meta) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    match fetch(store, meta, &p.dir.join(&meta.name)) {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            log::debug!("prefetch: {} ready", meta.name);
+                        }
+                        Err(e) => {
+                            log::warn!("prefetch: {}: {e}", meta.name);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner()
 }
 
 fn fetch(store: &WalStore, meta: &Meta, dst: &Path) -> Result<()> {
@@ -231,14 +276,14 @@ fn fetch(store: &WalStore, meta: &Meta, dst: &Path) -> Result<()> {
     store.fetch(meta, dst)
 }
 
-fn remove_stale(p: &Prefetch, win: &[String]) {
+fn remove_stale(p: &Prefetch, asked: &str, win: &[String]) {
     let Ok(rd) = fs::read_dir(&p.dir) else { return };
     for e in rd.flatten() {
         let f = e.file_name().to_string_lossy().into_owned();
         let remove = if f.starts_with(TEMP_PREFIX) {
             super::store::temp_writer_gone(&f)
         } else {
-            WalName::parse(&f).is_ok() && stale(&f, win)
+            WalName::parse(&f).is_ok() && stale(&f, asked, win)
         };
         if remove {
             let _ = fs::remove_file(e.path());
@@ -270,10 +315,18 @@ mod tests {
         // Unknown segment size: nothing.
         assert!(window(&a, 3, 0).is_empty());
         let w = window(&a, 2, MB16);
-        assert!(!stale("0000000200000001000000FF", &w));
-        assert!(stale("0000000200000001000000FE", &w), "delivered");
-        assert!(stale("0000000300000001000000FF", &w), "another timeline");
-        assert!(stale("000000020000000200000005", &w), "beyond the window");
+        let asked = "0000000200000001000000FE";
+        assert!(!stale("0000000200000001000000FF", asked, &w));
+        assert!(!stale(asked, asked, &w), "being taken");
+        assert!(stale("0000000200000001000000FD", asked, &w), "delivered");
+        assert!(
+            stale("0000000300000001000000FF", asked, &w),
+            "another timeline"
+        );
+        assert!(
+            stale("000000020000000200000005", asked, &w),
+            "beyond the window"
+        );
     }
 
     #[test]

@@ -159,8 +159,11 @@ pub fn write_pid(lock: &mut File) {
 pub fn spawn_self(ini: &Path, args: &[&str], cwd: &Path) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new("/proc/self/exe");
-    c.arg0(super::PROGRAM)
-        .arg(ini)
+    c.arg0(super::PROGRAM);
+    if log::max_level() >= log::LevelFilter::Debug {
+        c.arg("-v");
+    }
+    c.arg(ini)
         .args(args)
         .current_dir(cwd)
         .stdin(std::process::Stdio::null())

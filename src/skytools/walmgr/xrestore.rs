@@ -184,12 +184,17 @@ fn deliver(store: &WalStore, m: &store::Meta, dst: &Path, prefetch: Option<&Path
     if let (Some(ini), Kind::Segment) = (prefetch, wal.kind) {
         // restore_command runs in the data directory being recovered.
         let data = std::env::current_dir().map_err(|e| PathError::new("getcwd", ".", e))?;
-        prefetch::kick(ini, &data, &m.name);
         let spool = prefetch::Prefetch::open(&data)?;
-        if spool.take(m, dst)? {
-            log::info!("{}: restored from the prefetch spool", m.name);
-            return Ok(());
+        let taken = spool.take(m, dst)?;
+        if !taken {
+            store.fetch(m, dst)?;
         }
+        // After the delivery: the window moves past this segment.
+        prefetch::kick(ini, &data, &m.name);
+        if taken {
+            log::info!("{}: restored from the prefetch spool", m.name);
+        }
+        return Ok(());
     }
     store.fetch(m, dst)
 }
