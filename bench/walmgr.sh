@@ -46,7 +46,7 @@ PORT=${PORT:-55433}
 read -r -a SETTINGS <<<"${SETTINGS:-none gzip:6 zstd:3}"
 read -r -a SIDES <<<"${SIDES:-floor pgbackrest walmgr}"
 PGBIN=/usr/lib/postgresql/15/bin
-OURS=$(pwd)/target/release/walmgr
+OURS=${OURS:-$(pwd)/target/release/walmgr}
 SEGSIZE=16777216
 for setting in "${SETTINGS[@]}"; do
     [[ $setting =~ ^(none|gzip:[1-9]|zstd:([1-9]|1[0-9]))$ ]] ||
@@ -345,7 +345,7 @@ set_archive_command() {
 }
 ready_count() { find "$DATA/pg_wal/archive_status" -name '*.ready' | wc -l; }
 newest_ready() { find "$DATA/pg_wal/archive_status" -name '[0-9A-F]*.ready' -printf '%f\n' | sed 's/\.ready$//' | grep -E '^[0-9A-F]{24}$' | sort | tail -n 1; }
-pgbr_conf() { # pgbr_conf FILE STORE ASYNC(y|n)
+pgbr_conf() { # pgbr_conf FILE STORE ASYNC(y|n) [PG1-PATH]
     {
         echo "[global]"
         echo "repo1-path=$2"
@@ -360,7 +360,7 @@ pgbr_conf() { # pgbr_conf FILE STORE ASYNC(y|n)
         echo "compress-type=$PGBR_COMP"
         [ "$ACOMP" = none ] || echo "compress-level=$ALEVEL"
         echo "[bench]"
-        echo "pg1-path=$DATA"
+        echo "pg1-path=${4:-$DATA}"
         echo "pg1-port=$PORT"
         echo "pg1-socket-path=$DIR"
     } | as_pg tee "$1" >/dev/null
@@ -378,17 +378,24 @@ walmgr_ini() { # walmgr_ini FILE STORE ASYNC(yes|no)
         echo "logfile = $LOG"
     } | as_pg tee "$1" >/dev/null
 }
+# Background archivers keep pushing WAL that autovacuum and checkpoints still write after
+# pgbench stops, so they are stopped (by pid: the pusher's lock file; pgbackrest's async
+# processes of this bench's configuration) before the next side's backlog is made.
 helpers_gone() {
-    local i
-    for i in $(seq 1 300); do
-        if as_pg flock -n "$RUN/walmgr-spool/pusher.lock" true 2>/dev/null || [ ! -e "$RUN/walmgr-spool/pusher.lock" ]; then
-            pgrep -u postgres -f -- "--stanza=bench archive-push" >/dev/null || return 0
-        fi
+    local pids fg i
+    for i in $(seq 1 600); do
+        pids=$(pgrep -u postgres -f -- "$RUN/async-pgbackrest.conf .*archive-push:async|$RUN/async-master.ini xpush" || true)
+        # PostgreSQL's archive_command still running: waited for, not killed.
+        fg=$(pgrep -u postgres -f -- "$RUN/async-pgbackrest.conf .*archive-push |$RUN/async-master.ini xarchive" || true)
+        [ -n "$pids$fg" ] || return 0
+        # The helpers serve the foreground call still running: stopped after it.
+        # shellcheck disable=SC2086 # a list of pids
+        [ -n "$fg" ] || kill $pids 2>/dev/null || true
         sleep 0.2
     done
-    die "background archivers still running after 60 s"
+    die "background archivers still running after 120 s: $pids $fg"
 }
-declare -A DRAIN
+declare -A DRAIN RATE BL
 for round in $(seq 1 "$ROUNDS"); do
     for i in $(seq 0 $((${#ASIDES[@]} - 1))); do
         side=${ASIDES[$(((i + round - 1) % ${#ASIDES[@]}))]}
@@ -431,6 +438,8 @@ for round in $(seq 1 "$ROUNDS"); do
         kill "$load" 2>/dev/null || true
         wait "$load" 2>/dev/null || true
         DRAIN[$side|$round]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+        RATE[$side|$round]=$(awk -v n="$backlog" -v t="${DRAIN[$side|$round]}" 'BEGIN {printf "%.2f", n / t}')
+        BL[$side|$round]=$backlog
         sql "truncate filler" >/dev/null
         failed=$(sql "select failed_count from pg_stat_archiver")
         say "round $round async $side: $backlog segments (up to $target) archived in ${DRAIN[$side|$round]} s under pgbench (archiver failures so far: $failed)"
@@ -456,6 +465,8 @@ done
 as_pg "$OURS" "$RUN/replay-slave-0.ini" setup >>"$LOG" 2>&1
 pgbr_conf "$RUN/replay-pgbackrest.conf" "$RREPO" y
 as_pg pgbackrest --config="$RUN/replay-pgbackrest.conf" --stanza=bench stanza-create >>"$LOG" 2>&1 || die "stanza-create (replay)"
+# archive-get takes a relative %p from pg1-path: the copy being recovered.
+pgbr_conf "$RUN/replay-get-pgbackrest.conf" "$RREPO" y "$RUN/replay"
 for n in "${RANGE[@]}"; do
     (cd "$DATA" && as_pg "$OURS" "$RUN/replay-master.ini" xarchive "$CORPUS/$n" "$n") >>"$LOG" 2>&1 || die "walmgr xarchive $n"
     as_pg pgbackrest --config="$RUN/replay-pgbackrest.conf" --stanza=bench --archive-async=n archive-push "$CORPUS/$n" >>"$LOG" 2>&1 || die "pgbackrest archive-push $n"
@@ -477,11 +488,12 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "restore_command = '$OURS $RUN/replay-slave-${side##*-}.ini xrestore %f %p %r'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
         pgbackrest-async-get)
             as_pg touch "$copy/recovery.signal"
-            echo "restore_command = 'pgbackrest --config=$RUN/replay-pgbackrest.conf --stanza=bench archive-get %f \"%p\"'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
+            echo "restore_command = 'pgbackrest --config=$RUN/replay-get-pgbackrest.conf --stanza=bench archive-get %f \"%p\"'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
         esac
         sync
         t0=$(date +%s.%N)
-        as_pg "$PGBIN/pg_ctl" -D "$copy" -l "$RUN/replay.log" -o "-p $RPORT -c archive_mode=off -c hot_standby=on" start >/dev/null
+        as_pg "$PGBIN/pg_ctl" -D "$copy" -l "$RUN/replay.log" -o "-p $RPORT -c archive_mode=off -c hot_standby=on" start >/dev/null ||
+            die "$side: pg_ctl start failed: $(tail -n 8 "$RUN/replay.log")"
         until [ "$(as_pg psql -h "$DIR" -p "$RPORT" -U postgres -X -q -tA -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
             sleep 0.05
             awk -v t0="$t0" -v t="$(date +%s.%N)" 'BEGIN {exit !(t - t0 > 900)}' && die "$side: not promoted after 900 s (see $RUN/replay.log)"
@@ -509,14 +521,13 @@ amed() { # amed ARRAY SIDE
     median "${vals[@]}"
 }
 echo
-echo "Archiving under pgbench (-c 2 -j 2): a backlog of $BACKLOG ready 16 MiB segments (bulk insert), $ASYNC_COMP, parallel / process-max = $PARALLEL; $ROUNDS rounds, medians."
+echo "Archiving under pgbench (-c 2 -j 2): a backlog of at least $BACKLOG ready 16 MiB segments (bulk insert), $ASYNC_COMP, parallel / process-max = $PARALLEL; $ROUNDS rounds, medians."
 echo
-echo "| side | drain s (rounds) | segments/s |"
-echo "|---|---|---|"
+echo "| side | segments/s (rounds: segments in s) |"
+echo "|---|---|"
 for side in "${ASIDES[@]}"; do
-    vals=$(for r in $(seq 1 "$ROUNDS"); do printf '%s ' "${DRAIN[$side|$r]}"; done)
-    m=$(amed DRAIN "$side")
-    printf '| %s | %s (%s) | %s |\n' "$side" "$m" "${vals% }" "$(awk -v t="$m" -v n="$BACKLOG" 'BEGIN {printf "%.1f", n / t}')"
+    vals=$(for r in $(seq 1 "$ROUNDS"); do printf '%s in %s s, ' "${BL[$side|$r]}" "${DRAIN[$side|$r]}"; done)
+    printf '| %s | **%s** (%s) |\n' "$side" "$(amed RATE "$side")" "${vals%, }"
 done
 echo
 echo "Replay of a restored base backup through ${#RANGE[@]} segments (${ASYNC_COMP}; everything in the page cache), until promoted; $ROUNDS rounds, medians."
