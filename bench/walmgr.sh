@@ -219,7 +219,7 @@ bench_side() {
             [ "$comp" = none ] || echo "compression_level = $level"
         } | as_pg tee "$pushconf" >/dev/null
         as_pg mkdir -p "$RUN/$side-slave"
-        printf '[walmgr]\nslave = %s\nslave_data = %s\n' "$store" "$RUN/$side-slave" | as_pg tee "$getconf" >/dev/null
+        printf '[walmgr]\nslave = %s\nslave_data = %s\nrestore_prefetch = 0\n' "$store" "$RUN/$side-slave" | as_pg tee "$getconf" >/dev/null
         as_pg "$OURS" "$getconf" setup >>"$LOG" 2>&1 || die "walmgr slave setup failed: $(tail -n 3 "$LOG")"
         ;;
     esac

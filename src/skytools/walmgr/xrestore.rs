@@ -184,8 +184,19 @@ fn deliver(store: &WalStore, m: &store::Meta, dst: &Path, prefetch: Option<&Path
     if let (Some(ini), Kind::Segment) = (prefetch, wal.kind) {
         // restore_command runs in the data directory being recovered.
         let data = std::env::current_dir().map_err(|e| PathError::new("getcwd", ".", e))?;
-        let spool = prefetch::Prefetch::open(&data)?;
-        let taken = spool.take(m, dst)?;
+        // No spool (a directory we may not write): fetch as without prefetch.
+        let spool = match prefetch::Prefetch::open(&data) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("prefetch: {e}");
+                return store.fetch(m, dst);
+            }
+        };
+        // A spool that cannot be read is only a missed shortcut.
+        let taken = spool.take(m, dst).unwrap_or_else(|e| {
+            log::warn!("prefetch: {e}; fetching from the store");
+            false
+        });
         if !taken {
             store.fetch(m, dst)?;
         }
