@@ -21,20 +21,32 @@
 # `time` (wall, and user+system CPU of the loop and its children). Rounds rotate the
 # order of the sides. Reported: medians over rounds.
 #
+# PARTS=async (see section 4) measures the background modes instead: archiving
+# throughput under pgbench (walmgr archive_async = yes / parallel = N against pgbackrest
+# archive-async=y / process-max=N, and both synchronous), and the replay time of a
+# restored base backup fed by restore_command (walmgr restore_prefetch = 8 and 0 against
+# pgbackrest archive-get with archive-async=y, and against WAL already in pg_wal).
+#
 # Usage: bench/walmgr.sh   (env: SEGMENTS=32 ROUNDS=3 PORT=55433
-#                           SETTINGS="none gzip:6 zstd:3" SIDES="floor pgbackrest walmgr")
+#                           SETTINGS="none gzip:6 zstd:3" SIDES="floor pgbackrest walmgr"
+#                           PARTS="sync" or "async" or "sync async"; async part: PARALLEL=4
+#                           BACKLOG=32 ASYNC_COMP=zstd:3)
 # Needs root (runs the private cluster as postgres; installs pgbackrest and zstd if
 # missing). Prints Markdown for BENCHMARKS.md on stdout, progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SEGMENTS=${SEGMENTS:-32}
+read -r -a PARTS <<<"${PARTS:-sync}"
+PARALLEL=${PARALLEL:-4}
+BACKLOG=${BACKLOG:-32}
+ASYNC_COMP=${ASYNC_COMP:-zstd:3}
 ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-55433}
 read -r -a SETTINGS <<<"${SETTINGS:-none gzip:6 zstd:3}"
 read -r -a SIDES <<<"${SIDES:-floor pgbackrest walmgr}"
 PGBIN=/usr/lib/postgresql/15/bin
-OURS=$(pwd)/target/release/walmgr
+OURS=${OURS:-$(pwd)/target/release/walmgr}
 SEGSIZE=16777216
 for setting in "${SETTINGS[@]}"; do
     [[ $setting =~ ^(none|gzip:[1-9]|zstd:([1-9]|1[0-9]))$ ]] ||
@@ -53,11 +65,10 @@ for pkg in pgbackrest zstd; do
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null ||
         { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null; }
 done
-for side in "${SIDES[@]}"; do
-    if [ "$side" = walmgr ] && [ ! -x "$OURS" ]; then
-        cargo build --release --locked --bin walmgr >/dev/null
-    fi
-done
+has_part() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+if [ ! -x "$OURS" ]; then
+    cargo build --release --locked --bin walmgr >/dev/null
+fi
 PGBR_VERSION=$(pgbackrest version | awk '{print $2}')
 
 DIR=$(mktemp -d /tmp/hk-walmgr-bench.XXXXXX)
@@ -67,6 +78,7 @@ RUN=$DIR/run
 LOG=$DIR/tools.log
 cleanup() {
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -m immediate stop >/dev/null 2>&1 || true
+    [ -d "$RUN/replay" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$RUN/replay" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -91,6 +103,11 @@ as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$DIR/pg.log" -w start >/dev/null
 PSQL=(as_pg psql -h "$DIR" -p "$PORT" -U postgres -X -q -tA)
 "${PSQL[@]}" -d postgres -c "create database bench"
 as_pg "$PGBIN/pgbench" -h "$DIR" -p "$PORT" -U postgres -i -s 20 -q bench >/dev/null 2>&1
+if has_part async; then
+    # The base backup the replay part restores (its WAL: the corpus from here on).
+    as_pg "$PGBIN/pg_basebackup" -h "$DIR" -p "$PORT" -U postgres -D "$DIR/base" -X none -c fast >/dev/null
+    BASE_START=$(sed -n 's/^START WAL LOCATION: .*(file \([0-9A-F]*\))$/\1/p' "$DIR/base/backup_label")
+fi
 # Segments after this one hold pgbench's OLTP WAL (updates, full-page images) rather
 # than the bulk load: keep at least half the corpus from there, and take the newest N.
 FIRST_RUN=$("${PSQL[@]}" -d postgres -c "select pg_walfile_name(pg_switch_wal())")
@@ -113,6 +130,7 @@ mapfile -t NAMES <"$DIR/names"
 RAW=$((SEGMENTS * SEGSIZE))
 say "corpus: ${NAMES[0]} .. ${NAMES[-1]} ($SEGMENTS segments, $FROM_RUN from timed pgbench runs)"
 
+if has_part sync; then
 # --- 2. the timed loops (run as postgres) -------------------------------------------
 # loop.sh KIND SIDE COMP LEVEL CWD CONF STORE DST NAMES LOG WALMGR CORPUS
 # prints "<wall s> <user s> <sys s>" of the whole loop.
@@ -201,7 +219,7 @@ bench_side() {
             [ "$comp" = none ] || echo "compression_level = $level"
         } | as_pg tee "$pushconf" >/dev/null
         as_pg mkdir -p "$RUN/$side-slave"
-        printf '[walmgr]\nslave = %s\nslave_data = %s\n' "$store" "$RUN/$side-slave" | as_pg tee "$getconf" >/dev/null
+        printf '[walmgr]\nslave = %s\nslave_data = %s\nrestore_prefetch = 0\n' "$store" "$RUN/$side-slave" | as_pg tee "$getconf" >/dev/null
         as_pg "$OURS" "$getconf" setup >>"$LOG" 2>&1 || die "walmgr slave setup failed: $(tail -n 3 "$LOG")"
         ;;
     esac
@@ -301,4 +319,224 @@ if has walmgr && has pgbackrest; then
         done
         printf '| %s | **median** | **%s** | **%s** | **%s** |\n' "$title" "$(median "${pr[@]}")" "$(median "${gr[@]}")" "$(median "${br[@]}")"
     done
+fi
+fi
+
+if has_part async; then
+# --- 4. archiving throughput under pgbench -------------------------------------------
+# Per side and round: archive_command = '' while a bulk insert leaves BACKLOG segments
+# ready in pg_wal (not timed); then pgbench starts (-c 2 -j 2), the side's
+# archive_command is set and reloaded, and the time until pg_stat_archiver reports the
+# newest of those segments archived is the drain time (segments/s = BACKLOG / time).
+# walmgr-async: archive_async = yes, parallel = PARALLEL; pgbackrest-async: archive-async=y,
+# process-max=PARALLEL; the -sync sides are the same tools without it. Between sides
+# every background helper is waited for (walmgr's pusher lock, pgbackrest's processes).
+ACOMP=${ASYNC_COMP%%:*} ALEVEL=${ASYNC_COMP#*:}
+[[ $ASYNC_COMP =~ ^(none|gzip:[1-9]|zstd:([1-9]|1[0-9]))$ ]] || die "ASYNC_COMP: '$ASYNC_COMP'"
+[ "$ACOMP" = none ] && ALEVEL=0
+PGBR_COMP=$ACOMP
+[ "$ACOMP" = gzip ] && PGBR_COMP=gz
+[ "$ACOMP" = zstd ] && PGBR_COMP=zst
+ASIDES=(walmgr-sync walmgr-async pgbackrest-sync pgbackrest-async)
+sql() { "${PSQL[@]}" -d postgres -c "$1"; }
+set_archive_command() {
+    sql "alter system set archive_command = '$1'" >/dev/null
+    sql "select pg_reload_conf()" >/dev/null
+}
+ready_count() { find "$DATA/pg_wal/archive_status" -name '*.ready' | wc -l; }
+newest_ready() { find "$DATA/pg_wal/archive_status" -name '[0-9A-F]*.ready' -printf '%f\n' | sed 's/\.ready$//' | grep -E '^[0-9A-F]{24}$' | sort | tail -n 1; }
+pgbr_conf() { # pgbr_conf FILE STORE ASYNC(y|n) [PG1-PATH]
+    {
+        echo "[global]"
+        echo "repo1-path=$2"
+        echo "lock-path=$RUN/pgbackrest-lock"
+        echo "spool-path=$RUN/pgbackrest-spool"
+        echo "log-level-console=warn"
+        echo "log-level-stderr=warn"
+        echo "log-level-file=off"
+        echo "archive-async=$3"
+        echo "process-max=$PARALLEL"
+        echo "archive-get-queue-max=128MB"
+        echo "compress-type=$PGBR_COMP"
+        [ "$ACOMP" = none ] || echo "compress-level=$ALEVEL"
+        echo "[bench]"
+        echo "pg1-path=${4:-$DATA}"
+        echo "pg1-port=$PORT"
+        echo "pg1-socket-path=$DIR"
+    } | as_pg tee "$1" >/dev/null
+}
+walmgr_ini() { # walmgr_ini FILE STORE ASYNC(yes|no)
+    {
+        echo "[walmgr]"
+        echo "master_data = $DATA"
+        echo "slave = $2"
+        echo "compression = $ACOMP"
+        [ "$ACOMP" = none ] || echo "compression_level = $ALEVEL"
+        echo "archive_async = $3"
+        echo "parallel = $PARALLEL"
+        echo "spool_dir = $RUN/walmgr-spool"
+        echo "logfile = $LOG"
+    } | as_pg tee "$1" >/dev/null
+}
+# Background archivers keep pushing WAL that autovacuum and checkpoints still write after
+# pgbench stops, so they are stopped (by pid: the pusher's lock file; pgbackrest's async
+# processes of this bench's configuration) before the next side's backlog is made.
+helpers_gone() {
+    local pids fg i
+    for i in $(seq 1 600); do
+        pids=$(pgrep -u postgres -f -- "$RUN/async-pgbackrest.conf .*archive-push:async|$RUN/async-master.ini xpush" || true)
+        # PostgreSQL's archive_command still running: waited for, not killed.
+        fg=$(pgrep -u postgres -f -- "$RUN/async-pgbackrest.conf .*archive-push |$RUN/async-master.ini xarchive" || true)
+        [ -n "$pids$fg" ] || return 0
+        # The helpers serve the foreground call still running: stopped after it.
+        # shellcheck disable=SC2086 # a list of pids
+        [ -n "$fg" ] || kill $pids 2>/dev/null || true
+        sleep 0.2
+    done
+    die "background archivers still running after 120 s: $pids $fg"
+}
+declare -A DRAIN RATE BL
+for round in $(seq 1 "$ROUNDS"); do
+    for i in $(seq 0 $((${#ASIDES[@]} - 1))); do
+        side=${ASIDES[$(((i + round - 1) % ${#ASIDES[@]}))]}
+        store=$RUN/async-store
+        set_archive_command ''
+        helpers_gone
+        as_pg rm -rf "$store" "$RUN/walmgr-spool" "$RUN/pgbackrest-spool"
+        case $side in
+        walmgr-*)
+            mode=no; [ "$side" = walmgr-async ] && mode=yes
+            walmgr_ini "$RUN/async-master.ini" "$store" "$mode"
+            printf '[walmgr]\nslave = %s\n' "$store" | as_pg tee "$RUN/async-slave.ini" >/dev/null
+            as_pg "$OURS" "$RUN/async-slave.ini" setup >>"$LOG" 2>&1
+            cmd="$OURS $RUN/async-master.ini xarchive %p %f" ;;
+        pgbackrest-*)
+            mode=n; [ "$side" = pgbackrest-async ] && mode=y
+            pgbr_conf "$RUN/async-pgbackrest.conf" "$store" "$mode"
+            as_pg pgbackrest --config="$RUN/async-pgbackrest.conf" --stanza=bench stanza-create >>"$LOG" 2>&1 ||
+                die "pgbackrest stanza-create failed: $(tail -n 3 "$LOG")"
+            cmd="pgbackrest --config=$RUN/async-pgbackrest.conf --stanza=bench archive-push %p" ;;
+        esac
+        # The backlog: real rows (not empty switched segments), left ready in pg_wal.
+        sql "create table if not exists filler (g int, t text)" >/dev/null
+        while [ "$(ready_count)" -lt "$BACKLOG" ]; do
+            sql "insert into filler select g, md5(g::text) || md5((g + 1)::text) from generate_series(1, 200000) g" >/dev/null
+        done
+        sql "select pg_switch_wal()" >/dev/null
+        sleep 1
+        backlog=$(ready_count) target=$(newest_ready)
+        sync
+        as_pg "$PGBIN/pgbench" -h "$DIR" -p "$PORT" -U postgres -n -c 2 -j 2 -T 600 bench >/dev/null 2>&1 &
+        load=$!
+        t0=$(date +%s.%N)
+        set_archive_command "$cmd"
+        until [ "$(sql "select coalesce(last_archived_wal, '') >= '$target' from pg_stat_archiver")" = t ]; do
+            sleep 0.1
+            awk -v t0="$t0" -v t="$(date +%s.%N)" 'BEGIN {exit !(t - t0 > 900)}' && die "$side: $target not archived after 900 s"
+        done
+        t1=$(date +%s.%N)
+        kill "$load" 2>/dev/null || true
+        wait "$load" 2>/dev/null || true
+        DRAIN[$side|$round]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+        RATE[$side|$round]=$(awk -v n="$backlog" -v t="${DRAIN[$side|$round]}" 'BEGIN {printf "%.2f", n / t}')
+        BL[$side|$round]=$backlog
+        sql "truncate filler" >/dev/null
+        failed=$(sql "select failed_count from pg_stat_archiver")
+        say "round $round async $side: $backlog segments (up to $target) archived in ${DRAIN[$side|$round]} s under pgbench (archiver failures so far: $failed)"
+    done
+done
+set_archive_command ''
+helpers_gone
+
+# --- 5. replay of a restored base backup --------------------------------------------
+# The base backup taken before the corpus run, restored into a fresh copy (recovery.signal,
+# archive_mode off) and started; timed from pg_ctl start until pg_is_in_recovery() is
+# false (end of the archive: promoted). WAL = the corpus from the backup's start segment,
+# stored (not timed) in a walmgr store and a pgbackrest repository (ASYNC_COMP).
+# local: the same segments copied into the copy's pg_wal, no restore_command.
+mapfile -t RANGE < <(find "$CORPUS" -maxdepth 1 -regextype posix-extended -regex '.*/[0-9A-F]{24}' -printf '%f\n' | sort | awk -v s="$BASE_START" '$1 >= s')
+say "replay range: ${RANGE[0]} .. ${RANGE[-1]} (${#RANGE[@]} segments)"
+RSTORE=$RUN/replay-store RREPO=$RUN/replay-repo
+as_pg rm -rf "$RSTORE" "$RREPO" "$RUN/walmgr-spool"
+walmgr_ini "$RUN/replay-master.ini" "$RSTORE" no
+for pf in 0 8; do
+    printf '[walmgr]\nslave = %s\nrestore_prefetch = %s\nlogfile = %s\n' "$RSTORE" "$pf" "$LOG" | as_pg tee "$RUN/replay-slave-$pf.ini" >/dev/null
+done
+as_pg "$OURS" "$RUN/replay-slave-0.ini" setup >>"$LOG" 2>&1
+pgbr_conf "$RUN/replay-pgbackrest.conf" "$RREPO" y
+as_pg pgbackrest --config="$RUN/replay-pgbackrest.conf" --stanza=bench stanza-create >>"$LOG" 2>&1 || die "stanza-create (replay)"
+# archive-get takes a relative %p from pg1-path: the copy being recovered.
+pgbr_conf "$RUN/replay-get-pgbackrest.conf" "$RREPO" y "$RUN/replay"
+for n in "${RANGE[@]}"; do
+    (cd "$DATA" && as_pg "$OURS" "$RUN/replay-master.ini" xarchive "$CORPUS/$n" "$n") >>"$LOG" 2>&1 || die "walmgr xarchive $n"
+    as_pg pgbackrest --config="$RUN/replay-pgbackrest.conf" --stanza=bench --archive-async=n archive-push "$CORPUS/$n" >>"$LOG" 2>&1 || die "pgbackrest archive-push $n"
+done
+RPORT=$((PORT + 1))
+declare -A REPLAY REPLAY_ROWS
+RSIDES=(local walmgr-prefetch-0 walmgr-prefetch-8 pgbackrest-async-get)
+for round in $(seq 1 "$ROUNDS"); do
+    for i in $(seq 0 $((${#RSIDES[@]} - 1))); do
+        side=${RSIDES[$(((i + round - 1) % ${#RSIDES[@]}))]}
+        copy=$RUN/replay
+        as_pg rm -rf "$copy" "$RUN/pgbackrest-spool"
+        as_pg cp -a "$DIR/base" "$copy"
+        case $side in
+        local)
+            for n in "${RANGE[@]}"; do as_pg cp "$CORPUS/$n" "$copy/pg_wal/$n"; done ;;
+        walmgr-prefetch-*)
+            as_pg touch "$copy/recovery.signal"
+            echo "restore_command = '$OURS $RUN/replay-slave-${side##*-}.ini xrestore %f %p %r'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
+        pgbackrest-async-get)
+            as_pg touch "$copy/recovery.signal"
+            echo "restore_command = 'pgbackrest --config=$RUN/replay-get-pgbackrest.conf --stanza=bench archive-get %f \"%p\"'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
+        esac
+        sync
+        t0=$(date +%s.%N)
+        as_pg "$PGBIN/pg_ctl" -D "$copy" -l "$RUN/replay.log" -o "-p $RPORT -c archive_mode=off -c hot_standby=on" start >/dev/null ||
+            die "$side: pg_ctl start failed: $(tail -n 8 "$RUN/replay.log")"
+        until [ "$(as_pg psql -h "$DIR" -p "$RPORT" -U postgres -X -q -tA -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+            sleep 0.05
+            awk -v t0="$t0" -v t="$(date +%s.%N)" 'BEGIN {exit !(t - t0 > 900)}' && die "$side: not promoted after 900 s (see $RUN/replay.log)"
+        done
+        t1=$(date +%s.%N)
+        REPLAY[$side|$round]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+        rows=$(as_pg psql -h "$DIR" -p "$RPORT" -U postgres -X -q -tA -d bench -c 'select count(*) from pgbench_history')
+        as_pg "$PGBIN/pg_ctl" -D "$copy" -m immediate stop >/dev/null
+        used=
+        [ "$side" = walmgr-prefetch-8 ] && used=", $(grep -c 'restored from the prefetch spool' "$LOG") segments from the prefetch spool so far"
+        say "round $round replay $side: ${REPLAY[$side|$round]} s, pgbench_history $rows rows$used"
+        REPLAY_ROWS[$side|$round]=$rows
+    done
+done
+as_pg rm -rf "$RUN/replay"
+for key in "${!REPLAY_ROWS[@]}"; do
+    [ "${REPLAY_ROWS[$key]}" = "${REPLAY_ROWS[local|1]}" ] || die "replay $key: ${REPLAY_ROWS[$key]} history rows, local replay ${REPLAY_ROWS[local|1]}"
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+amed() { # amed ARRAY SIDE
+    local -n arr=$1
+    local vals=() r
+    for r in $(seq 1 "$ROUNDS"); do vals+=("${arr[$2|$r]}"); done
+    median "${vals[@]}"
+}
+echo
+echo "Archiving under pgbench (-c 2 -j 2): a backlog of at least $BACKLOG ready 16 MiB segments (bulk insert), $ASYNC_COMP, parallel / process-max = $PARALLEL; $ROUNDS rounds, medians."
+echo
+echo "| side | segments/s (rounds: segments in s) |"
+echo "|---|---|"
+for side in "${ASIDES[@]}"; do
+    vals=$(for r in $(seq 1 "$ROUNDS"); do printf '%s in %s s, ' "${BL[$side|$r]}" "${DRAIN[$side|$r]}"; done)
+    printf '| %s | **%s** (%s) |\n' "$side" "$(amed RATE "$side")" "${vals%, }"
+done
+echo
+echo "Replay of a restored base backup through ${#RANGE[@]} segments (${ASYNC_COMP}; everything in the page cache), until promoted; $ROUNDS rounds, medians."
+echo
+echo "| side | replay s (rounds) | vs local pg_wal |"
+echo "|---|---|---|"
+for side in "${RSIDES[@]}"; do
+    vals=$(for r in $(seq 1 "$ROUNDS"); do printf '%s ' "${REPLAY[$side|$r]}"; done)
+    m=$(amed REPLAY "$side") l=$(amed REPLAY local)
+    printf '| %s | %s (%s) | %s |\n' "$side" "$m" "${vals% }" "$(awk -v a="$m" -v b="$l" 'BEGIN {printf "%.2fx", a / b}')"
+done
 fi

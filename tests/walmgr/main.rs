@@ -185,8 +185,10 @@ fn final_names(seg: &str) -> [String; 4] {
 
 const SEG1: &str = "000000010000000000000001";
 
+mod async_archive;
 mod full_disk;
 mod pitr;
+mod prefetch;
 mod remote;
 mod restore_as_root;
 mod roundtrip;

@@ -13,6 +13,18 @@ use super::walname::WalName;
 use crate::fsutil::PathError;
 
 pub fn xarchive(m: &Master, path: &Path, name: &str) -> Result<()> {
+    WalName::parse(name)?;
+    if m.push.enabled {
+        return super::pusher::xarchive_async(m, path, name);
+    }
+    store_segment(m, path, name).map(|_| ())
+}
+
+/// Store one WAL file: read `path`, check a segment's header against this cluster, build
+/// its meta (compressing), and put it into the store, local or remote. Ok means the store
+/// acknowledged it (durable there). archive_command and the background pusher both
+/// store through here, so both give the same guarantees.
+pub fn store_segment(m: &Master, path: &Path, name: &str) -> Result<Meta> {
     let wal = WalName::parse(name)?;
     let data = std::fs::read(path).map_err(|e| PathError::new("read", path, e))?;
     let mut sysid = None;
@@ -60,7 +72,7 @@ pub fn xarchive(m: &Master, path: &Path, name: &str) -> Result<()> {
         }
     };
     report(name, outcome, &meta);
-    Ok(())
+    Ok(meta)
 }
 
 fn report(name: &str, outcome: PutOutcome, meta: &Meta) {

@@ -70,6 +70,11 @@ const MASTER_KEYS: &[&str] = &[
     "remote_timeout",
     "remote_walmgr",
     "backup_lock",
+    "archive_async",
+    "parallel",
+    "spool_dir",
+    "archive_queue_max",
+    "archive_async_wait",
 ];
 
 const SLAVE_KEYS: &[&str] = &[
@@ -84,6 +89,7 @@ const SLAVE_KEYS: &[&str] = &[
     "tablespace_roots",
     "restore_user",
     "standby_wait",
+    "restore_prefetch",
 ];
 
 /// Where the store lives, seen from the side that reads this ini.
@@ -179,6 +185,24 @@ pub struct Master {
     pub backup_lock: PathBuf,
     /// What archive_command names walmgr by (default: see `super::stable_exe`).
     pub walmgr_path: Option<PathBuf>,
+    /// `archive_async` and friends (see super::pusher).
+    pub push: AsyncPush,
+}
+
+/// Background, parallel archiving (`archive_async = yes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncPush {
+    pub enabled: bool,
+    /// Segments pushed at once (`parallel`).
+    pub parallel: usize,
+    /// Where the pusher's done records and lock live (default
+    /// `<dir of master_data>/<name of master_data>.walmgr-spool`: outside the data
+    /// directory, so base backups never carry them).
+    pub spool_dir: PathBuf,
+    /// Segments waiting beyond which every archive_command call warns (`archive_queue_max`).
+    pub queue_max: u64,
+    /// How long archive_command waits for the pusher before storing its segment itself.
+    pub wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +227,8 @@ pub struct Slave {
     pub standby_wait: Duration,
     /// What restore_command names walmgr by (default: see `super::stable_exe`).
     pub walmgr_path: Option<PathBuf>,
+    /// Segments xrestore fetches ahead into `<data>/walmgr_prefetch` (0 = off).
+    pub restore_prefetch: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -754,6 +780,29 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
         Some(p) => p,
         None => crate::fsutil::parent_dir(&master_data).join("walmgr-backup.lock"),
     };
+    let push = AsyncPush {
+        enabled: sec.bool("archive_async", false)?,
+        parallel: sec.number("parallel", 4usize, 1..=32)?,
+        spool_dir: match sec.path("spool_dir")? {
+            Some(p) => p,
+            None => {
+                let base = master_data
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy();
+                crate::fsutil::parent_dir(&master_data).join(format!("{base}.walmgr-spool"))
+            }
+        },
+        queue_max: sec.number("archive_queue_max", 256u64, 1..)?,
+        wait: sec.duration(
+            "archive_async_wait",
+            Duration::from_secs(30),
+            (
+                Bound::Included(Duration::ZERO),
+                Bound::Included(Duration::from_secs(3600)),
+            ),
+        )?,
+    };
     Ok(Master {
         job_name: job_name(sec)?,
         logfile: sec.path("logfile")?,
@@ -780,6 +829,7 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
         remote_walmgr: sec
             .string("remote_walmgr")?
             .unwrap_or_else(|| "walmgr".into()),
+        push,
         backup_lock,
         walmgr_path: walmgr_path(sec)?,
         ini,
@@ -836,6 +886,7 @@ fn slave(sec: &Section, ini: PathBuf) -> Result<Slave> {
         restore_user: sec.string("restore_user")?,
         standby_wait: wait,
         walmgr_path: walmgr_path(sec)?,
+        restore_prefetch: sec.number("restore_prefetch", 8usize, 0..=64)?,
         ini,
     })
 }
@@ -933,6 +984,36 @@ mod tests {
         assert_eq!(sl.store.keep_backups, 3);
         assert!(sl.backup_datadir);
         assert_eq!(sl.standby_wait, Duration::from_secs(1));
+        assert_eq!(sl.restore_prefetch, 8);
+    }
+
+    #[test]
+    fn async_archiving_keys() {
+        let Settings::Master(m) = parse("[w]\nmaster_data = /pg/15/main\nslave = /ws\n").unwrap()
+        else {
+            panic!()
+        };
+        assert!(!m.push.enabled);
+        assert_eq!(m.push.parallel, 4);
+        assert_eq!(m.push.spool_dir, PathBuf::from("/pg/15/main.walmgr-spool"));
+        assert_eq!(m.push.queue_max, 256);
+        let Settings::Master(m) = parse(
+            "[w]\nmaster_data = /pg\nslave = /ws\narchive_async = yes\nparallel = 3\n\
+             spool_dir = /run/sp\narchive_queue_max = 5\narchive_async_wait = 2\n",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            m.push,
+            AsyncPush {
+                enabled: true,
+                parallel: 3,
+                spool_dir: "/run/sp".into(),
+                queue_max: 5,
+                wait: Duration::from_secs(2)
+            }
+        );
     }
 
     #[test]
@@ -960,6 +1041,16 @@ mod tests {
                 "setup_method",
             ),
             ("[w]\nslave=/s\nwalmgr_path=bin/walmgr\n", "walmgr_path"),
+            ("[w]\nmaster_data=/d\nslave=/s\nparallel=0\n", "parallel"),
+            (
+                "[w]\nmaster_data=/d\nslave=/s\narchive_async=maybe\n",
+                "archive_async",
+            ),
+            (
+                "[w]\nmaster_data=/d\nslave=/s\narchive_queue_max=0\n",
+                "archive_queue_max",
+            ),
+            ("[w]\nslave=/s\nrestore_prefetch=65\n", "restore_prefetch"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -14,10 +14,13 @@ pub mod control;
 pub mod error;
 pub mod pg;
 pub mod pitr;
+pub mod prefetch;
+pub mod pusher;
 pub mod remote;
 pub mod restore;
 pub mod s3store;
 pub mod setup;
+pub mod spool;
 pub mod status;
 pub mod store;
 pub mod verify;
@@ -135,6 +138,12 @@ pub enum Cmd {
     Verify,
     Cleanup,
     Status,
+    /// Internal: the background pusher (archive_async).
+    #[value(hide = true)]
+    Xpush,
+    /// Internal: the restore prefetcher (restore_prefetch).
+    #[value(hide = true)]
+    Xprefetch,
     // Skytools' commands for record-based shipping and its slave-side loop: accepted so
     // the answer is "not supported, use streaming" rather than "unknown command".
     #[value(hide = true)]
@@ -177,6 +186,8 @@ impl Cmd {
             Cmd::Verify => "verify",
             Cmd::Cleanup => "cleanup",
             Cmd::Status => "status",
+            Cmd::Xpush => "xpush",
+            Cmd::Xprefetch => "xprefetch",
             Cmd::Sync => "sync",
             Cmd::Syncdaemon => "syncdaemon",
             Cmd::Periodic => "periodic",
@@ -424,8 +435,12 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
             max_args(a, 3, cmd)?;
             let name = arg(a, 0, "name", cmd)?;
             let path = arg(a, 1, "path", cmd)?;
-            let (store, wait) = match s {
-                Settings::Slave(sl) => (&sl.store, sl.standby_wait),
+            let (store, wait, prefetch) = match s {
+                Settings::Slave(sl) => (
+                    &sl.store,
+                    sl.standby_wait,
+                    (sl.restore_prefetch > 0).then_some(sl.ini.as_path()),
+                ),
                 Settings::Master(_) => (
                     s.local_store().ok_or_else(|| {
                         WalmgrError::Usage(format!(
@@ -433,6 +448,7 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
                         ))
                     })?,
                     std::time::Duration::from_secs(1),
+                    None,
                 ),
             };
             xrestore::xrestore(
@@ -441,6 +457,26 @@ fn dispatch(args: &Args, s: &Settings) -> Result<()> {
                 name,
                 Path::new(path),
                 a.get(2).map(String::as_str),
+                prefetch,
+            )
+        }
+        Cmd::Xpush => {
+            max_args(a, 0, cmd)?;
+            pusher::run(master(s, cmd)?)
+        }
+        Cmd::Xprefetch => {
+            max_args(a, 1, cmd)?;
+            let sl = slave(s, cmd)?;
+            let pid = arg(a, 0, "pid", cmd)?
+                .parse::<i32>()
+                .map_err(|_| WalmgrError::Usage(format!("{cmd}: <pid> must be a number")))?;
+            let data = std::env::current_dir()
+                .map_err(|e| crate::fsutil::PathError::new("getcwd", ".", e))?;
+            prefetch::run(
+                &store::WalStore::new(&sl.store.paths),
+                sl.restore_prefetch,
+                &data,
+                pid,
             )
         }
         Cmd::Backup => {

@@ -27,6 +27,8 @@ pub const WAL_AGE: Thresholds = Thresholds::new(3600, 21600);
 pub const BACKUP_AGE: Thresholds = Thresholds::new(93600, 180000);
 /// Segments ready in pg_wal and not stored: 10 WARNING, 100 CRITICAL.
 pub const READY: Thresholds = Thresholds::new(10, 100);
+/// Age of the oldest segment ready and not stored: 10 min WARNING, 1 h CRITICAL.
+pub const READY_AGE: Thresholds = Thresholds::new(600, 3600);
 
 /// `status` options, part of walmgr's command line (they may come after the command
 /// word, as the restore targets do).
@@ -50,6 +52,12 @@ pub struct StatusArgs {
     /// CRITICAL above this many segments ready and not stored [default: 100]
     #[arg(long, value_name = "N")]
     pub crit_ready: Option<u64>,
+    /// WARNING when the oldest segment ready and not stored is older [default: 600]
+    #[arg(long, value_name = "SECS")]
+    pub warn_ready_age: Option<u64>,
+    /// CRITICAL when the oldest segment ready and not stored is older [default: 3600]
+    #[arg(long, value_name = "SECS")]
+    pub crit_ready_age: Option<u64>,
     /// Also write the figures to FILE as a node_exporter textfile
     #[arg(long, value_name = "FILE")]
     pub prometheus: Option<PathBuf>,
@@ -60,6 +68,7 @@ pub struct Options {
     pub wal_age: Thresholds,
     pub backup_age: Thresholds,
     pub ready: Thresholds,
+    pub ready_age: Thresholds,
 }
 
 impl StatusArgs {
@@ -79,6 +88,11 @@ impl StatusArgs {
                 self.warn_ready,
                 self.crit_ready,
                 "--warn-ready/--crit-ready",
+            )?,
+            ready_age: READY_AGE.with(
+                self.warn_ready_age,
+                self.crit_ready_age,
+                "--warn-ready-age/--crit-ready-age",
             )?,
         })
     }
@@ -126,12 +140,23 @@ pub fn store_figures(st: &StoreSettings) -> Result<StoreFigures, String> {
     })
 }
 
+/// The archive lag: segments PostgreSQL has ready and the store lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    pub waiting: u64,
+    /// Age of the oldest one's `.ready` mark (when it was complete).
+    pub oldest_age: Option<u64>,
+}
+
 /// Segments in `<data>/pg_wal/archive_status` marked `.ready` for which `stored` is
 /// false.
-pub fn ready_not_stored(data: &Path, stored: impl Fn(&str) -> bool) -> Result<u64, String> {
+pub fn ready_not_stored(data: &Path, stored: impl Fn(&str) -> bool) -> Result<Lag, String> {
     let dir = data.join("pg_wal/archive_status");
     let rd = fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut n = 0;
+    let mut lag = Lag {
+        waiting: 0,
+        oldest_age: None,
+    };
     for e in rd {
         let e = e.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         let name = e.file_name();
@@ -139,10 +164,13 @@ pub fn ready_not_stored(data: &Path, stored: impl Fn(&str) -> bool) -> Result<u6
             continue;
         };
         if !stored(seg) {
-            n += 1;
+            lag.waiting += 1;
+            if let Some(age) = mtime_age(&e.path()) {
+                lag.oldest_age = Some(lag.oldest_age.map_or(age, |a| a.max(age)));
+            }
         }
     }
-    Ok(n)
+    Ok(lag)
 }
 
 /// What was observed.
@@ -152,7 +180,7 @@ pub struct Observed {
     /// The store's figures, or where it is when it is not local.
     pub store: Result<StoreFigures, String>,
     /// Lag, when there is a master data directory to look at.
-    pub ready: Option<Result<u64, String>>,
+    pub ready: Option<Result<Lag, String>>,
 }
 
 pub fn observe(s: &Settings) -> Observed {
@@ -175,13 +203,27 @@ pub fn observe(s: &Settings) -> Observed {
             host.as_deref().unwrap_or("another host")
         )),
     };
+    // With archive_async, a segment the pusher stored (its done record) is not lag
+    // either, wherever the store is.
+    let spool = match s {
+        Settings::Master(m) if m.push.enabled => Some(super::spool::Spool {
+            dir: m.push.spool_dir.clone(),
+        }),
+        _ => None,
+    };
     let ready = master_data.map(|d| {
-        ready_not_stored(&d, |seg| match local {
-            Some(st) => WalStore::new(&st.paths)
-                .dir
-                .join(format!("{seg}{META_EXT}"))
-                .exists(),
-            None => false,
+        ready_not_stored(&d, |seg| {
+            let in_store = match local {
+                Some(st) => WalStore::new(&st.paths)
+                    .dir
+                    .join(format!("{seg}{META_EXT}"))
+                    .exists(),
+                None => false,
+            };
+            in_store
+                || spool
+                    .as_ref()
+                    .is_some_and(|sp| sp.stored(seg, &d.join("pg_wal").join(seg)))
         })
     });
     Observed { job, store, ready }
@@ -247,8 +289,9 @@ pub fn judge(o: &Observed, opts: &Options) -> (Check, Metrics) {
         Err(e) => c.fail(State::Unknown, e.clone()),
     }
     match &o.ready {
-        Some(Ok(n)) => {
-            let st = c.measure("ready", *n, "", opts.ready);
+        Some(Ok(lag)) => {
+            let n = lag.waiting;
+            let st = c.measure("ready", n, "", opts.ready);
             if st != State::Ok {
                 c.fail(st, format!("{n} segments waiting to be archived"));
             } else {
@@ -258,7 +301,21 @@ pub fn judge(o: &Observed, opts: &Options) -> (Check, Metrics) {
                 "archive_ready_segments",
                 "Segments PostgreSQL has ready (archive_status/*.ready) and the store lacks",
                 &job,
-                *n as f64,
+                n as f64,
+            );
+            let age = lag.oldest_age.unwrap_or(0);
+            let st = c.measure("ready_age", age, "s", opts.ready_age);
+            if st != State::Ok {
+                c.fail(
+                    st,
+                    format!("oldest segment waiting for {}", monitor::age(age)),
+                );
+            }
+            m.gauge(
+                "archive_ready_oldest_age_seconds",
+                "Seconds since the oldest segment waiting to be archived was complete (0: none)",
+                &job,
+                age as f64,
             );
         }
         Some(Err(e)) => c.say(format!("archive lag unknown ({e})")),
@@ -317,6 +374,7 @@ mod tests {
             wal_age: WAL_AGE,
             backup_age: BACKUP_AGE,
             ready: READY,
+            ready_age: READY_AGE,
         }
     }
 
@@ -329,7 +387,12 @@ mod tests {
                 backups: u64::from(backup_age.is_some()),
                 newest_backup: backup_age.map(|a| ("20261202T101500".into(), a)),
             }),
-            ready: ready.map(Ok),
+            ready: ready.map(|n| {
+                Ok(Lag {
+                    waiting: n,
+                    oldest_age: (n > 0).then_some(n * 60),
+                })
+            }),
         }
     }
 
@@ -341,7 +404,8 @@ mod tests {
             c.line(),
             "WALMGR OK - last segment 000000010000000000000003 30 s ago, newest backup \
              20261202T101500 2 h ago, 0 segments waiting | last_wal_age=30s;3600;21600;0 \
-             backup_age=7200s;93600;180000;0 segments=3 backups=1 ready=0;10;100;0"
+             backup_age=7200s;93600;180000;0 segments=3 backups=1 ready=0;10;100;0 \
+             ready_age=0s;600;3600;0"
         );
         let text = m.render();
         assert!(text.contains(
@@ -370,6 +434,21 @@ mod tests {
         assert!(c
             .line()
             .starts_with("WALMGR WARNING - 11 segments waiting to be archived, "));
+        let mut o = observed(30, Some(10), Some(1));
+        o.ready = Some(Ok(Lag {
+            waiting: 1,
+            oldest_age: Some(4000),
+        }));
+        let (c, m) = judge(&o, &opts());
+        assert_eq!(c.state(), State::Critical, "{}", c.line());
+        assert!(
+            c.line().contains("oldest segment waiting for 66 min"),
+            "{}",
+            c.line()
+        );
+        assert!(m.render().contains(
+            "hostkit_walmgr_archive_ready_oldest_age_seconds{job=\"wal-master\"} 4000\n"
+        ));
         let mut o = observed(30, Some(10), None);
         o.store = Err("cannot list /x".into());
         let (c, _) = judge(&o, &opts());

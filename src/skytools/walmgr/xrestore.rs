@@ -12,6 +12,7 @@ use super::backupset;
 use super::config::StoreSettings;
 use super::control;
 use super::error::{Result, WalmgrError};
+use super::prefetch;
 use super::store::{self, WalStore};
 use super::walname::{Kind, WalName};
 use crate::fsutil::PathError;
@@ -91,6 +92,7 @@ pub fn xrestore(
     name: &str,
     dst: &Path,
     restartpoint: Option<&str>,
+    prefetch: Option<&Path>,
 ) -> Result<()> {
     let wal = WalName::parse(name)?;
     let store = WalStore::new(&st.paths);
@@ -132,7 +134,7 @@ pub fn xrestore(
         match decide(&o) {
             Step::Deliver => {
                 match (&meta, legacy) {
-                    (Some(m), _) => store.fetch(m, dst)?,
+                    (Some(m), _) => deliver(&store, m, dst, prefetch)?,
                     (None, Some(p)) => deliver_unchecked(&p, &wal, dst)?,
                     (None, None) => unreachable!("decide delivers only what was found"),
                 }
@@ -173,6 +175,39 @@ pub fn xrestore(
             }
         }
     }
+}
+
+/// Deliver a stored file: from the prefetch spool when it holds exactly that file, else
+/// from the store. With prefetch on, each segment asked for moves the prefetcher's window.
+fn deliver(store: &WalStore, m: &store::Meta, dst: &Path, prefetch: Option<&Path>) -> Result<()> {
+    let wal = WalName::parse(&m.name)?;
+    if let (Some(ini), Kind::Segment) = (prefetch, wal.kind) {
+        // restore_command runs in the data directory being recovered.
+        let data = std::env::current_dir().map_err(|e| PathError::new("getcwd", ".", e))?;
+        // No spool (a directory we may not write): fetch as without prefetch.
+        let spool = match prefetch::Prefetch::open(&data) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("prefetch: {e}");
+                return store.fetch(m, dst);
+            }
+        };
+        // A spool that cannot be read is only a missed shortcut.
+        let taken = spool.take(m, dst).unwrap_or_else(|e| {
+            log::warn!("prefetch: {e}; fetching from the store");
+            false
+        });
+        if !taken {
+            store.fetch(m, dst)?;
+        }
+        // After the delivery: the window moves past this segment.
+        prefetch::kick(ini, &data, &m.name);
+        if taken {
+            log::info!("{}: restored from the prefetch spool", m.name);
+        }
+        return Ok(());
+    }
+    store.fetch(m, dst)
 }
 
 /// Deliver a file the store has no checksum for; a whole segment must at least carry a
@@ -232,13 +267,13 @@ mod tests {
         let seg = super::super::walheader::fake_segment(7, &good, 1 << 20);
         std::fs::write(st.paths.completed_wals.join(&good.name), &seg).unwrap();
         let dst = root.join("RECOVERYXLOG");
-        xrestore(&st, wait, &good.name, &dst, None).unwrap();
+        xrestore(&st, wait, &good.name, &dst, None, None).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), seg);
         // One whose header is not that segment's is refused, and nothing is delivered.
         let bad = "000000010000000000000005";
         std::fs::write(st.paths.completed_wals.join(bad), &seg).unwrap();
         let dst2 = root.join("OTHER");
-        let e = xrestore(&st, wait, bad, &dst2, None).unwrap_err();
+        let e = xrestore(&st, wait, bad, &dst2, None, None).unwrap_err();
         assert!(matches!(e, WalmgrError::BadWal { .. }), "{e}");
         assert!(!dst2.exists());
     }
