@@ -195,6 +195,14 @@ async fn main() {
     sb.debug = false;
     let mut c = Consumer::new(&sb.exchange).await;
     let d = sb.start();
+    let rss = |what: &str| {
+        eprintln!(
+            "rss {what}: {:.1} MB (peak {:.1} MB)",
+            status_kb(d.pid(), "VmRSS:") as f64 / 1024.0,
+            status_kb(d.pid(), "VmHWM:") as f64 / 1024.0
+        )
+    };
+    rss("after start-up");
     let ceiling_exchange = format!("{}-ceiling", sb.exchange);
     let mut c2 = Consumer::new(&ceiling_exchange).await;
     // Warm up (connections, page cache).
@@ -207,6 +215,7 @@ async fn main() {
     for r in 0..rounds {
         let first = 1_000_000 * (r + 1);
         let e = throughput(&sb, &d, &mut c, first, n).await;
+        rss(&format!("after round {}", r + 1));
         let b = ceiling(&ceiling_exchange, &mut c2, n, 256).await;
         println!("| {} | {e:.0} | {b:.0} | {:.0}% |", r + 1, 100.0 * e / b);
         ours.push(e);
@@ -228,6 +237,7 @@ async fn main() {
         let first = 100_000_000 * (r + 1);
         let (p50, p99, max) = latency(&sb, &mut c, first, rate, secs).await;
         println!("| {} | {p50:.2} ms | {p99:.2} ms | {max:.2} ms |", r + 1);
+        rss(&format!("after latency run {}", r + 1));
     }
     let hwm_mb = status_kb(d.pid(), "VmHWM:") as f64 / 1024.0;
     let rss_mb = status_kb(d.pid(), "VmRSS:") as f64 / 1024.0;

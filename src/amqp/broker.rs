@@ -52,6 +52,9 @@ pub struct BrokerConfig {
 }
 
 /// Why one URL could not be opened.
+/// The frame size we offer the broker (AMQP's minimum is 4 KiB).
+pub const FRAME_MAX: u32 = 16 * 1024;
+
 struct OpenError {
     tls: bool,
     reason: String,
@@ -64,10 +67,18 @@ async fn connect(url: &str, tls: Option<&Tls>) -> Result<Connection, OpenError> 
         tls: is_tls_failure(&e),
         reason: format!("connect: {e}"),
     };
-    let uri: AMQPUri = url.parse().map_err(|e: String| OpenError {
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| OpenError {
         tls: false,
         reason: e,
     })?;
+    // lapin keeps send and receive buffers of 32 frames each; at RabbitMQ's default
+    // frame_max (128 KiB) that is 8 MiB written into per connection, most of an idle
+    // daemon's memory and a good part of a one-shot hook's run. Our messages are a few
+    // KiB (bigger bodies are split into frames), so we offer a smaller frame unless the
+    // URL asks for one.
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(FRAME_MAX);
+    }
     let props = ConnectionProperties::default();
     if uri.scheme == AMQPScheme::AMQP {
         return Connection::connect_uri(uri, props).await.map_err(failed);

@@ -73,6 +73,17 @@ struct Pending {
     confirmed: usize,
 }
 
+/// Messages handed over in memory beyond this many bytes are dropped and read back from
+/// their spool entry when their turn comes: a burst of thousands of jobs is bounded by
+/// the spool on disk, not held twice in memory while the broker catches up.
+const HELD_MAX: usize = 2 << 20;
+
+fn held_bytes(msgs: &[Message]) -> usize {
+    msgs.iter()
+        .map(|m| m.body.get().len() + m.routing_key.len() + m.exchange.len() + 64)
+        .sum()
+}
+
 struct InFlight {
     name: String,
     sent_at: Instant,
@@ -103,6 +114,8 @@ pub struct Drain {
     stats: Arc<DrainStats>,
     names: BTreeSet<String>,
     loaded: BTreeMap<String, Pending>,
+    /// [`held_bytes`] of every entry in `loaded`.
+    held: usize,
     inflight: VecDeque<InFlight>,
     failures: u32,
     down_since: Option<Instant>,
@@ -118,6 +131,7 @@ impl Drain {
             stats: Arc::new(DrainStats::default()),
             names: BTreeSet::new(),
             loaded: BTreeMap::new(),
+            held: 0,
             inflight: VecDeque::new(),
             failures: 0,
             down_since: None,
@@ -140,11 +154,18 @@ impl Drain {
     fn absorb(&mut self, cmd: DrainCommand) {
         match cmd {
             DrainCommand::Added(name, msgs) => {
-                self.loaded.entry(name.clone()).or_insert(Pending {
-                    msgs,
-                    next: 0,
-                    confirmed: 0,
-                });
+                let bytes = held_bytes(&msgs);
+                if self.held + bytes <= HELD_MAX && !self.loaded.contains_key(&name) {
+                    self.held += bytes;
+                    self.loaded.insert(
+                        name.clone(),
+                        Pending {
+                            msgs,
+                            next: 0,
+                            confirmed: 0,
+                        },
+                    );
+                }
                 self.names.insert(name);
             }
             DrainCommand::SetBroker(cfg) => self.broker.set_config(cfg),
@@ -159,6 +180,7 @@ impl Drain {
             if !self.loaded.contains_key(name) {
                 match self.spool.read(name) {
                     Ok(msgs) => {
+                        self.held += held_bytes(&msgs);
                         self.loaded.insert(
                             name.clone(),
                             Pending {
@@ -207,9 +229,15 @@ impl Drain {
                 let _ = self.spool.remove(&name);
             }
             self.names.remove(&name);
-            self.loaded.remove(&name);
+            self.unload(&name);
         }
         found
+    }
+
+    fn unload(&mut self, name: &str) {
+        if let Some(p) = self.loaded.remove(name) {
+            self.held = self.held.saturating_sub(held_bytes(&p.msgs));
+        }
     }
 
     fn rewind(&mut self) {
@@ -232,7 +260,7 @@ impl Drain {
             if let Err(e) = self.spool.remove(name) {
                 log::error!("{e}");
             }
-            self.loaded.remove(name);
+            self.unload(name);
             self.names.remove(name);
         }
     }

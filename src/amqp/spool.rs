@@ -197,7 +197,12 @@ impl Spool {
 
     /// Durably add one entry holding `messages`; returns its name. Nothing is written
     /// when the cap would be exceeded.
-    pub fn append(&self, origin: &str, messages: &[Message]) -> Result<String, SpoolError> {
+    pub fn append<'a, I>(&self, origin: &str, messages: I) -> Result<String, SpoolError>
+    where
+        I: IntoIterator<Item = &'a Message>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let messages = messages.into_iter();
         let mut buf = serde_json::to_vec(&Header {
             hostkit_spool: 1,
             count: messages.len(),

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch as tokio_watch};
 use crate::amqp::broker::Broker;
 use crate::amqp::drain::{Drain, DrainCommand, DrainConfig};
 use crate::amqp::spool::Spool;
+use crate::amqp::Message;
 use crate::daemon::{self, Pidfile, Signal, Signals, Startup};
 use crate::synnefo::gtools::{self, Gtools, Overrides};
 use processor::{Batch, Processor};
@@ -449,14 +450,16 @@ impl Daemon {
                 size += c.size();
                 chunk.push(c);
             }
-            let messages: Vec<_> = chunk
-                .iter()
-                .flat_map(|c| c.messages.iter().cloned())
-                .collect();
-            if !messages.is_empty() {
-                match self.spool.append("eventd", &messages) {
+            let refs: Vec<&Message> = chunk.iter().flat_map(|c| c.messages.iter()).collect();
+            if !refs.is_empty() {
+                match self.spool.append("eventd", refs.iter().copied()) {
                     Ok(name) => {
-                        log::debug!("spooled {} messages as {name}", messages.len());
+                        log::debug!("spooled {} messages as {name}", refs.len());
+                        // Moved, not copied: a backlog's messages exist once in memory.
+                        let messages: Vec<Message> = chunk
+                            .iter_mut()
+                            .flat_map(|c| std::mem::take(&mut c.messages))
+                            .collect();
                         let _ = self.drain_tx.send(DrainCommand::Added(name, messages));
                     }
                     // A full disk may still take a smaller entry: halve down to one job.
@@ -471,7 +474,7 @@ impl Daemon {
                         if !self.paused {
                             log::error!(
                                 "cannot spool {} messages: {e}; pausing, the queue will be rescanned every {}s",
-                                messages.len(),
+                                refs.len(),
                                 RETRY.as_secs()
                             );
                         }

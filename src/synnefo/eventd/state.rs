@@ -137,14 +137,21 @@ impl State {
 
     /// Load the checkpoint; `Ok(None)` when there is none yet (first run).
     pub fn load(path: &Path) -> Result<Option<State>, StateError> {
-        let data = match std::fs::read(path) {
-            Ok(d) => d,
+        let file = match File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(PathError::new("read", path, e).into()),
         };
-        let state: State = serde_json::from_slice(&data).map_err(|e| StateError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let reader = BufReader::with_capacity(64 * 1024, file);
+        let state: State = serde_json::from_reader(reader).map_err(|e| {
+            if e.is_io() {
+                StateError::Io(PathError::new("read", path, std::io::Error::other(e)))
+            } else {
+                StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            }
         })?;
         if state.format != FORMAT {
             return Err(StateError::Corrupt {
@@ -157,8 +164,13 @@ impl State {
 
     /// Write the checkpoint durably.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let data = serde_json::to_vec(self).expect("state serializes");
-        fsutil::write_atomic(path, &data, 0o640)?;
+        // Streamed: with tens of thousands of live jobs a serialized copy in memory
+        // would be the daemon's largest allocation.
+        fsutil::write_atomic_with(path, 0o640, true, |f| {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+            serde_json::to_writer(&mut w, self).map_err(std::io::Error::other)?;
+            w.flush()
+        })?;
         Ok(())
     }
 }
