@@ -5,7 +5,7 @@
 # ticks made (rows added to pgq.tick over all databases) and the lag from
 # pgq.insert_event to a batch being available (probed in one database while running).
 #
-# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30;
+# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30; OURS,
 #        PROBE_SECS, TICKERS, PROFILE=callgrind, WARMUP_SECS, KEEP_LOGS: see below)
 # Needs root (runs the private cluster as postgres). Prints Markdown for BENCHMARKS.md.
 set -euo pipefail
@@ -24,7 +24,8 @@ PORT=${PORT:-55432}
 PGBIN=/usr/lib/postgresql/15/bin
 DIR=$(mktemp -d /tmp/hk-pgqd-bench.XXXXXX)
 chown postgres "$DIR"
-OURS=$(pwd)/target/release/pgqd
+# OURS=path runs another build of ours (e.g. the one before a change).
+OURS=${OURS:-$(pwd)/target/release/pgqd}
 C_PGQD=/usr/bin/pgqd
 
 dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q "install ok installed" ||
