@@ -56,7 +56,22 @@ pub struct DbStatus {
     pub ticks: u64,
 }
 
-pub type StatusMap = Arc<Mutex<std::collections::BTreeMap<String, DbStatus>>>;
+/// One database's status, shared by its task (which updates it on every step without
+/// looking the database up) and the map the status file is written from.
+#[derive(Debug, Clone, Default)]
+pub struct StatusCell(Arc<Mutex<DbStatus>>);
+
+impl StatusCell {
+    pub fn update(&self, f: impl FnOnce(&mut DbStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn get(&self) -> DbStatus {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub type StatusMap = Arc<Mutex<std::collections::BTreeMap<String, StatusCell>>>;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -80,15 +95,6 @@ impl Shared {
     pub fn cfg(&self) -> Arc<PgqdConfig> {
         self.cfg.borrow().clone()
     }
-
-    fn update_status(&self, db: &str, f: impl FnOnce(&mut DbStatus)) {
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        // Called on every tick: allocate the key only for a new database.
-        match st.get_mut(db) {
-            Some(s) => f(s),
-            None => f(st.entry(db.to_string()).or_default()),
-        }
-    }
 }
 
 /// The one way pgqd opens a session (the discovery connection included): the lean
@@ -106,16 +112,16 @@ struct Reporter {
     db: String,
     role: &'static str,
     last: Option<String>,
-    shared: Shared,
+    status: StatusCell,
 }
 
 impl Reporter {
-    fn new(shared: &Shared, db: &str, role: &'static str) -> Reporter {
+    fn new(status: &StatusCell, db: &str, role: &'static str) -> Reporter {
         Reporter {
             db: db.to_string(),
             role,
             last: None,
-            shared: shared.clone(),
+            status: status.clone(),
         }
     }
 
@@ -132,7 +138,7 @@ impl Reporter {
         }
         if error {
             let msg = format!("{}: {text}", self.role);
-            self.shared.update_status(&self.db, |s| {
+            self.status.update(|s| {
                 s.last_error = Some(msg);
                 s.last_error_at = Some(unix_now());
             });
@@ -203,7 +209,7 @@ async fn ticker_io(
             .execute("select pgq.ticker()")
             .await
             .map_or_else(failed, |()| Outcome::Ticked {
-                lifetime_over: opened.elapsed() >= cfg.connection_lifetime,
+                lifetime_over: false,
             }),
     }
 }
@@ -213,9 +219,9 @@ async fn ticker_io(
 /// long vacuum never holds a tick up) while pgq is there. Runs until its task is
 /// aborted; dropping it closes the session (releasing the ticker lock) and ends the
 /// maintenance worker. The supervisor drops its status entry.
-pub async fn database(shared: Shared, db: String) {
-    let mut rep = Reporter::new(&shared, &db, "ticker");
-    let mut retry_rep = Reporter::new(&shared, &db, Role::Retry.name());
+pub async fn database(shared: Shared, db: String, status: StatusCell) {
+    let mut rep = Reporter::new(&status, &db, "ticker");
+    let mut retry_rep = Reporter::new(&status, &db, Role::Retry.name());
     let mut state = DbState::Closed;
     let mut session: Option<Session> = None;
     let mut opened = Instant::now();
@@ -225,11 +231,16 @@ pub async fn database(shared: Shared, db: String) {
     // One timer for the life of the task, re-armed after each step.
     let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
-    shared.update_status(&db, |s| s.state = state);
+    status.update(|s| s.state = state);
     loop {
         sleep.as_mut().await;
         let cfg = shared.cfg();
-        let outcome = ticker_io(state, &mut session, &mut opened, &cfg, &shared.env, &db).await;
+        let mut outcome = ticker_io(state, &mut session, &mut opened, &cfg, &shared.env, &db).await;
+        // One clock read per step serves the lifetime, the retry and the timer.
+        let mut now = Instant::now();
+        if let Outcome::Ticked { lifetime_over } = &mut outcome {
+            *lifetime_over = now.duration_since(opened) >= cfg.connection_lifetime;
+        }
         let periods = Periods {
             check: cfg.check_period,
             ticker: cfg.ticker_period,
@@ -241,8 +252,9 @@ pub async fn database(shared: Shared, db: String) {
                 maint = Some(AbortOnDrop(tokio::spawn(maint_worker(
                     shared.clone(),
                     db.clone(),
+                    status.clone(),
                 ))));
-                retry_due = Some(Instant::now());
+                retry_due = Some(now);
             }
             Helpers::Stop => {
                 maint = None;
@@ -256,7 +268,7 @@ pub async fn database(shared: Shared, db: String) {
         rep.note(step.note.take());
         // Between ticks, on the ticker's session: the C daemon opens a session per
         // retry round, which at 500 databases was most of the connects made.
-        if step.next == DbState::Ticking && retry_due.is_some_and(|t| t <= Instant::now()) {
+        if step.next == DbState::Ticking && retry_due.is_some_and(|t| t <= now) {
             let round = match retry_round(session.as_mut().expect("ticking"), &shared.stats).await {
                 Ok(()) => Round::Done,
                 Err(e) => {
@@ -275,13 +287,14 @@ pub async fn database(shared: Shared, db: String) {
             } else {
                 retry_rep.note(note);
             }
-            retry_due = Some(Instant::now() + wait);
+            now = Instant::now();
+            retry_due = Some(now + wait);
         }
         if step.next == DbState::Closed {
             // Also releases the advisory lock.
             session = None;
         }
-        shared.update_status(&db, |s| {
+        status.update(|s| {
             s.state = step.next;
             if step.ticked {
                 s.last_tick = Some(unix_now());
@@ -289,15 +302,15 @@ pub async fn database(shared: Shared, db: String) {
             }
         });
         state = step.next;
-        sleep.as_mut().reset(Instant::now() + step.wait);
+        sleep.as_mut().reset(now + step.wait);
     }
 }
 
 /// Maintenance: connect, run one round, disconnect, wait (the waits are
 /// [`state::after_round`]'s). Ends when its task is aborted.
-async fn maint_worker(shared: Shared, db: String) {
+async fn maint_worker(shared: Shared, db: String, status: StatusCell) {
     let role = Role::Maint;
-    let mut rep = Reporter::new(&shared, &db, role.name());
+    let mut rep = Reporter::new(&status, &db, role.name());
     loop {
         let cfg = shared.cfg();
         let round = match connect(&cfg, &shared.env, &db).await {

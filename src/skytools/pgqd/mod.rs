@@ -228,7 +228,13 @@ struct Database {
 
 impl Database {
     fn start(shared: &Shared, name: &str) -> Database {
-        let task = tokio::spawn(db::database(shared.clone(), name.to_string()));
+        let cell = db::StatusCell::default();
+        shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), cell.clone());
+        let task = tokio::spawn(db::database(shared.clone(), name.to_string(), cell));
         Database {
             task,
             connstr: shared.cfg().connstr(name),
