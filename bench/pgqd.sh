@@ -5,7 +5,7 @@
 # ticks made (rows added to pgq.tick over all databases) and the lag from
 # pgq.insert_event to a batch being available (probed in one database while running).
 #
-# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30;
+# Usage: bench/pgqd.sh [sizes...]   (default: 10 100; env RUN_SECS, default 30; OURS, C_PGQD,
 #        PROBE_SECS, TICKERS, PROFILE=callgrind, WARMUP_SECS, KEEP_LOGS: see below)
 # Needs root (runs the private cluster as postgres). Prints Markdown for BENCHMARKS.md.
 set -euo pipefail
@@ -24,11 +24,24 @@ PORT=${PORT:-55432}
 PGBIN=/usr/lib/postgresql/15/bin
 DIR=$(mktemp -d /tmp/hk-pgqd-bench.XXXXXX)
 chown postgres "$DIR"
-OURS=$(pwd)/target/release/pgqd
-C_PGQD=/usr/bin/pgqd
+# OURS=path runs another build of ours (e.g. the one before a change).
+OURS=${OURS:-$(pwd)/target/release/pgqd}
+# C_PGQD=path: the C daemon to compare with. /usr/bin/pgqd is hostkit's own once the
+# skytools3-ticker package replaces Debian's pgqd (the e2e tests install it), so the
+# binary is checked to be the C one and copied for the run, a package swap mid-run
+# notwithstanding (an earlier run's "C" row at 100 databases was hostkit's pgqd).
+C_PGQD=${C_PGQD:-/usr/bin/pgqd}
 
-dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q "install ok installed" ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pgqd >/dev/null
+if [ ! -x "$C_PGQD" ]; then
+    flock /tmp/hk-dpkg.lock env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends pgqd >/dev/null
+fi
+case $("$C_PGQD" -V 2>&1) in
+"pgqd version "*) ;;
+*) echo "$C_PGQD is not Debian's C pgqd ($("$C_PGQD" -V 2>&1 | head -1)); set C_PGQD" >&2; exit 1 ;;
+esac
+cp "$C_PGQD" "$DIR/c-pgqd"
+C_PGQD=$DIR/c-pgqd
 case " $TICKERS " in *" ours "*) [ -x "$OURS" ] || cargo build --release --locked --bin pgqd >/dev/null ;; esac
 
 cleanup() {

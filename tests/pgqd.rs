@@ -1033,3 +1033,90 @@ async fn status_is_ok_while_ticking_and_critical_when_the_ticker_is_stuck() {
     drop(p);
     drop_db(&db).await;
 }
+
+/// pgqd's own session (`hostkit::pg::simple`, which replaced tokio-postgres in the
+/// ticker) against a private cluster that asks for passwords: SCRAM-SHA-256, MD5 and
+/// cleartext answered with the conninfo's password, a wrong one refused with the
+/// server's reason, and a failed statement leaving the session usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_session_authenticates_and_survives_a_failed_statement() {
+    use common::pg::{free_port, Cluster, Sandbox};
+    use hostkit::pg::conninfo::Env;
+    use hostkit::pg::simple::{self, SessionError};
+
+    let sb = Sandbox::new("pgqd-auth");
+    let secret = "s3cret'\\x";
+    let c = Cluster::with_password(&sb, "data", free_port(), "hk_scram", secret);
+    fs::write(
+        c.data.join("pg_hba.conf"),
+        "local all postgres trust\n\
+         host all hk_md5 127.0.0.1/32 md5\n\
+         host all hk_clear 127.0.0.1/32 password\n\
+         host all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let lit = simple::literal(secret);
+    c.psql(&format!(
+        "set password_encryption = 'md5'; create role hk_md5 login password {lit}; \
+         create role hk_clear login password {lit}; select pg_reload_conf()"
+    ));
+    // The postmaster rereads pg_hba.conf on the signal; give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let env = Env::empty().with_os_user("nobody", Path::new("/nonexistent"));
+    let pw = secret.replace('\\', "\\\\").replace('\'', "\\'");
+    for role in ["hk_scram", "hk_md5", "hk_clear"] {
+        let info = format!(
+            "host=127.0.0.1 port={} user={role} dbname=postgres password='{pw}'",
+            c.port
+        );
+        let mut s = simple::connect_with(&info, &env)
+            .await
+            .unwrap_or_else(|e| panic!("{role}: {e}\n{}", c.log_tail()));
+        assert_eq!(
+            s.first_value("select current_user")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(role)
+        );
+        let e = s.execute("select 1/0").await.unwrap_err();
+        assert!(
+            matches!(&e, SessionError::Server(m) if m.contains("division by zero")),
+            "{e:?}"
+        );
+        assert!(!e.is_fatal());
+        let rows = s
+            .rows("select 'a', null::text union all select 'b''c', ''", 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                vec![Some("a".to_string()), None],
+                vec![Some("b'c".to_string()), Some(String::new())]
+            ]
+        );
+        let wrong = info.replace(&pw, "wrong");
+        let e = simple::connect_with(&wrong, &env).await.err().unwrap();
+        assert!(
+            matches!(&e, SessionError::Connect(m) if m.contains("password authentication failed")),
+            "{role}: {e:?}"
+        );
+        let e = simple::connect_with(&info.replace(&format!("password='{pw}'"), ""), &env)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("asked for a password"),
+            "{role}: {e}"
+        );
+    }
+    // The socket, and a server error at startup (no such database).
+    let sock = format!(
+        "host={} port={} user=postgres dbname=nosuchdb",
+        c.sock.display(),
+        c.port
+    );
+    let e = simple::connect_with(&sock, &env).await.err().unwrap();
+    assert!(e.to_string().contains("\"nosuchdb\" does not exist"), "{e}");
+}

@@ -10,6 +10,7 @@ pub mod lsn;
 pub mod pgpass;
 pub mod quote;
 pub mod session;
+pub mod simple;
 
 pub use error::{one_line, redact, PgError};
 pub use session::{block_on, connect, connect_with};

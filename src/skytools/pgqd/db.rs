@@ -1,14 +1,20 @@
 //! The per-database task of pgqd: the async shell that drives the [`state`] machines.
 //!
-//! One task per database runs the ticker on its own long-lived connection, performing
+//! One task per database runs the ticker on its own long-lived session, performing
 //! the one query each [`DbState`] asks for and handing the outcome to
-//! [`state::next`]. Once the ticker has seen pgq ≥ 3 the task starts the retry and
-//! maintenance workers, each connecting for a round and disconnecting after it, as the
-//! C daemon does; when pgq turns out to be gone it stops them again, so a database
-//! without pgq costs one connection per check_period. A state change is logged once,
-//! not on every retry, so a dead database is visible without flooding the log.
+//! [`state::next`]. Once the ticker has seen pgq ≥ 3 it also runs the retry rounds, on
+//! that same session between ticks (the C daemon opens a session per round), and
+//! starts the maintenance worker, which connects for a round and disconnects after it
+//! as the C daemon does, so a long vacuum never holds a tick up. When pgq turns out to
+//! be gone both stop, so a database without pgq costs one connection per
+//! check_period. A state change is logged once, not on every retry, so a dead
+//! database is visible without flooding the log.
+//!
+//! Sessions are [`crate::pg::simple`]'s: the statement written and the reply read in
+//! this task, with one timer per task re-armed after each step and no stop channel to
+//! watch (the supervisor aborts the task), which is what brought pgqd's instructions
+//! per tick under the C daemon's (BENCHMARKS.md).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::Client;
 
 use super::config::PgqdConfig;
 use super::state::{self, DbState, Helpers, Note, Outcome, Periods, Role, Round};
-use crate::pg::one_line;
+use crate::pg::conninfo::Env;
+use crate::pg::simple::{self, Session, SessionError};
 
 /// Advisory lock key held by the ticker's session: one ticker per database, across
 /// hosts. ("pgqd" in ASCII, then 1.)
@@ -50,7 +56,22 @@ pub struct DbStatus {
     pub ticks: u64,
 }
 
-pub type StatusMap = Arc<Mutex<std::collections::BTreeMap<String, DbStatus>>>;
+/// One database's status, shared by its task (which updates it on every step without
+/// looking the database up) and the map the status file is written from.
+#[derive(Debug, Clone, Default)]
+pub struct StatusCell(Arc<Mutex<DbStatus>>);
+
+impl StatusCell {
+    pub fn update(&self, f: impl FnOnce(&mut DbStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn get(&self) -> DbStatus {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub type StatusMap = Arc<Mutex<std::collections::BTreeMap<String, StatusCell>>>;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -64,6 +85,8 @@ fn unix_now() -> u64 {
 #[derive(Clone)]
 pub struct Shared {
     pub cfg: watch::Receiver<Arc<PgqdConfig>>,
+    /// PG* variables and the OS user, for every connect.
+    pub env: Arc<Env>,
     pub stats: Arc<Stats>,
     pub status: StatusMap,
 }
@@ -72,22 +95,16 @@ impl Shared {
     pub fn cfg(&self) -> Arc<PgqdConfig> {
         self.cfg.borrow().clone()
     }
-
-    fn update_status(&self, db: &str, f: impl FnOnce(&mut DbStatus)) {
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        // Called on every tick: allocate the key only for a new database.
-        match st.get_mut(db) {
-            Some(s) => f(s),
-            None => f(st.entry(db.to_string()).or_default()),
-        }
-    }
 }
 
-/// The one way pgqd opens a session (the discovery connection included).
-/// libpq's defaults fill in what base_connstr leaves out (the local socket, the OS
-/// user, PGHOST..., ~/.pgpass), as for the C pgqd.
-pub async fn connect(cfg: &PgqdConfig, db: &str) -> Result<Client, crate::pg::PgError> {
-    crate::pg::connect(&cfg.connstr(db)).await
+/// The one way pgqd opens a session (the discovery connection included): the lean
+/// simple-protocol session of [`crate::pg::simple`]. libpq's defaults fill in what
+/// base_connstr leaves out (the local socket, the OS user, PGHOST..., ~/.pgpass), as
+/// for the C pgqd; the environment is read once, at start.
+pub async fn connect(cfg: &PgqdConfig, env: &Env, db: &str) -> Result<Session, SessionError> {
+    // Boxed: the connect future (authentication included) is far bigger than a
+    // ticking task needs to be between ticks.
+    Box::pin(simple::connect_with(&cfg.connstr(db), env)).await
 }
 
 /// Logs a worker's notes once per change and records its errors in the status.
@@ -95,16 +112,16 @@ struct Reporter {
     db: String,
     role: &'static str,
     last: Option<String>,
-    shared: Shared,
+    status: StatusCell,
 }
 
 impl Reporter {
-    fn new(shared: &Shared, db: &str, role: &'static str) -> Reporter {
+    fn new(status: &StatusCell, db: &str, role: &'static str) -> Reporter {
         Reporter {
             db: db.to_string(),
             role,
             last: None,
-            shared: shared.clone(),
+            status: status.clone(),
         }
     }
 
@@ -121,7 +138,7 @@ impl Reporter {
         }
         if error {
             let msg = format!("{}: {text}", self.role);
-            self.shared.update_status(&self.db, |s| {
+            self.status.update(|s| {
                 s.last_error = Some(msg);
                 s.last_error_at = Some(unix_now());
             });
@@ -135,154 +152,149 @@ impl Reporter {
     }
 }
 
-/// Sleep, or return true early if asked to stop.
-async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    or_stop(stop, tokio::time::sleep(d)).await.is_none()
-}
+/// A task that ends when its handle is dropped: a database's maintenance worker goes
+/// with the database's task, whichever way that ends.
+struct AbortOnDrop(JoinHandle<()>);
 
-/// Run `work` unless asked to stop first (`None`): a connect to a dead host must not
-/// hold up an unregistered database.
-async fn or_stop<F: Future>(stop: &mut watch::Receiver<bool>, work: F) -> Option<F::Output> {
-    if *stop.borrow() {
-        return None;
-    }
-    tokio::select! {
-        out = work => if *stop.borrow() { None } else { Some(out) },
-        _ = stop.changed() => None,
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-/// The I/O of one ticker state.
+fn failed(e: SessionError) -> Outcome {
+    Outcome::QueryFailed(e.to_string())
+}
+
+/// The I/O of one ticker state. Every query goes over the simple protocol: one round
+/// trip, as libpq's `PQsendQuery` in the C daemon.
 async fn ticker_io(
     state: DbState,
-    client: &mut Option<Client>,
+    session: &mut Option<Session>,
     opened: &mut Instant,
     cfg: &PgqdConfig,
+    env: &Env,
     db: &str,
 ) -> Outcome {
-    let failed = |e: tokio_postgres::Error| Outcome::QueryFailed(one_line(&e));
-    let c = match (state, client.as_ref()) {
+    let c = match (state, session.as_mut()) {
         (DbState::Closed, _) => {
-            return match connect(cfg, db).await {
+            return match connect(cfg, env, db).await {
                 Ok(c) => {
-                    *client = Some(c);
+                    *session = Some(c);
                     *opened = Instant::now();
                     Outcome::Connected
                 }
-                Err(e) => Outcome::ConnectFailed(e.detail()),
+                Err(e) => Outcome::ConnectFailed(e.to_string()),
             };
         }
         (_, Some(c)) => c,
         (_, None) => return Outcome::QueryFailed("not connected".into()),
     };
-    // Every query here goes over the simple protocol: one round trip, where the
-    // extended protocol's query_one would first prepare (a second round trip) and the
-    // rows would be decoded into typed values nobody needs (callgrind: the ticker's
-    // client side was half of pgqd's instructions).
     match state {
         DbState::Closed => unreachable!("handled above"),
-        DbState::CheckPgq => first_value(
-            c,
-            "select 1 from pg_catalog.pg_namespace where nspname = 'pgq'",
-        )
-        .await
-        .map_or_else(failed, |v| Outcome::HasPgq(v.is_some())),
-        DbState::CheckVersion => first_value(c, "select pgq.version()")
+        DbState::CheckPgq => c
+            .first_value("select 1 from pg_catalog.pg_namespace where nspname = 'pgq'")
+            .await
+            .map_or_else(failed, |v| Outcome::HasPgq(v.is_some())),
+        DbState::CheckVersion => c
+            .first_value("select pgq.version()")
             .await
             .map_or_else(failed, |v| Outcome::Version(v.unwrap_or_default())),
-        DbState::TakeLock => first_value(c, &format!("select pg_try_advisory_lock({TICKER_LOCK})"))
+        DbState::TakeLock => c
+            .first_value(&format!("select pg_try_advisory_lock({TICKER_LOCK})"))
             .await
             .map_or_else(failed, |v| Outcome::Locked(v.as_deref() == Some("t"))),
-        // The result (how many queues ticked) is not needed: batch_execute skips
-        // building rows for it.
-        DbState::Ticking => {
-            c.batch_execute("select pgq.ticker()")
-                .await
-                .map_or_else(failed, |()| Outcome::Ticked {
-                    lifetime_over: opened.elapsed() >= cfg.connection_lifetime,
-                })
-        }
+        // The result (how many queues ticked) is not needed.
+        DbState::Ticking => c
+            .execute("select pgq.ticker()")
+            .await
+            .map_or_else(failed, |()| Outcome::Ticked {
+                lifetime_over: false,
+            }),
     }
 }
 
-/// The first column of the first row of `sql` as text (None: no row, or NULL), over
-/// the simple protocol.
-async fn first_value(c: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
-    for m in c.simple_query(sql).await? {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            return Ok(r.get(0).map(str::to_string));
-        }
-    }
-    Ok(None)
-}
-
-/// Retry and maintenance of one database, started once its ticker has seen pgq ≥ 3.
-struct HelperTasks {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl HelperTasks {
-    fn start(shared: &Shared, db: &str) -> HelperTasks {
-        let (stop, rx) = watch::channel(false);
-        let tasks = [Role::Retry, Role::Maint]
-            .into_iter()
-            .map(|role| tokio::spawn(periodic(shared.clone(), db.to_string(), rx.clone(), role)))
-            .collect();
-        HelperTasks { stop, tasks }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-/// One database: the ticker, and retry and maintenance while pgq is there. Ends when
-/// `stop` turns true, after its helpers have ended, taking its status entry along.
-pub async fn database(shared: Shared, db: String, mut stop: watch::Receiver<bool>) {
-    let mut rep = Reporter::new(&shared, &db, "ticker");
+/// One database: the ticker on its long-lived session, retry rounds on that same
+/// session between ticks, and the maintenance worker (its own session per round, so a
+/// long vacuum never holds a tick up) while pgq is there. Runs until its task is
+/// aborted; dropping it closes the session (releasing the ticker lock) and ends the
+/// maintenance worker. The supervisor drops its status entry.
+pub async fn database(shared: Shared, db: String, status: StatusCell) {
+    let mut rep = Reporter::new(&status, &db, "ticker");
+    let mut retry_rep = Reporter::new(&status, &db, Role::Retry.name());
     let mut state = DbState::Closed;
-    let mut client = None;
+    let mut session: Option<Session> = None;
     let mut opened = Instant::now();
-    let mut helpers: Option<HelperTasks> = None;
-    let mut wait = Duration::ZERO;
-    shared.update_status(&db, |s| s.state = state);
+    let mut maint: Option<AbortOnDrop> = None;
+    // Retry is due once pgq has been seen, then every retry_period.
+    let mut retry_due: Option<Instant> = None;
+    // One timer for the life of the task, re-armed after each step.
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    status.update(|s| s.state = state);
     loop {
-        if pause(&mut stop, wait).await {
-            break;
-        }
+        sleep.as_mut().await;
         let cfg = shared.cfg();
-        let io = ticker_io(state, &mut client, &mut opened, &cfg, &db);
-        let Some(outcome) = or_stop(&mut stop, io).await else {
-            break;
-        };
+        let mut outcome = ticker_io(state, &mut session, &mut opened, &cfg, &shared.env, &db).await;
+        // One clock read per step serves the lifetime, the retry and the timer.
+        let mut now = Instant::now();
+        if let Outcome::Ticked { lifetime_over } = &mut outcome {
+            *lifetime_over = now.duration_since(opened) >= cfg.connection_lifetime;
+        }
         let periods = Periods {
             check: cfg.check_period,
             ticker: cfg.ticker_period,
         };
-        let step = state::next(state, outcome, periods);
+        let mut step = state::next(state, outcome, periods);
         log::trace!("{db}: ticker: {state} -> {} in {:?}", step.next, step.wait);
-        if step.next == DbState::Closed {
-            // Also releases the advisory lock.
-            client = None;
-        }
         match step.helpers {
-            Helpers::Start if helpers.is_none() => helpers = Some(HelperTasks::start(&shared, &db)),
+            Helpers::Start if maint.is_none() => {
+                maint = Some(AbortOnDrop(tokio::spawn(maint_worker(
+                    shared.clone(),
+                    db.clone(),
+                    status.clone(),
+                ))));
+                retry_due = Some(now);
+            }
             Helpers::Stop => {
-                if let Some(h) = helpers.take() {
-                    h.stop().await;
-                }
+                maint = None;
+                retry_due = None;
             }
             _ => {}
         }
         if step.ticked {
             shared.stats.ticks.fetch_add(1, Ordering::Relaxed);
         }
-        rep.note(step.note);
-        shared.update_status(&db, |s| {
+        rep.note(step.note.take());
+        // Between ticks, on the ticker's session: the C daemon opens a session per
+        // retry round, which at 500 databases was most of the connects made.
+        if step.next == DbState::Ticking && retry_due.is_some_and(|t| t <= now) {
+            let round = match retry_round(session.as_mut().expect("ticking"), &shared.stats).await {
+                Ok(()) => Round::Done,
+                Err(e) => {
+                    if e.is_fatal() {
+                        // The session is gone: start over as after a failed tick.
+                        step.next = DbState::Closed;
+                        step.wait = state::TICKER_QUERY_FAILED;
+                    }
+                    Round::Failed(e.to_string())
+                }
+            };
+            let ok = round == Round::Done;
+            let (wait, note) = state::after_round(Role::Retry, round, cfg.retry_period);
+            if ok {
+                retry_rep.clear();
+            } else {
+                retry_rep.note(note);
+            }
+            now = Instant::now();
+            retry_due = Some(now + wait);
+        }
+        if step.next == DbState::Closed {
+            // Also releases the advisory lock.
+            session = None;
+        }
+        status.update(|s| {
             s.state = step.next;
             if step.ticked {
                 s.last_tick = Some(unix_now());
@@ -290,64 +302,45 @@ pub async fn database(shared: Shared, db: String, mut stop: watch::Receiver<bool
             }
         });
         state = step.next;
-        wait = step.wait;
+        sleep.as_mut().reset(now + step.wait);
     }
-    drop(client);
-    if let Some(h) = helpers.take() {
-        h.stop().await;
-    }
-    shared
-        .status
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&db);
 }
 
-/// Retry or maintenance: connect, run one round, disconnect, wait (the waits are
-/// [`state::after_round`]'s).
-async fn periodic(shared: Shared, db: String, mut stop: watch::Receiver<bool>, role: Role) {
-    let mut rep = Reporter::new(&shared, &db, role.name());
+/// Maintenance: connect, run one round, disconnect, wait (the waits are
+/// [`state::after_round`]'s). Ends when its task is aborted.
+async fn maint_worker(shared: Shared, db: String, status: StatusCell) {
+    let role = Role::Maint;
+    let mut rep = Reporter::new(&status, &db, role.name());
     loop {
         let cfg = shared.cfg();
-        let work = async {
-            let client = match connect(&cfg, &db).await {
-                Ok(c) => c,
-                Err(e) => return Round::ConnectFailed(e.detail()),
-            };
-            let done = match role {
-                Role::Retry => retry_round(&client, &shared.stats).await,
-                Role::Maint => maint_round(&client).await.map(|()| {
+        let round = match connect(&cfg, &shared.env, &db).await {
+            Err(e) => Round::ConnectFailed(e.to_string()),
+            Ok(mut session) => match maint_round(&mut session).await {
+                Ok(()) => {
                     shared.stats.maint.fetch_add(1, Ordering::Relaxed);
-                }),
-            };
-            done.map_or_else(|e| Round::Failed(one_line(&e)), |()| Round::Done)
-        };
-        let Some(round) = or_stop(&mut stop, work).await else {
-            return;
-        };
-        let period = match role {
-            Role::Retry => cfg.retry_period,
-            Role::Maint => cfg.maint_period,
+                    Round::Done
+                }
+                Err(e) => Round::Failed(e.to_string()),
+            },
         };
         let ok = round == Round::Done;
-        let (wait, note) = state::after_round(role, round, period);
+        let (wait, note) = state::after_round(role, round, cfg.maint_period);
         if ok {
             rep.clear();
         } else {
             rep.note(note);
         }
-        if pause(&mut stop, wait).await {
-            return;
-        }
+        tokio::time::sleep(wait).await;
     }
 }
 
 /// Move due retry events back into their queues: `pgq.maint_retry_events()` moves at
 /// most a few per call and returns how many, so call it until it returns 0. The
 /// retry counter adds up the events moved, as the C daemon's does.
-async fn retry_round(client: &Client, stats: &Stats) -> Result<(), tokio_postgres::Error> {
+async fn retry_round(session: &mut Session, stats: &Stats) -> Result<(), SessionError> {
     loop {
-        let moved: i64 = first_value(client, "select pgq.maint_retry_events()")
+        let moved: i64 = session
+            .first_value("select pgq.maint_retry_events()")
             .await?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -375,30 +368,26 @@ fn safe_func(name: &str) -> bool {
 }
 
 /// One maintenance round: the operations pgq lists, or the legacy rotate/vacuum path.
-async fn maint_round(client: &Client) -> Result<(), tokio_postgres::Error> {
-    let has_ops = client
-        .query_opt(
+async fn maint_round(c: &mut Session) -> Result<(), SessionError> {
+    let has_ops = c
+        .first_value(
             "select 1 from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
              where n.nspname = 'pgq' and p.proname = 'maint_operations'",
-            &[],
         )
         .await?
         .is_some();
     if has_ops {
-        let ops = client
-            .query(
-                "select func_name, func_arg from pgq.maint_operations()",
-                &[],
-            )
+        let ops = c
+            .rows("select func_name, func_arg from pgq.maint_operations()", 2)
             .await?;
         for op in ops {
-            let func: String = op.get(0);
-            let arg: Option<String> = op.get(1);
+            let mut op = op.into_iter();
+            let func = op.next().flatten().unwrap_or_default();
+            let arg = op.next().flatten();
             let lower = func.to_lowercase();
             if lower == "vacuum" || lower == "vacuum analyze" {
                 if let Some(table) = arg {
-                    client
-                        .simple_query(&format!("{lower} {}", quote_ident(&table)))
+                    c.execute(&format!("{lower} {}", quote_ident(&table)))
                         .await?;
                 }
                 continue;
@@ -410,20 +399,12 @@ async fn maint_round(client: &Client) -> Result<(), tokio_postgres::Error> {
                 continue;
             }
             // An op is repeated while it returns a non-zero integer (more work to do).
+            let sql = match &arg {
+                Some(a) => format!("select ({func}({}))::text", simple::literal(a)),
+                None => format!("select ({func}())::text"),
+            };
             loop {
-                let row = match &arg {
-                    Some(a) => {
-                        client
-                            .query_one(&format!("select ({func}($1))::text"), &[a])
-                            .await?
-                    }
-                    None => {
-                        client
-                            .query_one(&format!("select ({func}())::text"), &[])
-                            .await?
-                    }
-                };
-                let v: Option<String> = row.get(0);
+                let v = c.first_value(&sql).await?;
                 match v.and_then(|v| v.parse::<i64>().ok()) {
                     Some(n) if n != 0 => continue,
                     _ => break,
@@ -432,20 +413,16 @@ async fn maint_round(client: &Client) -> Result<(), tokio_postgres::Error> {
         }
     } else {
         // pgq < 3.1: rotate each queue, then vacuum what pgq says needs it.
-        client
-            .simple_query("select pgq.maint_rotate_tables_step1(queue_name) from pgq.queue")
+        c.execute("select pgq.maint_rotate_tables_step1(queue_name) from pgq.queue")
             .await?;
-        client
-            .simple_query("select pgq.maint_rotate_tables_step2()")
-            .await?;
-        let tables = client
-            .query("select * from pgq.maint_tables_to_vacuum()", &[])
+        c.execute("select pgq.maint_rotate_tables_step2()").await?;
+        let tables = c
+            .rows("select * from pgq.maint_tables_to_vacuum()", 1)
             .await?;
         for t in tables {
-            let name: String = t.get(0);
-            client
-                .simple_query(&format!("vacuum {}", quote_ident(&name)))
-                .await?;
+            if let Some(name) = t.into_iter().next().flatten() {
+                c.execute(&format!("vacuum {}", quote_ident(&name))).await?;
+            }
         }
     }
     Ok(())

@@ -18,12 +18,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, Parser};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::pg::conninfo::Env;
 
 use crate::daemon::{self, Pidfile, Signal, Signals, Startup};
 use crate::logging::Target;
@@ -220,7 +221,6 @@ fn log_target(cfg: &PgqdConfig, args: &Args) -> (Target, log::LevelFilter) {
 
 /// A registered database's task.
 struct Database {
-    stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     /// What it connects with: a reload that changes it restarts the task.
     connstr: String,
@@ -228,40 +228,44 @@ struct Database {
 
 impl Database {
     fn start(shared: &Shared, name: &str) -> Database {
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(db::database(shared.clone(), name.to_string(), rx));
+        let cell = db::StatusCell::default();
+        shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), cell.clone());
+        let task = tokio::spawn(db::database(shared.clone(), name.to_string(), cell));
         Database {
-            stop,
             task,
             connstr: shared.cfg().connstr(name),
         }
     }
 
-    /// Ask the task to end; it finishes on its own, dropping its connections.
+    /// End the task: dropped at its next await, its sessions (and the ticker lock)
+    /// with it. The handle resolves once it is gone.
     fn stop(self) -> JoinHandle<()> {
-        let _ = self.stop.send(true);
+        self.task.abort();
         self.task
     }
 }
 
 /// The databases to serve now: the configured list, or every one that allows
 /// connections (asked through initial_database).
-async fn discover(cfg: &PgqdConfig) -> Result<BTreeSet<String>, String> {
+async fn discover(cfg: &PgqdConfig, env: &Env) -> Result<BTreeSet<String>, String> {
     if !cfg.database_list.is_empty() {
         return Ok(cfg.database_list.iter().cloned().collect());
     }
-    let client = db::connect(cfg, &cfg.initial_database).await.map_err(|e| {
-        format!(
-            "{}: connection failed: {}",
-            cfg.initial_database,
-            e.detail()
-        )
-    })?;
-    let rows = client
-        .query("select datname::text from pg_catalog.pg_database where not datistemplate and datallowconn", &[])
+    let mut session = db::connect(cfg, env, &cfg.initial_database)
         .await
-        .map_err(|e| format!("{}: {}", cfg.initial_database, crate::pg::one_line(&e)))?;
-    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        .map_err(|e| format!("{}: connection failed: {e}", cfg.initial_database))?;
+    let rows = session
+        .rows("select datname::text from pg_catalog.pg_database where not datistemplate and datallowconn", 1)
+        .await
+        .map_err(|e| format!("{}: {e}", cfg.initial_database))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
 }
 
 async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow::Result<ExitCode> {
@@ -269,6 +273,7 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg));
     let shared = Shared {
         cfg: cfg_rx,
+        env: Arc::new(Env::process()),
         stats: Arc::default(),
         status: Arc::new(Mutex::new(BTreeMap::new())),
     };
@@ -282,7 +287,7 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
     let code = loop {
         tokio::select! {
             _ = check.tick() => {
-                match discover(&shared.cfg()).await {
+                match discover(&shared.cfg(), &shared.env).await {
                     Ok(dbs) => {
                         last_discovery_error = None;
                         for gone in workers.keys().filter(|d| !dbs.contains(*d)).cloned().collect::<Vec<_>>() {
@@ -336,7 +341,7 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
                                 log::info!("{name}: connection settings changed, reconnecting");
                                 if let Some(w) = workers.remove(&name) {
                                     // Gone before its successor asks for the ticker lock.
-                                    let _ = tokio::time::timeout(Duration::from_secs(5), w.stop()).await;
+                                    let _ = w.stop().await;
                                 }
                             }
                             cfg_tx.send_replace(Arc::new(fresh));
@@ -350,10 +355,9 @@ async fn supervise(args: Args, cfg: PgqdConfig, mut startup: Startup) -> anyhow:
                 }
                 Signal::Int => {
                     log::info!("got SIGINT, shutting down");
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                     let tasks: Vec<_> = std::mem::take(&mut workers).into_values().map(Database::stop).collect();
                     for t in tasks {
-                        let _ = tokio::time::timeout_at(deadline, t).await;
+                        let _ = t.await;
                     }
                     break ExitCode::SUCCESS;
                 }

@@ -90,7 +90,12 @@ pub fn write(path: &Path, status: &StatusMap) -> Result<(), PathError> {
     let file = StatusFile {
         pid: std::process::id(),
         written: now(),
-        databases: status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        databases: status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(db, cell)| (db.clone(), cell.get()))
+            .collect(),
     };
     let data = serde_json::to_vec_pretty(&file).expect("status serializes");
     fsutil::write_atomic(path, &data, 0o644)
