@@ -65,12 +65,17 @@ if [ -n "${HK_VERSION:-}" ]; then
     esac
     src=$(dpkg-parsechangelog -S Source)
     maint=$(dpkg-parsechangelog -S Maintainer)
+    # The real top entry's date: dpkg-buildpackage derives SOURCE_DATE_EPOCH from it,
+    # and the cc crate's build scripts rerun when it changes (so would every crate
+    # after them), which would turn a test build into a full rebuild.
+    date=$(dpkg-parsechangelog -S Date)
+    export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(dpkg-parsechangelog -S Timestamp)}
     restore_changelog=$(mktemp debian/.changelog.XXXXXX)
     cp -p debian/changelog "$restore_changelog"
     {
         printf '%s (%s) unstable; urgency=medium\n\n' "$src" "$HK_VERSION"
         printf '  * Test build of this tree as version %s (HK_VERSION).\n\n' "$HK_VERSION"
-        printf ' -- %s  %s\n\n' "$maint" "$(date -R)"
+        printf ' -- %s  %s\n\n' "$maint" "$date"
         cat "$restore_changelog"
     } >debian/changelog
 fi

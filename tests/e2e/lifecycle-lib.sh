@@ -67,6 +67,19 @@ pidof_file() {
     [ -n "$p" ] && [ -d "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] && echo "$p"
 }
 
+# running_ours: pids of processes running the packages' daemons (their binaries may be
+# deleted already), zombies left out.
+running_ours() {
+    local p e
+    for p in /proc/[0-9]*; do
+        e=$(readlink "$p/exe" 2>/dev/null) || continue
+        case $e in
+        /usr/bin/pgqd* | /usr/bin/pacha* | /usr/sbin/snf-ganeti-eventd*)
+            [ "$(awk '{print $3}' "$p/stat" 2>/dev/null)" != Z ] && printf '%s ' "${p#/proc/}" ;;
+        esac
+    done
+}
+
 # wait_for SECONDS COMMAND...: poll COMMAND every 0.2 s until it succeeds.
 wait_for() {
     local n=$(($1 * 5))
