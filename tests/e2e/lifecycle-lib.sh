@@ -168,7 +168,7 @@ snapshot() {
         \( -path /var/lib/dpkg -o -path /var/lib/apt -o -path /var/cache/apt \
         -o -path /var/log/apt -o -path /var/cache/debconf -o -path /var/lib/postgresql \
         -o -path /var/lib/rabbitmq -o -path /var/log/rabbitmq -o -path /run/user \
-        -o -path /var/cache/man -o -path /var/lib/systemd/deb-systemd-user-helper-enabled \) -prune \
+        -o -path /var/cache/hostkit-piuparts -o -path /var/cache/man -o -path /var/lib/systemd/deb-systemd-user-helper-enabled \) -prune \
         -o -print 2>/dev/null | sort -u >"$1"
 }
 # Names of what the hostkit packages create (programs, users, directories).
