@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: check deps lint deny test e2e build release deb e2e-deb bench fuzz clean
+.PHONY: check deps lint deny test e2e build release deb e2e-deb piuparts bench fuzz clean
 
 check: deps lint test e2e
 
@@ -43,6 +43,13 @@ e2e-deb: deb
 	bash tests/e2e/deb-walmgr.sh
 	bash tests/e2e/deb-ele.sh
 	bash tests/e2e/deb-pacha.sh
+	bash tests/e2e/initscripts.sh
+	bash tests/e2e/replace-pgqd.sh
+	bash tests/e2e/lifecycle.sh
+
+# piuparts on every package in a debootstrapped chroot (slow; not part of check).
+piuparts: deb
+	bash tests/e2e/piuparts.sh
 
 bench:
 	$(CARGO) bench --locked --bench eventd
