@@ -27,6 +27,8 @@ tmp=
 CHECKS_NAME="deb-pacha"
 # shellcheck source=tests/e2e/checks.sh
 . tests/e2e/checks.sh
+# shellcheck source=tests/e2e/lib.sh
+. tests/e2e/lib.sh
 
 cleanup() {
     local rc=$?
@@ -39,6 +41,7 @@ cleanup() {
         # The history the package's hook made of this host's /etc (kept by a purge).
         rm -rf $STATE
     fi
+    put_back
     [ -n "$tmp" ] && rm -rf "$tmp"
     finish_checks "$rc"
 }
@@ -51,8 +54,11 @@ deb=$(deb_for "$PKG") || exit 1
 deb=./$deb
 say "testing $deb"
 tmp=$(mktemp -d /tmp/hk-deb-pacha-e2e.XXXXXX)
+# A purge keeps (and names) pacha's history; an earlier one's is set aside for this run
+# and put back afterwards.
 if [ -e $STATE ] && ! installed_pkg $PKG; then
-    abort "$STATE exists without the package (an earlier run?); remove it first"
+    say "$STATE exists without the package (a purge kept it): set aside for this run"
+    set_aside $STATE
 fi
 
 # ---- install -------------------------------------------------------------------------
