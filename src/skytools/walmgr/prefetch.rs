@@ -339,6 +339,7 @@ mod tests {
             full_backup: root.join("f"),
             config_backup: root.join("b"),
             root: root.clone(),
+            s3: None,
         });
         store.ensure_dirs().unwrap();
         let data = d.path().join("data");
