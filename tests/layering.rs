@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Infrastructure: `src/<name>.rs` or `src/<name>/`.
 const INFRASTRUCTURE: &[&str] = &[
     "cli", "config", "daemon", "digest", "logging", "fsutil", "glob", "proc", "pg", "amqp",
-    "monitor", "ganeti",
+    "monitor", "ganeti", "s3",
 ];
 
 /// A family: `src/<name>/`, its programs, and its modules every program of it may use.

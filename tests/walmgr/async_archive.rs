@@ -26,7 +26,15 @@ pub(crate) fn stored(store: &Path, seg: &str) -> bool {
 /// Nothing counted as archived that is not stored: every segment PostgreSQL marked done
 /// (`archive_status/*.done`: archive_command returned 0 for it) and every one the pusher
 /// recorded in its spool. Returns how many spool records were checked.
-fn assert_counted_are_stored(m: &Cluster, store: &Path, spool: &Path, when: &str) -> usize {
+/// Segments before `from` (the backup's start) are left out: the backup's retention
+/// purged them from the store, by design, after they were archived.
+fn assert_counted_are_stored(
+    m: &Cluster,
+    store: &Path,
+    spool: &Path,
+    from: &str,
+    when: &str,
+) -> usize {
     let mut n = 0;
     let spool_dir = spool.to_path_buf();
     for (dir, ext) in [
@@ -37,11 +45,11 @@ fn assert_counted_are_stored(m: &Cluster, store: &Path, spool: &Path, when: &str
             let Some(seg) = f.strip_suffix(ext) else {
                 continue;
             };
-            if seg.starts_with('.') {
+            if seg.starts_with('.') || seg < from {
                 continue;
             }
             // A .done mark PostgreSQL removed meanwhile (segment recycled) still had to be
-            // stored; the store never loses one here (no backups rotate).
+            // stored; from the backup on the store never loses one here.
             assert!(
                 stored(store, seg),
                 "{when}: {seg} counted as archived ({}) but not in the store: {:?}",
@@ -93,6 +101,14 @@ fn async_archiving_under_load_with_outage_and_killed_pusher() {
     ok(walmgr().arg(&ini).arg("setup"));
     ok(m.pgbench().args(["-i", "-s", "2", "-q", "postgres"]));
     ok(walmgr().arg(&ini).arg("backup"));
+    let set = backup_sets(&store).pop().expect("a backup set");
+    let label = fs::read_to_string(store.join("data.master").join(&set).join("backup_label"))
+        .expect("backup_label");
+    let start = label
+        .lines()
+        .find_map(|l| l.split("(file ").nth(1))
+        .map(|v| v.trim_end_matches(')').to_string())
+        .expect("START WAL LOCATION in backup_label");
     let mut load = Bg(Some(
         m.pgbench()
             .args(["-n", "-c", "2", "-j", "1", "-T", "22", "postgres"])
@@ -108,7 +124,7 @@ fn async_archiving_under_load_with_outage_and_killed_pusher() {
         spool.display(),
         fs::read_to_string(sb.p("walmgr-master.log")).unwrap_or_default()
     );
-    let mut records = assert_counted_are_stored(&m, &store, &spool, "under load");
+    let mut records = assert_counted_are_stored(&m, &store, &spool, &start, "under load");
 
     // The store becomes unavailable (walmgr runs as postgres: mode 000 shuts it out).
     let done_dir = store.join("logs.complete");
@@ -118,7 +134,7 @@ fn async_archiving_under_load_with_outage_and_killed_pusher() {
     while outage.elapsed() < Duration::from_secs(6) {
         // Segments keep coming (more than archive_queue_max of them).
         m.psql("select pg_switch_wal()");
-        records += assert_counted_are_stored(&m, &store, &spool, "store unavailable");
+        records += assert_counted_are_stored(&m, &store, &spool, &start, "store unavailable");
         std::thread::sleep(Duration::from_millis(400));
     }
     fs::set_permissions(&done_dir, fs::Permissions::from_mode(0o700)).unwrap();
@@ -143,11 +159,11 @@ fn async_archiving_under_load_with_outage_and_killed_pusher() {
     } else {
         problem("no pusher running to kill after the outage".into());
     }
-    records += assert_counted_are_stored(&m, &store, &spool, "pusher killed");
+    records += assert_counted_are_stored(&m, &store, &spool, &start, "pusher killed");
     assert!(load.wait().success(), "pgbench load failed");
     m.psql("create table after_load as select generate_series(1, 500) g");
     let last = m.switch_and_wait_archived(90);
-    records += assert_counted_are_stored(&m, &store, &spool, "after the load");
+    records += assert_counted_are_stored(&m, &store, &spool, &start, "after the load");
     assert!(
         records > 0,
         "the background pusher stored segments ahead of archive_command (spool records)"
