@@ -108,8 +108,11 @@ rabbitmqctl -q status >/dev/null 2>&1 || abort "RabbitMQ does not run (run \`mak
 dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q 'ok installed' && had_pgqd=1
 [ -e /var/lib/pacha ] && had_pacha_state=1
 purge_leftovers
-[ -n "$(pidof $EVENTD /usr/bin/pacha 2>/dev/null)$(pgrep -u skytools -x pgqd 2>/dev/null)" ] &&
-    abort "a hostkit daemon runs already"
+# A purge by the script before this one may still be stopping its daemons: give them 15 s.
+hostkit_daemons() { echo "$(pidof $EVENTD /usr/bin/pacha 2>/dev/null)$(pgrep -u skytools -x pgqd 2>/dev/null)"; }
+for _ in $(seq 75); do [ -z "$(hostkit_daemons)" ] && break; sleep 0.2; done
+[ -n "$(hostkit_daemons)" ] &&
+    abort "a hostkit daemon runs already: $(hostkit_daemons)"
 
 tmp=$(mktemp -d /tmp/hk-lifecycle.XXXXXX)
 chmod 755 "$tmp"
