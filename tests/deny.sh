@@ -15,6 +15,10 @@ if ! cargo deny --version >/dev/null 2>&1; then
     echo "deny: cargo-deny is missing; tests/setup-host.sh installs it (cargo install cargo-deny --locked)" >&2
     exit 1
 fi
+# cargo-deny runs offline and reads the crates' metadata from cargo's registry cache:
+# on a fresh host (or one whose cache holds only cargo-deny's own crates) fetch the
+# locked dependencies first; a no-op once they are there.
+cargo fetch --locked --quiet
 snap=${HOSTKIT_ADVISORY_DB:-}
 if [ -z "$snap" ]; then
     # Beside the checkout, or where this workplace keeps it (a clean clone for CI may
