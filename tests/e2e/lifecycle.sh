@@ -109,10 +109,13 @@ dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q 'ok installed' && had_pg
 [ -e /var/lib/pacha ] && had_pacha_state=1
 purge_leftovers
 # A purge by the script before this one may still be stopping its daemons: give them 15 s.
-hostkit_daemons() { echo "$(pidof $EVENTD /usr/bin/pacha 2>/dev/null)$(pgrep -u skytools -x pgqd 2>/dev/null)"; }
+hostkit_daemons() { { pidof $EVENTD /usr/bin/pacha; pgrep -u skytools -x pgqd; } 2>/dev/null | xargs; }
 for _ in $(seq 75); do [ -z "$(hostkit_daemons)" ] && break; sleep 0.2; done
-[ -n "$(hostkit_daemons)" ] &&
+if [ -n "$(hostkit_daemons)" ]; then
+    # shellcheck disable=SC2046
+    ps -o pid,ppid,user,etimes,args -p "$(hostkit_daemons | tr ' ' ',')" | sed 's/^/    /' >&2
     abort "a hostkit daemon runs already: $(hostkit_daemons)"
+fi
 
 tmp=$(mktemp -d /tmp/hk-lifecycle.XXXXXX)
 chmod 755 "$tmp"
