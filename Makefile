@@ -45,9 +45,9 @@ e2e-deb: deb
 	bash tests/e2e/deb-pacha.sh
 	bash tests/e2e/initscripts.sh
 	bash tests/e2e/replace-pgqd.sh
+	bash tests/e2e/lifecycle.sh
 
-# Upgrade/remove/purge life cycle; not in check yet: in CI order it found a daemon of the
-# previous script still running (see README).
+# The upgrade/remove/purge life cycle alone.
 e2e-lifecycle: deb
 	bash tests/e2e/lifecycle.sh
 

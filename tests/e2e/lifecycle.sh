@@ -108,13 +108,19 @@ rabbitmqctl -q status >/dev/null 2>&1 || abort "RabbitMQ does not run (run \`mak
 dpkg-query -W -f='${Status}' pgqd 2>/dev/null | grep -q 'ok installed' && had_pgqd=1
 [ -e /var/lib/pacha ] && had_pacha_state=1
 purge_leftovers
-# A purge by the script before this one may still be stopping its daemons: give them 15 s.
+# A purge by the script before this one may still be stopping its daemons (on a loaded
+# host that took more than 15 s twice): give them 60 s, and name what is left.
 hostkit_daemons() { { pidof $EVENTD /usr/bin/pacha; pgrep -u skytools -x pgqd; } 2>/dev/null | xargs; }
-for _ in $(seq 75); do [ -z "$(hostkit_daemons)" ] && break; sleep 0.2; done
-if [ -n "$(hostkit_daemons)" ]; then
+no_daemons() { [ -z "$(hostkit_daemons)" ]; }
+# None of our packages is installed here (purge_leftovers), so what is left belongs to an
+# earlier script, not to this run's packages: it is named, killed and the run goes on
+# (this script's checks need a host without our daemons, not that host's history).
+if ! wait_for 60 no_daemons; then
+    say "warning: hostkit daemons left by an earlier run, 60 s after its purge (killed):"
+    ps -o pid,ppid,user,etimes,args -p "$(hostkit_daemons | tr ' ' ',')" | sed 's/^/    /'
     # shellcheck disable=SC2046
-    ps -o pid,ppid,user,etimes,args -p "$(hostkit_daemons | tr ' ' ',')" | sed 's/^/    /' >&2
-    abort "a hostkit daemon runs already: $(hostkit_daemons)"
+    kill -KILL $(hostkit_daemons) 2>/dev/null
+    wait_for 10 no_daemons || abort "could not kill $(hostkit_daemons)"
 fi
 
 tmp=$(mktemp -d /tmp/hk-lifecycle.XXXXXX)
