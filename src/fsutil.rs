@@ -116,26 +116,69 @@ fn replace_with<F>(path: &Path, mode: u32, fsync: bool, fill: F) -> Result<(), P
 where
     F: FnOnce(&mut File) -> io::Result<()>,
 {
-    let tmp = temp_path_for(path);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| PathError::new("create", &tmp, e))?;
-        fill(&mut f).map_err(|e| PathError::new("write", &tmp, e))?;
-        if fsync {
-            f.sync_all().map_err(|e| PathError::new("fsync", &tmp, e))?;
-        }
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| PathError::new("rename into", path, e))?;
+    stage(path, mode, fsync, fill)?.0.commit()
+}
+
+/// A temp file beside its destination, written (and fsynced) but not yet renamed into
+/// place: [`Staged::commit`] renames it, dropping it removes it. For a writer that must
+/// look at what it wrote (a checksum) before deciding whether it replaces anything.
+#[must_use = "a staged file is removed unless committed"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Rename into place; the caller fsyncs the directory (once for several renames).
+    pub fn commit(mut self) -> Result<(), PathError> {
+        fs::rename(&self.tmp, &self.path)
+            .map_err(|e| PathError::new("rename into", &self.path, e))?;
+        self.committed = true;
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Fill a new temp file beside `path` and fsync it: the file's data is durable, its name
+/// not yet. What `fill` returns comes back with the [`Staged`] file.
+pub fn stage_durable<F, T>(path: &Path, mode: u32, fill: F) -> Result<(Staged, T), PathError>
+where
+    F: FnOnce(&mut File) -> io::Result<T>,
+{
+    stage(path, mode, true, fill)
+}
+
+fn stage<F, T>(path: &Path, mode: u32, fsync: bool, fill: F) -> Result<(Staged, T), PathError>
+where
+    F: FnOnce(&mut File) -> io::Result<T>,
+{
+    let tmp = temp_path_for(path);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| PathError::new("create", &tmp, e))?;
+    // From here on a failure removes the temp file (Staged's Drop).
+    let staged = Staged {
+        tmp,
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    let v = fill(&mut f).map_err(|e| PathError::new("write", &staged.tmp, e))?;
+    if fsync {
+        f.sync_all()
+            .map_err(|e| PathError::new("fsync", &staged.tmp, e))?;
+    }
+    Ok((staged, v))
 }
 
 /// A file writer that starts the kernel's writeback of every full megabyte as soon as it

@@ -26,15 +26,30 @@ pub fn xarchive(m: &Master, path: &Path, name: &str) -> Result<()> {
 /// store through here, so both give the same guarantees.
 pub fn store_segment(m: &Master, path: &Path, name: &str) -> Result<Meta> {
     let wal = WalName::parse(name)?;
-    let data = std::fs::read(path).map_err(|e| PathError::new("read", path, e))?;
-    let mut sysid = None;
-    if wal.is_segment() && m.check_wal_header {
-        let id = walheader::cluster_sysid(&m.master_data)?;
-        walheader::check(path, &data, &wal, Some(id))?;
-        sysid = Some(id);
+    let check_header = wal.is_segment() && m.check_wal_header;
+    let sysid = match check_header {
+        true => Some(walheader::cluster_sysid(&m.master_data)?),
+        false => None,
+    };
+    if let (SlaveLocation::Local(_), Compression::None) = (&m.slave, m.compression) {
+        let store = WalStore::new(&m.store.paths);
+        if !store.is_s3() {
+            return store_streamed(&store, path, &wal, sysid);
+        }
     }
-    let (meta, stored) = Meta::build(name, &data, m.compression, m.compression_level, sysid)
-        .map_err(|e| WalmgrError::Internal(format!("{name}: compressing: {e}")))?;
+    let data = std::fs::read(path).map_err(|e| PathError::new("read", path, e))?;
+    if check_header {
+        walheader::check(path, &data, &wal, sysid)?;
+    }
+    let (meta, stored) = Meta::build_threaded(
+        name,
+        &data,
+        m.compression,
+        m.compression_level,
+        m.compression_threads,
+        sysid,
+    )
+    .map_err(|e| WalmgrError::Internal(format!("{name}: compressing: {e}")))?;
     let outcome = match &m.slave {
         SlaveLocation::Local(_) => {
             WalStore::new(&m.store.paths).put(&meta, Incoming::Local(&stored))?
@@ -72,6 +87,38 @@ pub fn store_segment(m: &Master, path: &Path, name: &str) -> Result<Meta> {
         }
     };
     report(name, outcome, &meta);
+    Ok(meta)
+}
+
+/// An uncompressed segment into a local store: one streaming pass ([`WalStore::put_streamed`]).
+fn store_streamed(
+    store: &WalStore,
+    path: &Path,
+    wal: &WalName,
+    sysid: Option<u64>,
+) -> Result<Meta> {
+    let mut f = std::fs::File::open(path).map_err(|e| PathError::new("open", path, e))?;
+    let (meta, outcome) = store.put_streamed(
+        &wal.name,
+        path,
+        &mut f,
+        |start, len| match sysid {
+            Some(_) => walheader::check_start(path, start, len, wal, sysid).map(|_| ()),
+            None => Ok(()),
+        },
+        |sha256, size| Meta {
+            name: wal.name.clone(),
+            size,
+            stored_sha256: sha256.clone(),
+            sha256,
+            compression: Compression::None,
+            stored_size: size,
+            system_identifier: sysid,
+            archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+        },
+    )?;
+    report(&wal.name, outcome, &meta);
     Ok(meta)
 }
 

@@ -60,6 +60,7 @@ const MASTER_KEYS: &[&str] = &[
     "slave_config",
     "compression",
     "compression_level",
+    "compression_threads",
     "check_wal_header",
     "hot_standby",
     "setup_method",
@@ -168,6 +169,8 @@ pub struct Master {
     pub store: StoreSettings,
     pub compression: Compression,
     pub compression_level: i32,
+    /// zstd's worker threads for one segment (1: in walmgr's own thread).
+    pub compression_threads: u32,
     pub check_wal_header: bool,
     pub hot_standby: bool,
     pub setup_method: SetupMethod,
@@ -818,6 +821,7 @@ fn master(sec: &Section, ini: PathBuf) -> Result<Master> {
         slave_config,
         compression,
         compression_level: level,
+        compression_threads: sec.number("compression_threads", 2u32, 1..=16)?,
         check_wal_header: sec.bool("check_wal_header", true)?,
         hot_standby: sec.bool("hot_standby", false)?,
         setup_method,
@@ -1042,6 +1046,10 @@ mod tests {
             ),
             ("[w]\nslave=/s\nwalmgr_path=bin/walmgr\n", "walmgr_path"),
             ("[w]\nmaster_data=/d\nslave=/s\nparallel=0\n", "parallel"),
+            (
+                "[w]\nmaster_data=/d\nslave=/s\ncompression_threads=17\n",
+                "compression_threads",
+            ),
             (
                 "[w]\nmaster_data=/d\nslave=/s\narchive_async=maybe\n",
                 "archive_async",

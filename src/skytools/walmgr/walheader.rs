@@ -66,17 +66,24 @@ pub fn cluster_sysid(data_dir: &Path) -> Result<u64> {
 
 /// Check a segment against its name and (when given) the cluster's system identifier.
 pub fn check(path: &Path, data: &[u8], name: &WalName, sysid: Option<u64>) -> Result<Header> {
+    check_start(path, data, data.len() as u64, name, sysid)
+}
+
+/// [`check`] from the segment's first bytes (at least the long header) and its length.
+pub fn check_start(
+    path: &Path,
+    start: &[u8],
+    len: u64,
+    name: &WalName,
+    sysid: Option<u64>,
+) -> Result<Header> {
     let bad = |reason: String| WalmgrError::BadWal {
         path: path.to_path_buf(),
         reason,
     };
-    let h = parse(data).map_err(bad)?;
-    if data.len() as u64 != h.seg_size as u64 {
-        return Err(bad(format!(
-            "{} bytes but its header says segments are {} bytes (partial copy?)",
-            data.len(),
-            h.seg_size
-        )));
+    let h = parse(start).map_err(bad)?;
+    if len != h.seg_size as u64 {
+        return Err(bad(partial(len, h.seg_size)));
     }
     let want = name.start_address(h.seg_size as u64).ok_or_else(|| {
         bad(format!(
@@ -103,6 +110,11 @@ pub fn check(path: &Path, data: &[u8], name: &WalName, sysid: Option<u64>) -> Re
         }
     }
     Ok(h)
+}
+
+/// What a file of the wrong length is told.
+pub fn partial(len: u64, seg_size: u32) -> String {
+    format!("{len} bytes but its header says segments are {seg_size} bytes (partial copy?)")
 }
 
 #[cfg(test)]
