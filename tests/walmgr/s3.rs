@@ -109,6 +109,62 @@ fn s3_archive_and_recover_from_it() {
     let (code, err) = exit_code(walmgr().arg(&ini2).arg("backup"));
     assert_eq!(code, 10, "{err}");
     assert_one_line_error(&err, "not supported yet");
+
+    // status asks the service: the newest segment in the bucket and its age (from its
+    // meta's archived_at), and a segment PostgreSQL has ready is waiting only when the
+    // bucket lacks it. The master is stopped: status reads pg_wal/archive_status alone.
+    let ini = master_ini(&sb, &m, STORE, &format!("compression = zstd\n{keys}"));
+    let data = m.data.clone();
+    drop(c);
+    drop(m);
+    let newest = moto
+        .keys(WALS)
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(WALS)?
+                .strip_suffix(".meta")
+                .map(str::to_string)
+        })
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .max()
+        .expect("segments in the bucket");
+    let status = |extra: &[&str]| {
+        let o = run(walmgr().arg(&ini).arg("status").args(extra));
+        let line = String::from_utf8_lossy(&o.stdout).trim_end().to_string();
+        (o.status.code().unwrap_or(-1), line)
+    };
+    let (code, line) = status(&[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(
+        line.contains(&format!("last segment {newest} ")) && line.contains(", 0 segments waiting"),
+        "{line}"
+    );
+    // Three days old by its meta: CRITICAL (default 6 h), whatever the local files say.
+    let client = moto.client(&moto.endpoint, BUCKET);
+    let key = format!("{WALS}{newest}.meta");
+    let meta = client.get_bytes(&key, 1 << 20).unwrap().expect("meta");
+    let mut meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86400);
+    meta["archived_at"] = humantime::format_rfc3339_seconds(old).to_string().into();
+    let body = serde_json::to_vec(&meta).unwrap();
+    let sha = hostkit::digest::sha256_hex(&body);
+    let no_precondition = hostkit::s3::PutOptions {
+        if_none_match: false,
+        meta: &[],
+    };
+    client.put(&key, &body, &sha, &no_precondition).unwrap();
+    let (code, line) = status(&[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!("last segment {newest} 3 d ago")),
+        "{line}"
+    );
+    // Ready marks: one for a segment the bucket holds, one for a segment it lacks.
+    let status_dir = data.join("pg_wal/archive_status");
+    fs::write(status_dir.join(format!("{newest}.ready")), "").unwrap();
+    fs::write(status_dir.join("00000009000000FF000000FE.ready"), "").unwrap();
+    let (_, line) = status(&["--crit-wal-age", "999999999", "--warn-wal-age", "999999999"]);
+    assert!(line.contains(", 1 segments waiting"), "{line}");
     finish();
 }
 

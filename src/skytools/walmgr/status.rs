@@ -1,7 +1,8 @@
 //! `walmgr <ini> status`: a Nagios-style check of the archive (see [`crate::monitor`]).
 //!
-//! Read from disk alone, with either ini: the newest archived segment in the store and
-//! its age (its `.meta` was written when `xarchive` committed it), the newest base backup
+//! Read from the store alone, with either ini: the newest archived segment and its age
+//! (its `.meta` was written when `xarchive` committed it: the file's mtime in a
+//! directory, the meta's `archived_at` in S3), the newest base backup
 //! and its age (its `backup.json` is written at commit), and — with a master ini whose
 //! data directory is readable — the archive lag: segments PostgreSQL has ready
 //! (`pg_wal/archive_status/*.ready`) that the store does not hold yet. A master whose
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 
 use super::backupset;
 use super::config::{SlaveLocation, StoreSettings};
-use super::store::{WalStore, META_EXT};
+use super::store::WalStore;
 use super::walname::WalName;
 use super::Settings;
 use crate::monitor::{self, Check, Metrics, State, Thresholds};
@@ -123,10 +124,13 @@ pub fn store_figures(st: &StoreSettings) -> Result<StoreFigures, String> {
         .iter()
         .filter(|n| WalName::parse(n).is_ok_and(|w| w.is_segment()))
         .collect();
-    let last_segment = segments.last().map(|n| {
-        let age = mtime_age(&wal.meta_path(n)).unwrap_or(0);
-        (n.to_string(), age)
-    });
+    let last_segment = match segments.last() {
+        Some(n) => {
+            let at = wal.committed_at(n).map_err(|e| e.to_string())?;
+            Some((n.to_string(), at.map_or(0, monitor::secs_since)))
+        }
+        None => None,
+    };
     let sets = backupset::list(&st.paths.full_backup).map_err(|e| e.to_string())?;
     let newest_backup = sets.last().map(|s| {
         let age = mtime_age(&s.dir.join(backupset::INFO)).unwrap_or(0);
@@ -211,15 +215,12 @@ pub fn observe(s: &Settings) -> Observed {
         }),
         _ => None,
     };
+    let wal = local.map(|st| WalStore::new(&st.paths));
     let ready = master_data.map(|d| {
         ready_not_stored(&d, |seg| {
-            let in_store = match local {
-                Some(st) => WalStore::new(&st.paths)
-                    .dir
-                    .join(format!("{seg}{META_EXT}"))
-                    .exists(),
-                None => false,
-            };
+            // A store that cannot be asked counts the segment as waiting: the store's
+            // own error is reported above.
+            let in_store = wal.as_ref().is_some_and(|w| w.holds(seg).unwrap_or(false));
             in_store
                 || spool
                     .as_ref()

@@ -206,6 +206,38 @@ impl WalStore {
 
     /// Store `stored` (already compressed as `meta` says). Refuses to replace different
     /// contents; verifies the bytes received against the meta before committing.
+    /// Does the store hold `name` archived (a meta and its data)? A directory store
+    /// answers from the meta's presence, as xarchive's commit makes it; S3 from the
+    /// meta and a HEAD of its data ([`S3Wal::lookup`]).
+    pub fn holds(&self, name: &str) -> Result<bool> {
+        match &self.s3 {
+            Some(s3) => Ok(s3.lookup(name)?.is_some()),
+            None => Ok(self.meta_path(name).exists()),
+        }
+    }
+
+    /// When `name` was committed: its meta's mtime in a directory store; in S3 the
+    /// meta's own `archived_at` (an object's Last-Modified is the service's clock and is
+    /// not read here). None when the store does not hold it.
+    pub fn committed_at(&self, name: &str) -> Result<Option<std::time::SystemTime>> {
+        if let Some(s3) = &self.s3 {
+            let Some(meta) = s3.lookup(name)? else {
+                return Ok(None);
+            };
+            return humantime::parse_rfc3339(&meta.archived_at)
+                .map(Some)
+                .map_err(|e| WalmgrError::Corrupt {
+                    path: self.meta_path(name),
+                    reason: format!("archived_at {:?}: {e}", meta.archived_at),
+                });
+        }
+        match fs::metadata(self.meta_path(name)).and_then(|m| m.modified()) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("stat", &self.meta_path(name))(e)),
+        }
+    }
+
     pub fn put(&self, meta: &Meta, stored: Incoming) -> Result<PutOutcome> {
         if let Some(s3) = &self.s3 {
             return s3.put(meta, stored);
