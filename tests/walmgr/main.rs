@@ -185,6 +185,25 @@ fn final_names(seg: &str) -> [String; 4] {
 
 const SEG1: &str = "000000010000000000000001";
 
+/// verify's "read N file(s), M unchanged" figures.
+fn verify_counts(out: &str) -> (usize, usize) {
+    let line = out
+        .lines()
+        .find(|l| l.contains(" file(s), "))
+        .unwrap_or_else(|| panic!("no read/unchanged line in verify's output: {out}"));
+    let num = |after: &str| -> usize {
+        line.split(after)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("read "), num(" file(s), "))
+}
+
 mod async_archive;
 mod full_disk;
 mod pitr;

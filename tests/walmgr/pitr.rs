@@ -20,25 +20,6 @@ fn rows(c: &Cluster) -> String {
     c.psql("select count(*) || ' ' || coalesce(max(i), 0) from t")
 }
 
-/// verify's "read N file(s), M unchanged" figures.
-fn verify_counts(out: &str) -> (usize, usize) {
-    let line = out
-        .lines()
-        .find(|l| l.contains(" file(s), "))
-        .unwrap_or_else(|| panic!("no read/unchanged line in verify's output: {out}"));
-    let num = |after: &str| -> usize {
-        line.split(after)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (num("read "), num(" file(s), "))
-}
-
 fn metas(store: &Path) -> usize {
     names(&store.join("logs.complete"))
         .iter()

@@ -69,17 +69,50 @@ impl S3Wal {
     }
 
     fn data_key(&self, meta: &Meta) -> String {
-        self.key(&format!(
-            "{}.{}{}",
-            meta.name,
-            meta.stored_sha256,
-            meta.compression.ext()
-        ))
+        self.key(&self.data_rel(meta))
     }
 
     /// For messages: the object as a path-like `s3://bucket/key`.
     pub fn shown(&self, key: &str) -> PathBuf {
         PathBuf::from(self.client.object(key))
+    }
+
+    /// Every object beside the metas, by its name under the prefix, from one listing:
+    /// what incremental `verify` compares with what it recorded.
+    pub fn entries(&self) -> Result<std::collections::HashMap<String, s3::Entry>> {
+        Ok(self.keys()?.into_iter().collect())
+    }
+
+    /// The data object's name under the prefix (as [`Self::entries`] has it).
+    pub fn data_rel(&self, meta: &Meta) -> String {
+        format!(
+            "{}.{}{}",
+            meta.name,
+            meta.stored_sha256,
+            meta.compression.ext()
+        )
+    }
+
+    /// A small object of walmgr's own under the prefix (not a WAL name, so `list` and
+    /// `cleanup` never take it for one): its bytes, if it exists.
+    pub fn read_own(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.client.get_bytes(&self.key(rel), limit)?)
+    }
+
+    /// Write (or replace) such an object.
+    pub fn write_own(&self, rel: &str, body: &[u8]) -> Result<()> {
+        let sha = crate::digest::sha256_hex(body);
+        let opts = PutOptions {
+            if_none_match: false,
+            meta: &[],
+        };
+        match self.client.put(&self.key(rel), body, &sha, &opts)? {
+            Put::Written(_) => Ok(()),
+            Put::Exists => Err(WalmgrError::Transfer(format!(
+                "{}: the service refused an unconditional write",
+                self.shown(&self.key(rel)).display()
+            ))),
+        }
     }
 
     /// Can the bucket be listed with these credentials? (`setup`.)

@@ -206,6 +206,11 @@ impl WalStore {
 
     /// Store `stored` (already compressed as `meta` says). Refuses to replace different
     /// contents; verifies the bytes received against the meta before committing.
+    /// The S3 side of a store in S3.
+    pub fn s3(&self) -> Option<&S3Wal> {
+        self.s3.as_deref()
+    }
+
     /// Does the store hold `name` archived (a meta and its data)? A directory store
     /// answers from the meta's presence, as xarchive's commit makes it; S3 from the
     /// meta and a HEAD of its data ([`S3Wal::lookup`]).

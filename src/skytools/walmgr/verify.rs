@@ -64,6 +64,34 @@ fn load_state(p: &Path) -> State {
     }
 }
 
+/// The object as the listing has it now: its Last-Modified stands in for a file's
+/// mtime (a data object is named by its sha256 and never replaced, so a change of
+/// either means the service holds something else than what was read).
+fn seen_object(e: &crate::s3::Entry, sha256: &str) -> Option<Seen> {
+    let t = humantime::parse_rfc3339_weak(&e.last_modified).ok()?;
+    let ns = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some(Seen {
+        sha256: sha256.to_string(),
+        size: e.size,
+        mtime_ns: i128::try_from(ns).ok()?,
+    })
+}
+
+/// [`load_state`] for an S3 store.
+fn load_state_object(s3: &super::s3store::S3Wal) -> State {
+    match s3.read_own(STATE, 256 << 20) {
+        Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            log::warn!("{STATE} in the bucket: unreadable ({e}); reading every object");
+            State::default()
+        }),
+        Ok(None) => State::default(),
+        Err(e) => {
+            log::warn!("{e}: reading every object");
+            State::default()
+        }
+    }
+}
+
 /// The file as it is now, for the recorded sha256.
 fn seen(path: &Path, sha256: &str) -> Option<Seen> {
     let m = std::fs::metadata(path).ok()?;
@@ -99,15 +127,15 @@ struct Incremental {
 }
 
 impl Incremental {
-    /// Trusted when recorded with this sha256, size and mtime; else read with `check`.
+    /// Trusted when `now` (the file's sha256, size and mtime) is what was recorded;
+    /// else read with `check`.
     fn visit(
         &mut self,
         key: String,
         path: &Path,
-        sha: &str,
+        now: Option<Seen>,
         check: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let now = seen(path, sha);
         if let (Some(n), Some(o)) = (&now, self.old.files.get(&key)) {
             if n == o {
                 self.trusted += 1;
@@ -128,15 +156,18 @@ impl Incremental {
 pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
     let store = WalStore::new(&st.paths);
     let mut r = Report::default();
-    // An S3 store keeps no verify-state: every run reads every object (the state
-    // file would need the objects' ETags, not a local mtime; not yet).
+    // The state lives beside what it describes: in the store's root directory, or as
+    // an object of its own under an S3 store's completed_wals prefix.
     let state_file = state_path(st);
-    let full = full || st.paths.s3.is_some();
+    let objects = match store.s3() {
+        Some(s3) => Some(s3.entries()?),
+        None => None,
+    };
     let mut inc = Incremental {
-        old: if full {
-            State::default()
-        } else {
-            load_state(&state_file)
+        old: match (full, store.s3()) {
+            (true, _) => State::default(),
+            (false, None) => load_state(&state_file),
+            (false, Some(s3)) => load_state_object(s3),
         },
         new: State::default(),
         read: 0,
@@ -145,7 +176,8 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
     for set in backupset::list(&st.paths.full_backup)? {
         let p = set.dir.join(&set.info.file);
         let key = format!("set:{}", set.info.set);
-        match inc.visit(key, &p, &set.info.stored_sha256, || check_set(&set)) {
+        let now = seen(&p, &set.info.stored_sha256);
+        match inc.visit(key, &p, now, || check_set(&set)) {
             Ok(()) => r.sets += 1,
             Err(e) => r.problems.push(e.to_string()),
         }
@@ -176,7 +208,13 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
             }
         };
         let dp = store.data_path(&name, meta.compression);
-        let checked = inc.visit(name.clone(), &dp, &meta.stored_sha256, || {
+        let now = match (&objects, store.s3()) {
+            (Some(o), Some(s3)) => o
+                .get(&s3.data_rel(&meta))
+                .and_then(|e| seen_object(e, &meta.stored_sha256)),
+            _ => seen(&dp, &meta.stored_sha256),
+        };
+        let checked = inc.visit(name.clone(), &dp, now, || {
             store.read_verified(&meta, &mut std::io::sink())
         });
         if let Err(e) = checked {
@@ -225,10 +263,11 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
     }
     (r.read, r.trusted) = (inc.read, inc.trusted);
     let json = serde_json::to_vec_pretty(&inc.new).expect("state serializes");
-    if st.paths.s3.is_some() {
-        return Ok(r);
-    }
-    if let Err(e) = crate::fsutil::write_atomic(&state_file, &json, 0o600) {
+    let saved = match store.s3() {
+        Some(s3) => s3.write_own(STATE, &json),
+        None => crate::fsutil::write_atomic(&state_file, &json, 0o600).map_err(Into::into),
+    };
+    if let Err(e) = saved {
         log::warn!("{e}: the next verify reads every file again");
     }
     Ok(r)
