@@ -545,3 +545,132 @@ fn s3_service_cut_mid_push() {
     ok(walmgr().arg(&slave).arg("verify"));
     finish();
 }
+
+/// archive_async onto S3 under pgbench, the service refused for a while and then back:
+/// every segment PostgreSQL (`archive_status/*.done`) or the pusher (its spool records)
+/// counted as archived is in the bucket, meta and data, at every moment checked; the
+/// archive is gapless and a restore from the bucket reproduces the master.
+#[test]
+fn s3_async_archiving_under_pgbench_with_the_service_cut() {
+    let _g = serial();
+    let sb = Sandbox::new("s3-async");
+    let moto = Moto::start(&sb.p(""), BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let backups = sb.p("backups");
+    // 1 MiB segments: many of them in a few seconds of pgbench.
+    let m = Cluster::initdb(&sb, "master", free_port(), 1, "archive_mode = on\n");
+    m.start();
+    let ini = master_ini(
+        &sb,
+        &m,
+        STORE,
+        &format!(
+            "compression = zstd\narchive_async = yes\nparallel = 3\narchive_queue_max = 3\n\
+             archive_async_wait = 3\nfull_backup = {}\n{}",
+            backups.display(),
+            s3_keys(
+                &proxy.endpoint(),
+                &creds,
+                "s3_retries = 0\ns3_timeout = 5\n"
+            )
+        ),
+    );
+    let spool = sb.p("master.walmgr-spool");
+    ok(walmgr().arg(&ini).arg("setup"));
+    ok(m.pgbench().args(["-i", "-s", "2", "-q", "postgres"]));
+    ok(walmgr().arg(&ini).arg("backup"));
+    let set = names(&backups)
+        .into_iter()
+        .find(|n| !n.starts_with('.'))
+        .expect("a backup set");
+    let label = fs::read_to_string(backups.join(&set).join("backup_label")).unwrap();
+    let start = label
+        .lines()
+        .find_map(|l| l.split("(file ").nth(1))
+        .map(|v| v.trim_end_matches(')').to_string())
+        .expect("START WAL LOCATION in backup_label");
+
+    // Segments from the backup on that were counted as archived, each in the bucket;
+    // returns how many of them the pusher recorded.
+    let check = |when: &str| -> usize {
+        let keys = moto.keys(WALS);
+        let in_bucket = |seg: &str| {
+            let meta = format!("{WALS}{seg}.meta");
+            keys.contains(&meta)
+                && keys
+                    .iter()
+                    .any(|k| *k != meta && k.starts_with(&format!("{WALS}{seg}.")))
+        };
+        let mut by_pusher = 0;
+        for (dir, pusher) in [
+            (m.data.join("pg_wal/archive_status"), false),
+            (spool.clone(), true),
+        ] {
+            for f in names(&dir) {
+                let Some(seg) = f.strip_suffix(".done") else {
+                    continue;
+                };
+                if seg.starts_with('.') || seg < start.as_str() {
+                    continue;
+                }
+                assert!(
+                    in_bucket(seg),
+                    "{when}: {seg} counted as archived ({}) but not in the bucket",
+                    dir.display()
+                );
+                by_pusher += usize::from(pusher);
+            }
+        }
+        by_pusher
+    };
+    let mut load = Bg(Some(
+        m.pgbench()
+            .args(["-n", "-c", "2", "-j", "1", "-T", "15", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let mut records = check("under load");
+    proxy.refuse();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(5) {
+        m.psql("select pg_switch_wal()");
+        records += check("service refused");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    proxy.pass();
+    assert!(load.wait().success(), "pgbench load failed");
+    m.psql("create table after_load as select generate_series(1, 500) g");
+    let last = m.switch_and_wait_archived(90);
+    records += check("after the load");
+    assert!(
+        records > 0,
+        "the pusher stored segments ahead of archive_command"
+    );
+    assert!(proxy.fault_count() > 0, "the outage refused requests");
+    assert!(moto.keys(WALS).contains(&format!("{WALS}{last}.meta")));
+
+    let dst = sb.p("restored");
+    let slave = slave_ini(
+        &sb,
+        "slave.ini",
+        Path::new(STORE),
+        &dst,
+        &format!(
+            "restore_prefetch = 0\nfull_backup = {}\n{}",
+            backups.display(),
+            s3_keys(&moto.endpoint, &creds, "")
+        ),
+    );
+    ok(walmgr().arg(&slave).arg("verify"));
+    ok(walmgr().arg("--recovery").arg(&slave).arg("restore"));
+    let r = Cluster::adopt(&sb, &dst, free_port(), "-c archive_mode=off");
+    r.start();
+    wait_promoted(&r, 120);
+    assert_eq!(pgbench_fingerprint(&m), pgbench_fingerprint(&r));
+    assert_eq!(r.psql("select count(*) from after_load"), "500");
+    finish();
+}
