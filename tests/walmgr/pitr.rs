@@ -7,7 +7,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------
 
 /// Rows (k-1)*100+1 ..= k*100 in one transaction.
-fn batch(m: &Cluster, k: u32) {
+pub(crate) fn batch(m: &Cluster, k: u32) {
     m.psql(&format!(
         "insert into t select generate_series({}, {})",
         (k - 1) * 100 + 1,
@@ -16,7 +16,7 @@ fn batch(m: &Cluster, k: u32) {
 }
 
 /// "count max" of t: batches 1..=k present and nothing after is "k*100 k*100".
-fn rows(c: &Cluster) -> String {
+pub(crate) fn rows(c: &Cluster) -> String {
     c.psql("select count(*) || ' ' || coalesce(max(i), 0) from t")
 }
 

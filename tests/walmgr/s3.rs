@@ -674,3 +674,82 @@ fn s3_async_archiving_under_pgbench_with_the_service_cut() {
     assert_eq!(r.psql("select count(*) from after_load"), "500");
     finish();
 }
+
+/// Point-in-time recovery with the WAL in S3 (the base backups in a local directory
+/// beside it): to an LSN, a time and a named restore point, each recovered row for row
+/// through restore_command from the bucket, and a target before every set's end refused.
+#[test]
+fn s3_point_in_time_recovery() {
+    use super::pitr::{batch, rows};
+    let _g = serial();
+    let sb = Sandbox::new("s3-pitr");
+    let moto = Moto::start(&sb.p(""), BUCKET);
+    let creds = moto.credentials_file(&sb.p("s3.credentials"));
+    let keys = s3_keys(
+        &moto.endpoint,
+        &creds,
+        &format!("full_backup = {}\n", sb.p("backups").display()),
+    );
+    let m = Cluster::initdb(&sb, "master", free_port(), 16, "archive_mode = on\n");
+    m.start();
+    let ini = master_ini(&sb, &m, STORE, &format!("compression = gzip\n{keys}"));
+    ok(walmgr().arg(&ini).arg("setup"));
+    m.psql("create table t (i int)");
+    batch(&m, 1);
+    ok(walmgr().arg(&ini).arg("backup"));
+    // The time target must be more than a second after the set's end (1 s resolution).
+    std::thread::sleep(Duration::from_millis(1100));
+    batch(&m, 2);
+    let lsn = m.psql("select pg_current_wal_insert_lsn()");
+    batch(&m, 3);
+    let time = m.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    batch(&m, 4);
+    m.psql("select pg_create_restore_point('before_5')");
+    batch(&m, 5);
+    let last = m.switch_and_wait_archived(60);
+    assert!(moto.keys(WALS).contains(&format!("{WALS}{last}.meta")));
+
+    let restore = |what: &str, args: &[&str], want: &str| {
+        let dst = sb.p(what);
+        let slave = slave_ini(&sb, &format!("{what}.ini"), Path::new(STORE), &dst, &keys);
+        ok(walmgr().arg(&slave).arg("restore").args(args));
+        let auto = fs::read_to_string(dst.join("postgresql.auto.conf")).unwrap();
+        assert!(auto.contains("xrestore %f %p"), "{auto}");
+        let c = Cluster::adopt(&sb, &dst, free_port(), "-c archive_mode=off");
+        c.start();
+        wait_promoted(&c, 120);
+        assert_eq!(rows(&c), want, "{what}: {}", c.log_tail());
+    };
+    restore(
+        "lsn",
+        &["--target-lsn", &lsn, "--target-action", "promote"],
+        "200 200",
+    );
+    restore(
+        "time",
+        &["--target-time", &time, "--target-action", "promote"],
+        "300 300",
+    );
+    restore(
+        "name",
+        &["--target-name", "before_5", "--target-action", "promote"],
+        "400 400",
+    );
+
+    let slave = slave_ini(
+        &sb,
+        "refused.ini",
+        Path::new(STORE),
+        &sb.p("refused"),
+        &keys,
+    );
+    let o = run(walmgr()
+        .arg(&slave)
+        .args(["restore", "--target-time", "2000-01-01 00:00:00+00"]));
+    assert_eq!(o.status.code(), Some(14), "{}", show(&walmgr(), &o));
+    assert_one_line_error(&String::from_utf8_lossy(&o.stderr), "backup set");
+    finish();
+}
