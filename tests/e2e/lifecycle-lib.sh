@@ -1,8 +1,11 @@
 # Helpers shared by the life-cycle scripts (lifecycle.sh, replace-pgqd.sh,
-# initscripts.sh); sourced after tests/e2e/checks.sh, not run.
+# initscripts.sh); sourced after tests/e2e/checks.sh, not run. The general ones
+# (wait_for, alive, rabbit_eval, AMQP_URL, PGBIN, ...) come from lib.sh.
+
+# shellcheck source=tests/e2e/lib.sh
+. tests/e2e/lib.sh
 
 PKGS="snf-cyclades-gtools skytools3 skytools3-ticker skytools3-walmgr calink ele-tools pacha"
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 DPKG_LOCK=/tmp/hk-dpkg.lock
 
 # hold_dpkg_lock "$@": re-run the calling script under flock on the lock every script
@@ -80,18 +83,6 @@ running_ours() {
     done
 }
 
-# wait_for SECONDS COMMAND...: poll COMMAND every 0.2 s until it succeeds.
-wait_for() {
-    local n=$(($1 * 5))
-    shift
-    while [ $n -gt 0 ]; do
-        "$@" && return 0
-        sleep 0.2
-        n=$((n - 1))
-    done
-    return 1
-}
-
 # free_port: a TCP port on 127.0.0.1 the kernel just had free (nothing listens on it).
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -117,7 +108,7 @@ start_cluster() {
         { cat "$dir.log"; return 1; }
 }
 stop_cluster() {
-    [ -f "$1/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$1" -m immediate -w stop >/dev/null 2>&1
+    pg_stop "$1"
     return 0
 }
 # psql_at PORT DB SQL: one query on the private cluster, unaligned tuples only.
@@ -126,8 +117,6 @@ psql_at() {
 }
 
 # ---- RabbitMQ: a test exchange with a durable queue bound to it with '#' --------------
-AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
-rabbit_eval() { rabbitmqctl -q eval "$1" >/dev/null 2>&1; }
 declare_exchange() {
     local ex=$1 q=$2
     rabbit_eval "rabbit_exchange:declare(rabbit_misc:r(<<\"/\">>, exchange, <<\"$ex\">>), topic, true, false, false, [], <<\"hostkit-e2e\">>)." &&
