@@ -190,10 +190,7 @@ fn async_archiving_under_load_with_outage_and_killed_pusher() {
 
     // A restore from the store reproduces the master.
     let dst = sb.p("restored");
-    ok(walmgr().arg("--recovery").arg(&slave).arg("restore"));
-    let r = Cluster::adopt(&sb, &dst, common::pg::free_port(), "-c archive_mode=off");
-    r.start();
-    wait_promoted(&r, 120);
+    let r = recover_newest(&sb, &slave, &dst);
     assert_eq!(pgbench_fingerprint(&m), pgbench_fingerprint(&r));
     assert_eq!(r.psql("select count(*) from after_load"), "500");
     finish();

@@ -144,6 +144,16 @@ fn pgbench_fingerprint(c: &Cluster) -> String {
     .join(" / ")
 }
 
+/// `walmgr --recovery <slave> restore` (the newest set into the ini's slave_data, `dst`),
+/// then the recovered cluster started on a free port (archiving off) and promoted.
+fn recover_newest(sb: &Sandbox, slave: &Path, dst: &Path) -> Cluster {
+    ok(walmgr().arg("--recovery").arg(slave).arg("restore"));
+    let r = Cluster::adopt(sb, dst, common::pg::free_port(), "-c archive_mode=off");
+    r.start();
+    wait_promoted(&r, 120);
+    r
+}
+
 fn wait_promoted(c: &Cluster, secs: u64) {
     assert!(
         wait_for(Duration::from_secs(secs), || c.in_recovery() == Some(false)),

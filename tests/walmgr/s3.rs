@@ -666,10 +666,7 @@ fn s3_async_archiving_under_pgbench_with_the_service_cut() {
         ),
     );
     ok(walmgr().arg(&slave).arg("verify"));
-    ok(walmgr().arg("--recovery").arg(&slave).arg("restore"));
-    let r = Cluster::adopt(&sb, &dst, free_port(), "-c archive_mode=off");
-    r.start();
-    wait_promoted(&r, 120);
+    let r = recover_newest(&sb, &slave, &dst);
     assert_eq!(pgbench_fingerprint(&m), pgbench_fingerprint(&r));
     assert_eq!(r.psql("select count(*) from after_load"), "500");
     finish();
