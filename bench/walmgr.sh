@@ -29,6 +29,9 @@
 #
 # Usage: bench/walmgr.sh   (env: SEGMENTS=32 ROUNDS=3 PORT=55433
 #                           SETTINGS="none gzip:6 zstd:3" SIDES="floor pgbackrest walmgr"
+#                           (SIDES may add pgbackrest-s3 walmgr-s3: the same push/get
+#                           against an S3 service on loopback, moto's server behind TLS,
+#                           pgbackrest with repo1-type=s3, walmgr with slave = s3://)
 #                           PARTS="sync" or "async" or "sync async"; async part: PARALLEL=4
 #                           BACKLOG=32 ASYNC_COMP=zstd:3)
 # Needs root (runs the private cluster as postgres; installs pgbackrest and zstd if
@@ -76,7 +79,10 @@ DATA=$DIR/data
 CORPUS=$DIR/corpus
 RUN=$DIR/run
 LOG=$DIR/tools.log
+S3_PID=
 cleanup() {
+    # shellcheck disable=SC2086 # two pids
+    [ -n "$S3_PID" ] && kill $S3_PID 2>/dev/null
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -m immediate stop >/dev/null 2>&1 || true
     [ -d "$RUN/replay" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$RUN/replay" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$DIR"
@@ -130,6 +136,49 @@ mapfile -t NAMES <"$DIR/names"
 RAW=$((SEGMENTS * SEGSIZE))
 say "corpus: ${NAMES[0]} .. ${NAMES[-1]} ($SEGMENTS segments, $FROM_RUN from timed pgbench runs)"
 
+# --- the S3 service for the -s3 sides: moto's server over TLS (a CA of this run) ------
+s3_sides() { local s; for s in "${SIDES[@]}"; do case $s in *-s3) return 0 ;; esac; done; return 1; }
+S3_BUCKET=bench
+if s3_sides; then
+    MOTO=$(command -v moto_server || echo /opt/hostkit-test/moto/bin/moto_server)
+    [ -x "$MOTO" ] || die "moto_server not found (run tests/setup-host.sh)"
+    S3_DIR=$DIR/s3
+    mkdir -p "$S3_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca -keyout "$S3_DIR/ca.key" \
+        -out "$S3_DIR/ca.pem" >/dev/null 2>&1 &&
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$S3_DIR/key.pem" \
+            -out "$S3_DIR/req.pem" >/dev/null 2>&1 &&
+        printf 'subjectAltName = IP:127.0.0.1, DNS:127.0.0.1\n' >"$S3_DIR/san.cnf" &&
+        openssl x509 -req -in "$S3_DIR/req.pem" -CA "$S3_DIR/ca.pem" -CAkey "$S3_DIR/ca.key" \
+            -CAcreateserial -days 2 -extfile "$S3_DIR/san.cnf" -out "$S3_DIR/cert.pem" >/dev/null 2>&1 ||
+        die "openssl: could not make the service's certificate"
+    chmod 755 "$S3_DIR" && chmod 644 "$S3_DIR"/*.pem
+    port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+    MOTO_PORT=$(port) S3_PORT=$(port)
+    "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" >"$S3_DIR/moto.log" 2>&1 &
+    S3_PID=$!
+    # TLS in front of it by socat: moto's own TLS (werkzeug) ends connections without a
+    # close_notify, which pgbackrest's OpenSSL 3 reports as an error.
+    command -v socat >/dev/null || die "socat is not installed (run tests/setup-host.sh)"
+    socat "OPENSSL-LISTEN:$S3_PORT,bind=127.0.0.1,reuseaddr,fork,verify=0,cert=$S3_DIR/cert.pem,key=$S3_DIR/key.pem" \
+        "TCP:127.0.0.1:$MOTO_PORT" 2>"$S3_DIR/socat.log" &
+    S3_PID="$S3_PID $!"
+    S3_URL=https://127.0.0.1:$S3_PORT
+    for _ in $(seq 150); do curl -s -o /dev/null --cacert "$S3_DIR/ca.pem" "$S3_URL/" && break; sleep 0.2; done
+    curl -sf -o /dev/null --cacert "$S3_DIR/ca.pem" -X PUT "$S3_URL/$S3_BUCKET" ||
+        die "moto_server: could not create bucket $S3_BUCKET (see $S3_DIR/moto.log)"
+    # (moto_server may be a pyenv shim: the python beside it, else the one on PATH)
+    MOTO_VERSION=$({ "$(dirname "$MOTO")/python" -c 'import moto; print(moto.__version__)' ||
+        python3 -c 'import moto; print(moto.__version__)'; } 2>/dev/null || echo "?")
+    say "S3 service: moto_server $MOTO_VERSION at $S3_URL (TLS by socat)"
+fi
+# s3_bytes PREFIX: the bytes stored under PREFIX in the bucket (one listing page holds
+# them: two or three objects per segment).
+s3_bytes() {
+    curl -sf --cacert "$S3_DIR/ca.pem" "$S3_URL/$S3_BUCKET?list-type=2&max-keys=1000&prefix=$1/" |
+        grep -o '<Size>[0-9]*</Size>' | tr -dc '0-9\n' | awk '{t += $1} END {print t + 0}'
+}
+
 if has_part sync; then
 # --- 2. the timed loops (run as postgres) -------------------------------------------
 # loop.sh KIND SIDE COMP LEVEL CWD CONF STORE DST NAMES LOG WALMGR CORPUS
@@ -156,10 +205,10 @@ one() {
         gzip) gzip -dc "$store/$n$ext" | dd of="$dst/$n" bs=1M iflag=fullblock conv=fsync status=none ;;
         zstd) zstd -q -dc "$store/$n$ext" | dd of="$dst/$n" bs=1M iflag=fullblock conv=fsync status=none ;;
         esac ;;
-    push/pgbackrest) pgbackrest --config="$conf" --stanza=bench archive-push "$corpus/$n" ;;
-    get/pgbackrest) pgbackrest --config="$conf" --stanza=bench archive-get "$n" "$dst/$n" ;;
-    push/walmgr) "$walmgr" "$conf" xarchive "$corpus/$n" "$n" ;;
-    get/walmgr) "$walmgr" "$conf" xrestore "$n" "$dst/$n" ;;
+    push/pgbackrest*) pgbackrest --config="$conf" --stanza=bench archive-push "$corpus/$n" ;;
+    get/pgbackrest*) pgbackrest --config="$conf" --stanza=bench archive-get "$n" "$dst/$n" ;;
+    push/walmgr*) "$walmgr" "$conf" xarchive "$corpus/$n" "$n" ;;
+    get/walmgr*) "$walmgr" "$conf" xrestore "$n" "$dst/$n" ;;
     esac
 }
 all() {
@@ -185,14 +234,27 @@ bench_side() {
     floor)
         as_pg mkdir -p "$store"
         pushconf=- getconf=- ;;
-    pgbackrest)
+    pgbackrest | pgbackrest-s3)
         local pgcomp=$comp
         [ "$comp" = gzip ] && pgcomp=gz
         [ "$comp" = zstd ] && pgcomp=zst
         conf=$RUN/pgbackrest.conf
         {
             echo "[global]"
-            echo "repo1-path=$store"
+            if [ "$side" = pgbackrest-s3 ]; then
+                echo "repo1-type=s3"
+                echo "repo1-path=/$side-$comp-$round"
+                echo "repo1-s3-bucket=$S3_BUCKET"
+                echo "repo1-s3-endpoint=127.0.0.1"
+                echo "repo1-storage-port=$S3_PORT"
+                echo "repo1-storage-ca-file=$S3_DIR/ca.pem"
+                echo "repo1-s3-region=us-east-1"
+                echo "repo1-s3-uri-style=path"
+                echo "repo1-s3-key=AKIABENCHBENCHBENCH0"
+                echo "repo1-s3-key-secret=bench-secret"
+            else
+                echo "repo1-path=$store"
+            fi
             echo "lock-path=$RUN/pgbackrest-lock"
             echo "spool-path=$RUN/pgbackrest-spool"
             echo "log-level-console=warn"
@@ -209,17 +271,26 @@ bench_side() {
         as_pg pgbackrest --config="$conf" --stanza=bench stanza-create >>"$LOG" 2>&1 ||
             die "pgbackrest stanza-create failed (see $LOG): $(tail -n 3 "$LOG")"
         pushconf=$conf getconf=$conf ;;
-    walmgr)
+    walmgr | walmgr-s3)
         pushconf=$RUN/master.ini getconf=$RUN/slave.ini
+        local where=$store s3=
+        if [ "$side" = walmgr-s3 ]; then
+            where=s3://$S3_BUCKET/$side-$comp-$round
+            s3=$(printf 's3_endpoint = %s\ns3_ca_file = %s\ns3_access_key_id = %s\ns3_secret_access_key = %s\n' \
+                "$S3_URL" "$S3_DIR/ca.pem" AKIABENCHBENCHBENCH0 bench-secret)
+        fi
         {
             echo "[walmgr]"
             echo "master_data = $DATA"
-            echo "slave = $store"
+            echo "slave = $where"
             echo "compression = $comp"
             [ "$comp" = none ] || echo "compression_level = $level"
+            [ -z "$s3" ] || echo "$s3"
         } | as_pg tee "$pushconf" >/dev/null
         as_pg mkdir -p "$RUN/$side-slave"
-        printf '[walmgr]\nslave = %s\nslave_data = %s\nrestore_prefetch = 0\n' "$store" "$RUN/$side-slave" | as_pg tee "$getconf" >/dev/null
+        { printf '[walmgr]\nslave = %s\nslave_data = %s\nrestore_prefetch = 0\n' "$where" "$RUN/$side-slave"
+          [ -z "$s3" ] || echo "$s3"; } | as_pg tee "$getconf" >/dev/null
+        chmod 600 "$pushconf" "$getconf"
         as_pg "$OURS" "$getconf" setup >>"$LOG" 2>&1 || die "walmgr slave setup failed: $(tail -n 3 "$LOG")"
         ;;
     esac
@@ -229,8 +300,11 @@ bench_side() {
     read -r w u s <<<"$out"
     PUSH_WALL[$key]=$w
     PUSH_CPU[$key]=$(awk -v u="$u" -v s="$s" 'BEGIN {print u + s}')
-    BYTES[$key]=$(du --apparent-size -sb "$store" | cut -f1)
-    [ "$side" = walmgr ] && cwd=$RUN/$side-slave
+    case $side in
+    *-s3) BYTES[$key]=$(s3_bytes "$side-$comp-$round") ;;
+    *) BYTES[$key]=$(du --apparent-size -sb "$store" | cut -f1) ;;
+    esac
+    case $side in walmgr*) cwd=$RUN/$side-slave ;; esac
     sync
     out=$(as_pg bash "$DIR/loop.sh" get "$side" "$comp" "$level" "$cwd" "$getconf" "$store" "$dst" "$DIR/names" "$LOG" "$OURS" "$CORPUS") ||
         die "$side get ($comp) failed: $(tail -n 5 "$LOG")"
@@ -277,6 +351,8 @@ label() {
     floor) echo "floor (dd conv=fsync${2:+, $2 CLI})" ;;
     pgbackrest) echo "pgbackrest $PGBR_VERSION" ;;
     walmgr) echo "hostkit walmgr" ;;
+    pgbackrest-s3) echo "pgbackrest $PGBR_VERSION, S3" ;;
+    walmgr-s3) echo "hostkit walmgr, S3" ;;
     esac
 }
 has() { local s; for s in "${SIDES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
@@ -302,9 +378,11 @@ for setting in "${SETTINGS[@]}"; do
     done
 done
 
-if has walmgr && has pgbackrest; then
+for pair in "walmgr pgbackrest" "walmgr-s3 pgbackrest-s3"; do
+    read -r ours theirs <<<"$pair"
+    has "$ours" && has "$theirs" || continue
     echo
-    echo "| compression | round | push time walmgr/pgbackrest | get time walmgr/pgbackrest | stored bytes walmgr/pgbackrest |"
+    echo "| compression | round | push time $ours/$theirs | get time $ours/$theirs | stored bytes $ours/$theirs |"
     echo "|---|---|---|---|---|"
     for setting in "${SETTINGS[@]}"; do
         comp=${setting%%:*} level=${setting#*:}
@@ -312,14 +390,14 @@ if has walmgr && has pgbackrest; then
         [ "$comp" = none ] || title="$comp $level"
         pr=() gr=() br=()
         for r in $(seq 1 "$ROUNDS"); do
-            pr+=("$(awk -v a="${PUSH_WALL[walmgr|$comp|$r]}" -v b="${PUSH_WALL[pgbackrest|$comp|$r]}" 'BEGIN {printf "%.2f", a / b}')")
-            gr+=("$(awk -v a="${GET_WALL[walmgr|$comp|$r]}" -v b="${GET_WALL[pgbackrest|$comp|$r]}" 'BEGIN {printf "%.2f", a / b}')")
-            br+=("$(awk -v a="${BYTES[walmgr|$comp|$r]}" -v b="${BYTES[pgbackrest|$comp|$r]}" 'BEGIN {printf "%.3f", a / b}')")
+            pr+=("$(awk -v a="${PUSH_WALL[$ours|$comp|$r]}" -v b="${PUSH_WALL[$theirs|$comp|$r]}" 'BEGIN {printf "%.2f", a / b}')")
+            gr+=("$(awk -v a="${GET_WALL[$ours|$comp|$r]}" -v b="${GET_WALL[$theirs|$comp|$r]}" 'BEGIN {printf "%.2f", a / b}')")
+            br+=("$(awk -v a="${BYTES[$ours|$comp|$r]}" -v b="${BYTES[$theirs|$comp|$r]}" 'BEGIN {printf "%.3f", a / b}')")
             printf '| %s | %s | %s | %s | %s |\n' "$title" "$r" "${pr[-1]}" "${gr[-1]}" "${br[-1]}"
         done
         printf '| %s | **median** | **%s** | **%s** | **%s** |\n' "$title" "$(median "${pr[@]}")" "$(median "${gr[@]}")" "$(median "${br[@]}")"
     done
-fi
+done
 fi
 
 if has_part async; then
