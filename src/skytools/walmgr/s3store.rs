@@ -10,10 +10,12 @@
 //! there (checked by HEAD). The `.meta` is the commit, written last with
 //! `If-None-Match: *`: of two writers only one commits, and the other compares. A
 //! segment counts as stored iff its `.meta` parses and the object it names has
-//! `stored_size` bytes. Before the meta is written, the data object's PUT answer (ETag
-//! = md5 of what was sent, where the service says so), its HEAD (size, the sha256 sent
-//! as `x-amz-meta-sha256` and `x-amz-checksum-sha256`) must match; after it, the meta
-//! is read back. Services without conditional writes (`s3_conditional_put = no`) get
+//! `stored_size` bytes. The service checks the Content-MD5 and x-amz-checksum-sha256 it
+//! is sent before answering 200; the data object's PUT answer (ETag = md5 of what was
+//! stored, the sha256 where echoed) must be what was sent before the meta is written,
+//! and so must the meta's. Where the answer cannot tell (SSE-KMS, no ETag), a HEAD
+//! (size, the sha256 sent as `x-amz-meta-sha256` and `x-amz-checksum-sha256`) checks
+//! the data object and the meta is read back. Services without conditional writes (`s3_conditional_put = no`) get
 //! the HEAD/GET comparison before each write instead, which leaves a window between
 //! two writers of different contents: there, archive from one master only.
 
@@ -262,6 +264,14 @@ impl S3Wal {
             meta: &[],
         };
         match self.client.put(&mk, &json, &sha, &opts)? {
+            // With conditional writes a 200 makes this writer the one that committed.
+            Put::Written(h)
+                if opts.if_none_match
+                    && self.client.config().conditional_put
+                    && matches!(self.acknowledged(&h, &json, &sha), Ack::Whole) =>
+            {
+                return Ok(outcome)
+            }
             Put::Written(_) => {}
             Put::Exists => {
                 // Another writer committed first: the same segment, or not.
@@ -306,15 +316,14 @@ impl S3Wal {
         };
         let written = self.client.put(&dk, bytes, &meta.stored_sha256, &opts)?;
         if let Put::Written(h) = &written {
-            // A single-part ETag is the md5 of the object, except under SSE-KMS.
-            let kms = matches!(self.client.config().sse, Some(s3::Sse::Kms { .. }));
-            if let Some(etag) = h.etag.as_deref().filter(|e| e.len() == 32 && !kms) {
-                let sent = s3::md5_hex(bytes);
-                if etag != sent {
+            match self.acknowledged(h, bytes, &meta.stored_sha256) {
+                Ack::Whole => return Ok(()),
+                Ack::Unknown => {}
+                Ack::Differs(what) => {
                     return Err(WalmgrError::Transfer(format!(
-                        "{}: the service stored md5 {etag}, walmgr sent {sent}; not archived",
+                        "{}: {what}; not archived",
                         self.client.object(&dk)
-                    )));
+                    )))
                 }
             }
         }
@@ -332,6 +341,30 @@ impl S3Wal {
                 self.check_stored(meta)
             }
             Err(e) => Err(WalmgrError::Transfer(format!("{e}; not archived"))),
+        }
+    }
+
+    /// What a PUT's answer says of the object it stored. The service checked the
+    /// Content-MD5 and x-amz-checksum-sha256 it was sent before answering 200 (a
+    /// mismatch is a 400), and a single-part ETag is the object's md5 (except under
+    /// SSE-KMS): an ETag equal to the md5 of what was sent, and the sha256 echoed where
+    /// the service echoes it, acknowledge these very bytes, and no HEAD or read-back is
+    /// needed. Without an ETag to compare (SSE-KMS, a service that omits it) the caller
+    /// asks the service (HEAD, or reads the object back).
+    fn acknowledged(&self, h: &s3::Head, sent: &[u8], sha256_hex: &str) -> Ack {
+        let kms = matches!(self.client.config().sse, Some(s3::Sse::Kms { .. }));
+        let Some(etag) = h.etag.as_deref().filter(|e| e.len() == 32 && !kms) else {
+            return Ack::Unknown;
+        };
+        let md5 = s3::md5_hex(sent);
+        if etag != md5 {
+            return Ack::Differs(format!("the service stored md5 {etag}, walmgr sent {md5}"));
+        }
+        match (&h.checksum_sha256, s3::sha256_hex_to_b64(sha256_hex)) {
+            (Some(got), Some(want)) if *got != want => Ack::Differs(format!(
+                "the service computed sha256 {got} (base64), walmgr sent {want}"
+            )),
+            _ => Ack::Whole,
         }
     }
 
@@ -448,6 +481,13 @@ fn data_name(rel: &str) -> Option<&str> {
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(name)
 }
 
+/// [`S3Wal::acknowledged`]'s verdict.
+enum Ack {
+    Whole,
+    Unknown,
+    Differs(String),
+}
+
 fn conflict(old: &Meta, new: &Meta) -> WalmgrError {
     WalmgrError::Conflict {
         name: new.name.clone(),
@@ -461,6 +501,74 @@ fn conflict(old: &Meta, new: &Meta) -> WalmgrError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(sse: Option<s3::Sse>) -> S3Wal {
+        let cfg = s3::Config {
+            scheme: "http".into(),
+            host: "127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            addressing: s3::Addressing::Path,
+            bucket: "b".into(),
+            credentials: s3::Credentials {
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+                source: "test".into(),
+            },
+            sse,
+            conditional_put: true,
+            timeout: std::time::Duration::from_secs(1),
+            retries: 0,
+            ca_file: None,
+        };
+        S3Wal::new(&cfg, Path::new("s3://b/p/logs.complete"))
+    }
+
+    #[test]
+    fn a_put_answer_acknowledges_only_the_bytes_sent() {
+        let body = b"segment bytes";
+        let sha = crate::digest::sha256_hex(body);
+        let head = |etag: Option<String>, sum: Option<String>| s3::Head {
+            etag,
+            checksum_sha256: sum,
+            ..Default::default()
+        };
+        let s = store(None);
+        let md5 = s3::md5_hex(body);
+        let b64 = s3::sha256_hex_to_b64(&sha);
+        assert!(matches!(
+            s.acknowledged(&head(Some(md5.clone()), None), body, &sha),
+            Ack::Whole
+        ));
+        assert!(matches!(
+            s.acknowledged(&head(Some(md5.clone()), b64.clone()), body, &sha),
+            Ack::Whole
+        ));
+        assert!(matches!(
+            s.acknowledged(&head(Some(s3::md5_hex(b"other")), None), body, &sha),
+            Ack::Differs(_)
+        ));
+        let other = s3::sha256_hex_to_b64(&crate::digest::sha256_hex(b"other"));
+        assert!(matches!(
+            s.acknowledged(&head(Some(md5.clone()), other), body, &sha),
+            Ack::Differs(_)
+        ));
+        // No ETag, or a multipart-style one: ask the service.
+        assert!(matches!(
+            s.acknowledged(&head(None, b64), body, &sha),
+            Ack::Unknown
+        ));
+        assert!(matches!(
+            s.acknowledged(&head(Some(format!("{md5}-2")), None), body, &sha),
+            Ack::Unknown
+        ));
+        // Under SSE-KMS the ETag is not the md5.
+        let kms = store(Some(s3::Sse::Kms { key_id: None }));
+        assert!(matches!(
+            kms.acknowledged(&head(Some(md5), None), body, &sha),
+            Ack::Unknown
+        ));
+    }
 
     #[test]
     fn data_names() {
