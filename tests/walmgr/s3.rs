@@ -597,16 +597,10 @@ fn s3_async_archiving_under_pgbench_with_the_service_cut() {
 
     // Segments from the backup on that were counted as archived, each in the bucket;
     // returns how many of them the pusher recorded.
+    // The marks are read first and the bucket listed after: a mark made after the listing
+    // (the pusher or archive_command finishing meanwhile) would otherwise look unstored.
     let check = |when: &str| -> usize {
-        let keys = moto.keys(WALS);
-        let in_bucket = |seg: &str| {
-            let meta = format!("{WALS}{seg}.meta");
-            keys.contains(&meta)
-                && keys
-                    .iter()
-                    .any(|k| *k != meta && k.starts_with(&format!("{WALS}{seg}.")))
-        };
-        let mut by_pusher = 0;
+        let mut counted = Vec::new();
         for (dir, pusher) in [
             (m.data.join("pg_wal/archive_status"), false),
             (spool.clone(), true),
@@ -618,13 +612,25 @@ fn s3_async_archiving_under_pgbench_with_the_service_cut() {
                 if seg.starts_with('.') || seg < start.as_str() {
                     continue;
                 }
-                assert!(
-                    in_bucket(seg),
-                    "{when}: {seg} counted as archived ({}) but not in the bucket",
-                    dir.display()
-                );
-                by_pusher += usize::from(pusher);
+                counted.push((seg.to_string(), dir.clone(), pusher));
             }
+        }
+        let keys = moto.keys(WALS);
+        let in_bucket = |seg: &str| {
+            let meta = format!("{WALS}{seg}.meta");
+            keys.contains(&meta)
+                && keys
+                    .iter()
+                    .any(|k| *k != meta && k.starts_with(&format!("{WALS}{seg}.")))
+        };
+        let mut by_pusher = 0;
+        for (seg, dir, pusher) in counted {
+            assert!(
+                in_bucket(&seg),
+                "{when}: {seg} counted as archived ({}) but not in the bucket",
+                dir.display()
+            );
+            by_pusher += usize::from(pusher);
         }
         by_pusher
     };
