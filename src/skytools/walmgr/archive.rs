@@ -41,7 +41,7 @@ pub fn store_segment(m: &Master, path: &Path, name: &str) -> Result<Meta> {
     if check_header {
         walheader::check(path, &data, &wal, sysid)?;
     }
-    let (meta, stored) = Meta::build_threaded(
+    let (meta, stored) = Meta::build(
         name,
         &data,
         m.compression,
@@ -106,17 +106,7 @@ fn store_streamed(
             Some(_) => walheader::check_start(path, start, len, wal, sysid).map(|_| ()),
             None => Ok(()),
         },
-        |sha256, size| Meta {
-            name: wal.name.clone(),
-            size,
-            stored_sha256: sha256.clone(),
-            sha256,
-            compression: Compression::None,
-            stored_size: size,
-            system_identifier: sysid,
-            archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
-        },
+        sysid,
     )?;
     report(&wal.name, outcome, &meta);
     Ok(meta)

@@ -62,20 +62,11 @@ impl Compression {
     }
 
     /// Compress a whole buffer (a WAL segment is at most 1 GiB and usually 16 MiB);
-    /// `none` borrows it rather than copying 16 MiB.
-    pub fn compress(self, level: i32, data: &[u8]) -> io::Result<Cow<'_, [u8]>> {
-        self.compress_threaded(level, 1, data)
-    }
-
-    /// [`Self::compress`] with zstd on `threads` worker threads when above 1 (zstd cuts
-    /// the input into jobs of a few window sizes; the output is the same for any number
-    /// of workers and a fraction of a percent larger than single-threaded).
-    pub fn compress_threaded(
-        self,
-        level: i32,
-        threads: u32,
-        data: &[u8],
-    ) -> io::Result<Cow<'_, [u8]>> {
+    /// `none` borrows it rather than copying 16 MiB. zstd runs on `threads` worker
+    /// threads when above 1 (it cuts the input into jobs of a few window sizes; the
+    /// output is the same for any number of workers and within a fraction of a percent
+    /// of single-threaded); gzip ignores it.
+    pub fn compress(self, level: i32, threads: u32, data: &[u8]) -> io::Result<Cow<'_, [u8]>> {
         Ok(Cow::Owned(match self {
             Compression::None => return Ok(Cow::Borrowed(data)),
             Compression::Gzip => {
@@ -173,11 +164,13 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
-            let z = c.compress(c.default_level(), &data).unwrap();
-            let mut back = Vec::new();
-            c.decoder(&z[..]).unwrap().read_to_end(&mut back).unwrap();
-            assert_eq!(back, data, "{c:?}");
-            assert_eq!(c.decompress(&z, data.len() as u64).unwrap(), &data[..]);
+            for threads in [1, 2] {
+                let z = c.compress(c.default_level(), threads, &data).unwrap();
+                let mut back = Vec::new();
+                c.decoder(&z[..]).unwrap().read_to_end(&mut back).unwrap();
+                assert_eq!(back, data, "{c:?} on {threads} thread(s)");
+                assert_eq!(c.decompress(&z, data.len() as u64).unwrap(), &data[..]);
+            }
             let mut enc = c.encoder(c.default_level(), Vec::new()).unwrap();
             enc.write_all(&data).unwrap();
             let z2 = enc.finish().unwrap();
@@ -189,7 +182,7 @@ mod tests {
 
     #[test]
     fn corrupt_input_is_an_error() {
-        let z = Compression::Zstd.compress(3, &[7u8; 100_000]).unwrap();
+        let z = Compression::Zstd.compress(3, 1, &[7u8; 100_000]).unwrap();
         let mut bad = z.to_vec();
         bad.truncate(z.len() / 2);
         let mut out = Vec::new();

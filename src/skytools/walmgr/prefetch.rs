@@ -347,7 +347,7 @@ mod tests {
         let p = Prefetch::open(&data).unwrap();
         let name = "000000010000000000000007";
         let seg = vec![9u8; 200_000];
-        let (m, z) = Meta::build(name, &seg, Compression::Zstd, 3, None).unwrap();
+        let (m, z) = Meta::build(name, &seg, Compression::Zstd, 3, 1, None).unwrap();
         store.put(&m, Incoming::Local(&z)).unwrap();
         let dst = data.join("RECOVERYXLOG");
         assert!(!p.take(&m, &dst).unwrap(), "nothing spooled");

@@ -15,9 +15,10 @@
 //! stored, the sha256 where echoed) must be what was sent before the meta is written,
 //! and so must the meta's. Where the answer cannot tell (SSE-KMS, no ETag), a HEAD
 //! (size, the sha256 sent as `x-amz-meta-sha256` and `x-amz-checksum-sha256`) checks
-//! the data object and the meta is read back. Services without conditional writes (`s3_conditional_put = no`) get
-//! the HEAD/GET comparison before each write instead, which leaves a window between
-//! two writers of different contents: there, archive from one master only.
+//! the data object and the meta is read back. Services without conditional writes
+//! (`s3_conditional_put = no`) get the HEAD/GET comparison before each write instead,
+//! which leaves a window between two writers of different contents: there, archive
+//! from one master only.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -101,20 +102,15 @@ impl S3Wal {
         Ok(self.client.get_bytes(&self.key(rel), limit)?)
     }
 
-    /// Write (or replace) such an object.
+    /// Write (or replace) such an object (unconditional: never answered "exists").
     pub fn write_own(&self, rel: &str, body: &[u8]) -> Result<()> {
         let sha = crate::digest::sha256_hex(body);
         let opts = PutOptions {
             if_none_match: false,
             meta: &[],
         };
-        match self.client.put(&self.key(rel), body, &sha, &opts)? {
-            Put::Written(_) => Ok(()),
-            Put::Exists => Err(WalmgrError::Transfer(format!(
-                "{}: the service refused an unconditional write",
-                self.shown(&self.key(rel)).display()
-            ))),
-        }
+        self.client.put(&self.key(rel), body, &sha, &opts)?;
+        Ok(())
     }
 
     /// Can the bucket be listed with these credentials? (`setup`.)

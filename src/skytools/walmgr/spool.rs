@@ -189,7 +189,7 @@ mod tests {
         fs::write(&seg, b"one").unwrap();
         let name = "000000010000000000000003";
         assert!(!s.stored(name, &seg), "no record yet");
-        let (meta, _) = Meta::build(name, b"one", Compression::None, 0, None).unwrap();
+        let (meta, _) = Meta::build(name, b"one", Compression::None, 0, 1, None).unwrap();
         s.record(&meta, FileIdent::of(&seg).unwrap()).unwrap();
         assert!(s.stored(name, &seg));
         // Another file under the same name (a new cluster, a recycled segment): not stored.

@@ -43,19 +43,9 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Compress `data` and describe it; returns the meta and the bytes to store.
+    /// Compress `data` (on `threads` workers: [`Compression::compress`]) and describe it;
+    /// returns the meta and the bytes to store.
     pub fn build<'a>(
-        name: &str,
-        data: &'a [u8],
-        compression: Compression,
-        level: i32,
-        system_identifier: Option<u64>,
-    ) -> io::Result<(Meta, Cow<'a, [u8]>)> {
-        Meta::build_threaded(name, data, compression, level, 1, system_identifier)
-    }
-
-    /// [`Self::build`] with `threads` compression workers ([`Compression::compress_threaded`]).
-    pub fn build_threaded<'a>(
         name: &str,
         data: &'a [u8],
         compression: Compression,
@@ -63,7 +53,7 @@ impl Meta {
         threads: u32,
         system_identifier: Option<u64>,
     ) -> io::Result<(Meta, Cow<'a, [u8]>)> {
-        let stored = compression.compress_threaded(level, threads, data)?;
+        let stored = compression.compress(level, threads, data)?;
         let sha256 = crate::digest::sha256_hex(data);
         let stored_sha256 = match stored {
             Cow::Borrowed(_) => sha256.clone(),
@@ -204,8 +194,6 @@ impl WalStore {
         Ok(())
     }
 
-    /// Store `stored` (already compressed as `meta` says). Refuses to replace different
-    /// contents; verifies the bytes received against the meta before committing.
     /// The S3 side of a store in S3.
     pub fn s3(&self) -> Option<&S3Wal> {
         self.s3.as_deref()
@@ -243,6 +231,8 @@ impl WalStore {
         }
     }
 
+    /// Store `stored` (already compressed as `meta` says). Refuses to replace different
+    /// contents; verifies the bytes received against the meta before committing.
     pub fn put(&self, meta: &Meta, stored: Incoming) -> Result<PutOutcome> {
         if let Some(s3) = &self.s3 {
             return s3.put(meta, stored);
@@ -336,16 +326,17 @@ impl WalStore {
     /// Store an uncompressed WAL file into a local store in one streaming pass: `src` is
     /// copied and hashed megabyte by megabyte into a staged file in the store, whose
     /// writeback starts at once, through one reused buffer (reading a 16 MiB segment
-    /// into a fresh buffer first cost more in page faults than hashing it). `check` sees the first megabyte and the file's
-    /// length before anything is written; `meta` builds the meta from the sha256 and
-    /// size; then the same check against the stored copy and commit as [`Self::put`].
+    /// into a fresh buffer first cost more in page faults than hashing it). `check`
+    /// sees the first megabyte and the file's length before anything is written; the
+    /// meta is built from the hash; then the same check against the stored copy and
+    /// commit as [`Self::put`].
     pub fn put_streamed(
         &self,
         name: &str,
         path: &Path,
         src: &mut File,
         check: impl FnOnce(&[u8], u64) -> Result<()>,
-        meta: impl FnOnce(String, u64) -> Meta,
+        system_identifier: Option<u64>,
     ) -> Result<(Meta, PutOutcome)> {
         debug_assert!(self.s3.is_none(), "put_streamed is for a local store");
         WalName::parse(name)?;
@@ -359,22 +350,21 @@ impl WalStore {
             )));
         }
         let dp = self.data_path(name, Compression::None);
-        let mut read_failed = None;
+        // A failed read of `src` surfaces as a write error on the temp file: say which.
+        let mut read_failed = false;
         let staged = fsutil::stage_durable(&dp, 0o600, |f| {
             let mut w = HashWriter::new(fsutil::EarlyWriteback::new(f));
             let mut k = first;
             while k > 0 {
                 w.write_all(&buf[..k])?;
-                k = src.read(&mut buf).inspect_err(|e| {
-                    read_failed = Some(io::Error::new(e.kind(), e.to_string()));
-                })?;
+                k = src.read(&mut buf).inspect_err(|_| read_failed = true)?;
             }
             let (sha, n, _) = w.finish();
             Ok((sha, n))
         });
-        let (staged, (sha, n)) = match (staged, read_failed) {
-            (Err(_), Some(e)) => return Err(io_err("read", path)(e)),
-            (r, _) => r?,
+        let (staged, (sha256, n)) = match staged {
+            Err(e) if read_failed => return Err(io_err("read", path)(e.source)),
+            r => r?,
         };
         if n != len {
             return Err(WalmgrError::BadWal {
@@ -382,7 +372,17 @@ impl WalStore {
                 reason: format!("changed while it was read ({len} bytes, then {n}); not archived"),
             });
         }
-        let meta = meta(sha, n);
+        let meta = Meta {
+            name: name.to_string(),
+            size: n,
+            stored_sha256: sha256.clone(),
+            sha256,
+            compression: Compression::None,
+            stored_size: n,
+            system_identifier,
+            archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+        };
         let _lock = self.lock()?;
         let outcome = self.against_stored(&meta)?;
         if outcome == PutOutcome::AlreadyStored {
@@ -672,7 +672,7 @@ mod tests {
     }
 
     fn put(s: &WalStore, name: &str, data: &[u8], c: Compression) -> Result<PutOutcome> {
-        let (m, z) = Meta::build(name, data, c, c.default_level(), None).unwrap();
+        let (m, z) = Meta::build(name, data, c, c.default_level(), 1, None).unwrap();
         s.put(&m, Incoming::Local(&z))
     }
 
@@ -715,16 +715,7 @@ mod tests {
                     _ => Ok(()),
                 }
             },
-            |sha256, size| Meta {
-                name: SEG.into(),
-                size,
-                stored_sha256: sha256.clone(),
-                sha256,
-                compression: Compression::None,
-                stored_size: size,
-                system_identifier: None,
-                archived_at: "2026-12-03T00:00:00Z".into(),
-            },
+            Some(42),
         )
     }
 
@@ -747,6 +738,15 @@ mod tests {
         assert_eq!(
             (m.size, m.sha256.as_str()),
             (data.len() as u64, crate::digest::sha256_hex(&data).as_str())
+        );
+        assert_eq!(
+            (
+                m.compression,
+                m.stored_size,
+                &m.stored_sha256,
+                m.system_identifier
+            ),
+            (Compression::None, m.size, &m.sha256, Some(42))
         );
         assert_eq!(s.lookup(SEG).unwrap().unwrap(), m);
         let out = d.path().join("restored");
@@ -854,7 +854,7 @@ mod tests {
     #[test]
     fn bytes_that_do_not_match_the_sender_are_not_committed() {
         let (_d, s) = store();
-        let (m, z) = Meta::build(SEG, &[3u8; 1000], Compression::None, 0, None).unwrap();
+        let (m, z) = Meta::build(SEG, &[3u8; 1000], Compression::None, 0, 1, None).unwrap();
         let mut z = z.into_owned();
         z[10] = 9;
         assert!(matches!(

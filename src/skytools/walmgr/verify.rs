@@ -56,12 +56,29 @@ fn state_path(st: &StoreSettings) -> PathBuf {
 
 fn load_state(p: &Path) -> State {
     match std::fs::read(p) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            log::warn!("{}: unreadable ({e}); reading every file", p.display());
-            State::default()
-        }),
+        Ok(b) => parse_state(&b, p.display()),
         Err(_) => State::default(),
     }
+}
+
+/// [`load_state`] for an S3 store.
+fn load_state_object(s3: &super::s3store::S3Wal) -> State {
+    match s3.read_own(STATE, 256 << 20) {
+        Ok(Some(b)) => parse_state(&b, format!("{STATE} in the bucket")),
+        Ok(None) => State::default(),
+        Err(e) => {
+            log::warn!("{e}: reading every file");
+            State::default()
+        }
+    }
+}
+
+/// An unreadable state is not an error: the run reads every file, as the first did.
+fn parse_state(b: &[u8], what: impl std::fmt::Display) -> State {
+    serde_json::from_slice(b).unwrap_or_else(|e| {
+        log::warn!("{what}: unreadable ({e}); reading every file");
+        State::default()
+    })
 }
 
 /// The object as the listing has it now: its Last-Modified stands in for a file's
@@ -75,21 +92,6 @@ fn seen_object(e: &crate::s3::Entry, sha256: &str) -> Option<Seen> {
         size: e.size,
         mtime_ns: i128::try_from(ns).ok()?,
     })
-}
-
-/// [`load_state`] for an S3 store.
-fn load_state_object(s3: &super::s3store::S3Wal) -> State {
-    match s3.read_own(STATE, 256 << 20) {
-        Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            log::warn!("{STATE} in the bucket: unreadable ({e}); reading every object");
-            State::default()
-        }),
-        Ok(None) => State::default(),
-        Err(e) => {
-            log::warn!("{e}: reading every object");
-            State::default()
-        }
-    }
 }
 
 /// The file as it is now, for the recorded sha256.
@@ -159,10 +161,11 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
     // The state lives beside what it describes: in the store's root directory, or as
     // an object of its own under an S3 store's completed_wals prefix.
     let state_file = state_path(st);
-    let objects = match store.s3() {
-        Some(s3) => Some(s3.entries()?),
-        None => None,
-    };
+    // An S3 store with one listing of its objects (their sizes and Last-Modified).
+    let objects = store
+        .s3()
+        .map(|s3| s3.entries().map(|o| (s3, o)))
+        .transpose()?;
     let mut inc = Incremental {
         old: match (full, store.s3()) {
             (true, _) => State::default(),
@@ -208,11 +211,11 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
             }
         };
         let dp = store.data_path(&name, meta.compression);
-        let now = match (&objects, store.s3()) {
-            (Some(o), Some(s3)) => o
+        let now = match &objects {
+            Some((s3, o)) => o
                 .get(&s3.data_rel(&meta))
                 .and_then(|e| seen_object(e, &meta.stored_sha256)),
-            _ => seen(&dp, &meta.stored_sha256),
+            None => seen(&dp, &meta.stored_sha256),
         };
         let checked = inc.visit(name.clone(), &dp, now, || {
             store.read_verified(&meta, &mut std::io::sink())

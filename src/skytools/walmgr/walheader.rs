@@ -83,7 +83,10 @@ pub fn check_start(
     };
     let h = parse(start).map_err(bad)?;
     if len != h.seg_size as u64 {
-        return Err(bad(partial(len, h.seg_size)));
+        return Err(bad(format!(
+            "{len} bytes but its header says segments are {} bytes (partial copy?)",
+            h.seg_size
+        )));
     }
     let want = name.start_address(h.seg_size as u64).ok_or_else(|| {
         bad(format!(
@@ -110,11 +113,6 @@ pub fn check_start(
         }
     }
     Ok(h)
-}
-
-/// What a file of the wrong length is told.
-pub fn partial(len: u64, seg_size: u32) -> String {
-    format!("{len} bytes but its header says segments are {seg_size} bytes (partial copy?)")
 }
 
 #[cfg(test)]

@@ -370,7 +370,7 @@ impl StateStore {
 }
 
 #[cfg(test)]
-mod marks_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -388,11 +388,6 @@ mod marks_tests {
             assert_eq!(serde_json::from_str::<Marks>(&json).unwrap(), m);
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
     use OpStatus::*;
 
     #[test]
