@@ -116,10 +116,11 @@ no_daemons() { [ -z "$(hostkit_daemons)" ]; }
 # earlier script, not to this run's packages: it is named, killed and the run goes on
 # (this script's checks need a host without our daemons, not that host's history).
 if ! wait_for 60 no_daemons; then
+    left=$(hostkit_daemons)
     say "warning: hostkit daemons left by an earlier run, 60 s after its purge (killed):"
-    ps -o pid,ppid,user,etimes,args -p "$(hostkit_daemons | tr ' ' ',')" | sed 's/^/    /'
-    # shellcheck disable=SC2046
-    kill -KILL $(hostkit_daemons) 2>/dev/null
+    ps -o pid,ppid,user,etimes,args -p "${left// /,}" | sed 's/^/    /'
+    # shellcheck disable=SC2086 # one pid a word
+    kill -KILL $left 2>/dev/null
     wait_for 10 no_daemons || abort "could not kill $(hostkit_daemons)"
 fi
 
