@@ -136,7 +136,7 @@ mapfile -t NAMES <"$DIR/names"
 RAW=$((SEGMENTS * SEGSIZE))
 say "corpus: ${NAMES[0]} .. ${NAMES[-1]} ($SEGMENTS segments, $FROM_RUN from timed pgbench runs)"
 
-# --- the S3 service for the -s3 sides: moto's server over TLS (a CA of this run) ------
+# --- the S3 service for the -s3 sides: moto's server behind socat's TLS (a CA of this run)
 s3_sides() { local s; for s in "${SIDES[@]}"; do case $s in *-s3) return 0 ;; esac; done; return 1; }
 S3_BUCKET=bench
 if s3_sides; then
