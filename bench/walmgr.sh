@@ -33,7 +33,8 @@
 #                           against an S3 service on loopback, moto's server behind TLS,
 #                           pgbackrest with repo1-type=s3, walmgr with slave = s3://)
 #                           PARTS="sync" or "async" or "sync async"; async part: PARALLEL=4
-#                           BACKLOG=32 ASYNC_COMP=zstd:3)
+#                           BACKLOG=32 ASYNC_COMP=zstd:3 ASYNC_STORE=dir|s3: s3 puts both
+#                           sides' stores of part 4 and 5 on the S3 service above)
 # Needs root (runs the private cluster as postgres; installs pgbackrest and zstd if
 # missing). Prints Markdown for BENCHMARKS.md on stdout, progress on stderr.
 set -euo pipefail
@@ -44,6 +45,8 @@ read -r -a PARTS <<<"${PARTS:-sync}"
 PARALLEL=${PARALLEL:-4}
 BACKLOG=${BACKLOG:-32}
 ASYNC_COMP=${ASYNC_COMP:-zstd:3}
+ASYNC_STORE=${ASYNC_STORE:-dir}
+[[ $ASYNC_STORE =~ ^(dir|s3)$ ]] || { echo "walmgr-bench: ASYNC_STORE: '$ASYNC_STORE' is not dir or s3" >&2; exit 2; }
 ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-55433}
 read -r -a SETTINGS <<<"${SETTINGS:-none gzip:6 zstd:3}"
@@ -137,7 +140,12 @@ RAW=$((SEGMENTS * SEGSIZE))
 say "corpus: ${NAMES[0]} .. ${NAMES[-1]} ($SEGMENTS segments, $FROM_RUN from timed pgbench runs)"
 
 # --- the S3 service for the -s3 sides: moto's server behind socat's TLS (a CA of this run)
-s3_sides() { local s; for s in "${SIDES[@]}"; do case $s in *-s3) return 0 ;; esac; done; return 1; }
+s3_sides() {
+    local s
+    has_part async && [ "$ASYNC_STORE" = s3 ] && return 0
+    for s in "${SIDES[@]}"; do case $s in *-s3) return 0 ;; esac; done
+    return 1
+}
 S3_BUCKET=bench
 if s3_sides; then
     MOTO=$(command -v moto_server || echo /opt/hostkit-test/moto/bin/moto_server)
@@ -423,10 +431,24 @@ set_archive_command() {
 }
 ready_count() { find "$DATA/pg_wal/archive_status" -name '*.ready' | wc -l; }
 newest_ready() { find "$DATA/pg_wal/archive_status" -name '[0-9A-F]*.ready' -printf '%f\n' | sed 's/\.ready$//' | grep -E '^[0-9A-F]{24}$' | sort | tail -n 1; }
-pgbr_conf() { # pgbr_conf FILE STORE ASYNC(y|n) [PG1-PATH]
+S3_KEYS=(AKIABENCHBENCHBENCH0 bench-secret)
+pgbr_conf() { # pgbr_conf FILE STORE-NAME ASYNC(y|n) [PG1-PATH]
     {
         echo "[global]"
-        echo "repo1-path=$2"
+        if [ "$ASYNC_STORE" = s3 ]; then
+            echo "repo1-type=s3"
+            echo "repo1-path=/$2"
+            echo "repo1-s3-bucket=$S3_BUCKET"
+            echo "repo1-s3-endpoint=127.0.0.1"
+            echo "repo1-storage-port=$S3_PORT"
+            echo "repo1-storage-ca-file=$S3_DIR/ca.pem"
+            echo "repo1-s3-region=us-east-1"
+            echo "repo1-s3-uri-style=path"
+            echo "repo1-s3-key=${S3_KEYS[0]}"
+            echo "repo1-s3-key-secret=${S3_KEYS[1]}"
+        else
+            echo "repo1-path=$RUN/$2"
+        fi
         echo "lock-path=$RUN/pgbackrest-lock"
         echo "spool-path=$RUN/pgbackrest-spool"
         echo "log-level-console=warn"
@@ -443,11 +465,27 @@ pgbr_conf() { # pgbr_conf FILE STORE ASYNC(y|n) [PG1-PATH]
         echo "pg1-socket-path=$DIR"
     } | as_pg tee "$1" >/dev/null
 }
-walmgr_ini() { # walmgr_ini FILE STORE ASYNC(yes|no)
+# walmgr's store STORE-NAME: a directory in $RUN, or a prefix in the bucket (with the
+# s3_* lines every ini of it needs).
+wstore() { if [ "$ASYNC_STORE" = s3 ]; then echo "s3://$S3_BUCKET/$1"; else echo "$RUN/$1"; fi; }
+wkeys() {
+    [ "$ASYNC_STORE" = s3 ] || return 0
+    printf 's3_endpoint = %s\ns3_ca_file = %s\ns3_access_key_id = %s\ns3_secret_access_key = %s\n' \
+        "$S3_URL" "$S3_DIR/ca.pem" "${S3_KEYS[0]}" "${S3_KEYS[1]}"
+}
+# wini FILE LINES...: an ini only its owner reads (it may hold the S3 secret).
+wini() {
+    local f=$1
+    shift
+    { echo "[walmgr]"; printf '%s\n' "$@"; wkeys; } | as_pg tee "$f" >/dev/null
+    chmod 600 "$f"
+}
+walmgr_ini() { # walmgr_ini FILE STORE-NAME ASYNC(yes|no)
     {
         echo "[walmgr]"
         echo "master_data = $DATA"
-        echo "slave = $2"
+        echo "slave = $(wstore "$2")"
+        wkeys
         echo "compression = $ACOMP"
         [ "$ACOMP" = none ] || echo "compression_level = $ALEVEL"
         echo "archive_async = $3"
@@ -455,6 +493,7 @@ walmgr_ini() { # walmgr_ini FILE STORE ASYNC(yes|no)
         echo "spool_dir = $RUN/walmgr-spool"
         echo "logfile = $LOG"
     } | as_pg tee "$1" >/dev/null
+    chmod 600 "$1"
 }
 # Background archivers keep pushing WAL that autovacuum and checkpoints still write after
 # pgbench stops, so they are stopped (by pid: the pusher's lock file; pgbackrest's async
@@ -477,15 +516,15 @@ declare -A DRAIN RATE BL
 for round in $(seq 1 "$ROUNDS"); do
     for i in $(seq 0 $((${#ASIDES[@]} - 1))); do
         side=${ASIDES[$(((i + round - 1) % ${#ASIDES[@]}))]}
-        store=$RUN/async-store
+        store=async-$side-$round
         set_archive_command ''
         helpers_gone
-        as_pg rm -rf "$store" "$RUN/walmgr-spool" "$RUN/pgbackrest-spool"
+        as_pg rm -rf "$RUN/$store" "$RUN/walmgr-spool" "$RUN/pgbackrest-spool"
         case $side in
         walmgr-*)
             mode=no; [ "$side" = walmgr-async ] && mode=yes
             walmgr_ini "$RUN/async-master.ini" "$store" "$mode"
-            printf '[walmgr]\nslave = %s\n' "$store" | as_pg tee "$RUN/async-slave.ini" >/dev/null
+            wini "$RUN/async-slave.ini" "slave = $(wstore "$store")"
             as_pg "$OURS" "$RUN/async-slave.ini" setup >>"$LOG" 2>&1
             cmd="$OURS $RUN/async-master.ini xarchive %p %f" ;;
         pgbackrest-*)
@@ -534,11 +573,11 @@ helpers_gone
 # local: the same segments copied into the copy's pg_wal, no restore_command.
 mapfile -t RANGE < <(find "$CORPUS" -maxdepth 1 -regextype posix-extended -regex '.*/[0-9A-F]{24}' -printf '%f\n' | sort | awk -v s="$BASE_START" '$1 >= s')
 say "replay range: ${RANGE[0]} .. ${RANGE[-1]} (${#RANGE[@]} segments)"
-RSTORE=$RUN/replay-store RREPO=$RUN/replay-repo
-as_pg rm -rf "$RSTORE" "$RREPO" "$RUN/walmgr-spool"
+RSTORE=replay-store RREPO=replay-repo
+as_pg rm -rf "$RUN/$RSTORE" "$RUN/$RREPO" "$RUN/walmgr-spool"
 walmgr_ini "$RUN/replay-master.ini" "$RSTORE" no
 for pf in 0 8; do
-    printf '[walmgr]\nslave = %s\nrestore_prefetch = %s\nlogfile = %s\n' "$RSTORE" "$pf" "$LOG" | as_pg tee "$RUN/replay-slave-$pf.ini" >/dev/null
+    wini "$RUN/replay-slave-$pf.ini" "slave = $(wstore "$RSTORE")" "restore_prefetch = $pf" "logfile = $LOG"
 done
 as_pg "$OURS" "$RUN/replay-slave-0.ini" setup >>"$LOG" 2>&1
 pgbr_conf "$RUN/replay-pgbackrest.conf" "$RREPO" y
@@ -599,7 +638,9 @@ amed() { # amed ARRAY SIDE
     median "${vals[@]}"
 }
 echo
-echo "Archiving under pgbench (-c 2 -j 2): a backlog of at least $BACKLOG ready 16 MiB segments (bulk insert), $ASYNC_COMP, parallel / process-max = $PARALLEL; $ROUNDS rounds, medians."
+where="a directory store / pgbackrest repository"
+[ "$ASYNC_STORE" = s3 ] && where="an S3 store (moto $MOTO_VERSION behind TLS) / pgbackrest repo1-type=s3 on the same service"
+echo "Archiving into $where under pgbench (-c 2 -j 2): a backlog of at least $BACKLOG ready 16 MiB segments (bulk insert), $ASYNC_COMP, parallel / process-max = $PARALLEL; $ROUNDS rounds, medians."
 echo
 echo "| side | segments/s (rounds: segments in s) |"
 echo "|---|---|"
@@ -608,7 +649,7 @@ for side in "${ASIDES[@]}"; do
     printf '| %s | **%s** (%s) |\n' "$side" "$(amed RATE "$side")" "${vals%, }"
 done
 echo
-echo "Replay of a restored base backup through ${#RANGE[@]} segments (${ASYNC_COMP}; everything in the page cache), until promoted; $ROUNDS rounds, medians."
+echo "Replay of a restored base backup through ${#RANGE[@]} segments ($((${#RANGE[@]} * 16)) MiB of WAL, ${ASYNC_COMP}) from $where, until promoted; $ROUNDS rounds, medians."
 echo
 echo "| side | replay s (rounds) | vs local pg_wal |"
 echo "|---|---|---|"

@@ -8,6 +8,7 @@
 //! code and message, on one line; credentials never appear in them, nor in `Debug`.
 
 pub mod sigv4;
+pub mod upload;
 
 use std::io::Read;
 use std::time::Duration;
@@ -125,6 +126,8 @@ pub struct Config {
     /// PEM file of the CA(s) that sign the service's certificate, instead of the
     /// system store.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Bytes per part of a multipart upload (the first 2000; see [`upload`]).
+    pub part_size: usize,
 }
 
 impl Config {
@@ -835,6 +838,37 @@ impl Client {
                 .map(|e| e.trim_matches('"').to_string()),
             ..Head::default()
         })
+    }
+
+    /// Uploads started under `prefix` and neither completed nor aborted: (key, upload
+    /// id, initiated), first page (up to 1000) only.
+    pub fn multipart_list(&self, prefix: &str) -> Result<Vec<(String, String, String)>> {
+        let q = [("uploads", ""), ("prefix", prefix)];
+        let mut resp = self.send("GET", "", &q, &[], &[], None)?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.status_error("GET", prefix, resp));
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| Error::Protocol {
+                method: "GET",
+                object: self.object(prefix),
+                reason: format!("upload listing: {e}"),
+            })?;
+        Ok(xml_blocks(&body, "Upload")
+            .into_iter()
+            .filter_map(|u| {
+                let one = |t: &str| xml_values(u, t).into_iter().next();
+                Some((
+                    one("Key")?,
+                    one("UploadId")?,
+                    one("Initiated").unwrap_or_default(),
+                ))
+            })
+            .collect())
     }
 
     pub fn multipart_abort(&self, key: &str, upload: &str) -> Result<()> {

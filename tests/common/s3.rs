@@ -208,6 +208,7 @@ impl Moto {
             timeout: Duration::from_secs(30),
             retries: 0,
             ca_file: ca.map(Path::to_path_buf),
+            part_size: 5 << 20,
         })
     }
 

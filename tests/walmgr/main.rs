@@ -222,6 +222,7 @@ mod remote;
 mod restore_as_root;
 mod roundtrip;
 mod s3;
+mod s3_backup;
 mod secrets;
 mod standby;
 mod status;

@@ -6,19 +6,19 @@ use common::s3::{FaultProxy, Moto};
 // The store in S3 (moto's server on loopback, authentication on; tests/common/s3.rs)
 // ---------------------------------------------------------------------------------------
 
-const BUCKET: &str = "walmgr-test";
-const STORE: &str = "s3://walmgr-test/pg/main";
-const WALS: &str = "pg/main/logs.complete/";
+pub(super) const BUCKET: &str = "walmgr-test";
+pub(super) const STORE: &str = "s3://walmgr-test/pg/main";
+pub(super) const WALS: &str = "pg/main/logs.complete/";
 
 /// The `s3_*` lines of an ini reaching the service at `endpoint`.
-fn s3_keys(endpoint: &str, creds: &Path, extra: &str) -> String {
+pub(super) fn s3_keys(endpoint: &str, creds: &Path, extra: &str) -> String {
     format!(
         "s3_endpoint = {endpoint}\ns3_credentials_file = {}\n{extra}",
         creds.display()
     )
 }
 
-fn exit_code(c: &mut Command) -> (i32, String) {
+pub(super) fn exit_code(c: &mut Command) -> (i32, String) {
     let o = run(c);
     (
         o.status.code().unwrap_or(-1),
@@ -27,7 +27,7 @@ fn exit_code(c: &mut Command) -> (i32, String) {
 }
 
 /// PostgreSQL archives into S3 through archive_command; base backups go to a local
-/// directory beside it (keep_backups = 1: the second backup purges the WAL before it
+/// directory beside it (s3_backup.rs has them in the bucket) (keep_backups = 1: the second backup purges the WAL before it
 /// from the bucket); `restore --recovery` from the slave ini, which names the same S3
 /// store, replays the WAL from S3 through restore_command and holds every row.
 #[test]
@@ -103,12 +103,6 @@ fn s3_archive_and_recover_from_it() {
     wait_promoted(&c, 120);
     assert_eq!(c.psql(q), want, "recovered rows");
     assert_eq!(c.psql("select x from after_backup"), "42");
-
-    // Without a local full_backup, backups into S3 are refused with one clear line.
-    let ini2 = master_ini(&sb, &m, STORE, &s3_keys(&moto.endpoint, &creds, ""));
-    let (code, err) = exit_code(walmgr().arg(&ini2).arg("backup"));
-    assert_eq!(code, 10, "{err}");
-    assert_one_line_error(&err, "not supported yet");
 
     // status asks the service: the newest segment in the bucket and its age (from its
     // meta's archived_at), and a segment PostgreSQL has ready is waiting only when the
@@ -682,8 +676,7 @@ fn s3_async_archiving_under_pgbench_with_the_service_cut() {
     finish();
 }
 
-/// Point-in-time recovery with the WAL in S3 (the base backups in a local directory
-/// beside it): to an LSN, a time and a named restore point, each recovered row for row
+/// Point-in-time recovery with the whole store in S3 (WAL and the base backup): to an LSN, a time and a named restore point, each recovered row for row
 /// through restore_command from the bucket, and a target before every set's end refused.
 #[test]
 fn s3_point_in_time_recovery() {
@@ -692,11 +685,8 @@ fn s3_point_in_time_recovery() {
     let sb = Sandbox::new("s3-pitr");
     let moto = Moto::start(&sb.p(""), BUCKET);
     let creds = moto.credentials_file(&sb.p("s3.credentials"));
-    let keys = s3_keys(
-        &moto.endpoint,
-        &creds,
-        &format!("full_backup = {}\n", sb.p("backups").display()),
-    );
+    // WAL and the base backup both in the bucket.
+    let keys = s3_keys(&moto.endpoint, &creds, "");
     let m = Cluster::initdb(&sb, "master", free_port(), 16, "archive_mode = on\n");
     m.start();
     let ini = master_ini(&sb, &m, STORE, &format!("compression = gzip\n{keys}"));
@@ -704,6 +694,12 @@ fn s3_point_in_time_recovery() {
     m.psql("create table t (i int)");
     batch(&m, 1);
     ok(walmgr().arg(&ini).arg("backup"));
+    assert!(
+        moto.keys("pg/main/data.master/")
+            .iter()
+            .any(|k| k.ends_with("/base.tar.gz")),
+        "the set is in the bucket"
+    );
     // The time target must be more than a second after the set's end (1 s resolution).
     std::thread::sleep(Duration::from_millis(1100));
     batch(&m, 2);

@@ -24,10 +24,10 @@ use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::backupset::{self, CommitInfo, Received, SetName, Staging};
+use super::backupset::{self, Backups, CommitInfo, Received, SetName, Staging};
 use super::basebackup::{Tablespace, TarWriter};
 use super::codec::Compression;
-use super::config::{Master, Slave, StoreSettings};
+use super::config::{Master, Slave, StorePaths, StoreSettings};
 use super::error::{Result, WalmgrError};
 use super::pg;
 use super::store::WalStore;
@@ -59,7 +59,6 @@ struct Done {
 
 /// `walmgr master.ini backup`
 pub fn backup(m: &Master) -> Result<()> {
-    m.store.paths.backups_unsupported("backup")?;
     let lock = crate::daemon::Pidfile::acquire(&m.backup_lock).map_err(|e| match e {
         crate::daemon::DaemonError::Running { .. }
         | crate::daemon::DaemonError::RunningUnlocked { .. } => {
@@ -96,9 +95,11 @@ pub fn backup(m: &Master) -> Result<()> {
             )?;
             staging.commit(&received, &commit)?;
             let r = after_commit(&m.store);
+            let p = &m.store.paths;
             let r = r.and(save_config_files(
                 &done.config_files,
-                &m.store.paths.config_backup,
+                &p.config_backup,
+                p.s3.as_ref(),
             ));
             (name, r)
         }
@@ -166,23 +167,33 @@ fn check_same(
 /// Rotation, then WAL older than the oldest kept set goes. A failed archive_command keeps
 /// its set (and so its WAL) and is reported after the purge.
 fn after_commit(st: &StoreSettings) -> Result<()> {
-    let fb = &st.paths.full_backup;
-    let rotated = backupset::rotate(fb, st.keep_backups, st.archive_command.as_deref());
-    if let Some(oldest) = backupset::oldest_start_segment(fb)? {
+    let backups = Backups::new(&st.paths);
+    let rotated = backups.rotate(st.keep_backups, st.archive_command.as_deref());
+    if let Some(oldest) = backups.oldest_start_segment()? {
         WalStore::new(&st.paths).purge_before(&WalName::parse(&oldest)?)?;
     }
     rotated.map(|_| ())
 }
 
-fn save_config_files(files: &[PathBuf], dir: &Path) -> Result<()> {
+/// Config files outside the data directory, into `config_backup` (a directory or an
+/// S3 prefix).
+fn save_config_files(files: &[PathBuf], dir: &Path, s3: Option<&crate::s3::Config>) -> Result<()> {
     if files.is_empty() {
         return Ok(());
     }
-    fsutil::ensure_dir(dir, 0o700)?;
+    let s3 = s3.filter(|_| StorePaths::in_s3(dir));
+    if s3.is_none() {
+        fsutil::ensure_dir(dir, 0o700)?;
+    }
     for f in files {
         let data = std::fs::read(f).map_err(|e| fsutil::PathError::new("read", f, e))?;
         let name = f.file_name().unwrap_or(f.as_os_str());
-        fsutil::write_atomic(&dir.join(name), &data, 0o600)?;
+        match s3 {
+            Some(cfg) => {
+                super::s3sets::save_file(cfg, dir, &name.to_string_lossy(), &data)?;
+            }
+            None => fsutil::write_atomic(&dir.join(name), &data, 0o600)?,
+        }
         log::info!("saved {} into {}", f.display(), dir.display());
     }
     Ok(())
@@ -198,9 +209,9 @@ fn start_receiver(
     let (c, level) = (m.compression, m.compression_level);
     match m.remote() {
         None => {
-            let fb = m.store.paths.full_backup.clone();
+            let backups = Backups::new(&m.store.paths);
             std::thread::spawn(move || {
-                let mut st = Staging::create(&fb, &set, c, level)?;
+                let mut st = backups.stage(&set, c, level)?;
                 let r = st.receive(&mut BufReader::with_capacity(1 << 20, pipe_r))?;
                 Ok(Receiver::Local(Box::new((st, r))))
             })
@@ -417,6 +428,18 @@ async fn stream(
     Ok((lsn, label, sha, bytes))
 }
 
+/// The remote protocol stages on the store host's disk: an S3 store is written by the
+/// master's `backup` itself.
+fn refuse_s3(paths: &StorePaths, cmd: &str) -> Result<()> {
+    if StorePaths::in_s3(&paths.full_backup) {
+        return Err(WalmgrError::Refused(format!(
+            "{cmd}: full_backup is in S3 ({}): the master's `backup` writes there itself",
+            paths.full_backup.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `walmgr slave.ini xreceive-backup <set> <compression> <level>` (stdin: tar stream)
 pub fn xreceive_backup(s: &Slave, set: &SetName, args: &[String]) -> Result<()> {
     let cmd = "xreceive-backup";
@@ -435,6 +458,7 @@ pub fn xreceive_backup(s: &Slave, set: &SetName, args: &[String]) -> Result<()> 
         .ok_or_else(|| {
             WalmgrError::Usage(format!("{cmd}: bad level {:?} for {}", args[1], c.name()))
         })?;
+    refuse_s3(&s.store.paths, cmd)?;
     let mut st = Staging::create(&s.store.paths.full_backup, set, c, level)?;
     let stdin = io::stdin();
     let r = st.receive(&mut BufReader::with_capacity(1 << 20, stdin.lock()))?;
@@ -469,6 +493,7 @@ pub fn xcommit_backup(s: &Slave, set: &SetName, args: &[String]) -> Result<()> {
             _ => log::warn!("{cmd}: ignoring unknown argument {kv:?}"),
         }
     }
+    refuse_s3(&s.store.paths, cmd)?;
     let (st, r) = Staging::resume(&s.store.paths.full_backup, set)?;
     // On a mismatch st is dropped here, which removes the staging directory.
     check_same(set, sha, bytes, &r.sha256, r.bytes)?;
@@ -508,15 +533,16 @@ mod tests {
         save_config_files(
             &[etc.join("postgresql.conf"), etc.join("pg_hba.conf")],
             &dst,
+            None,
         )
         .unwrap();
         assert_eq!(
             std::fs::read_to_string(dst.join("pg_hba.conf")).unwrap(),
             "local all all peer\n"
         );
-        let e = save_config_files(&[etc.join("missing.conf")], &dst).unwrap_err();
+        let e = save_config_files(&[etc.join("missing.conf")], &dst, None).unwrap_err();
         assert!(e.to_string().contains("missing.conf"), "{e}");
-        save_config_files(&[], &d.path().join("never")).unwrap();
+        save_config_files(&[], &d.path().join("never"), None).unwrap();
         assert!(!d.path().join("never").exists());
     }
 

@@ -20,11 +20,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::Compression;
 use super::error::{io_err, Result, WalmgrError};
+use super::s3sets::S3Sets;
 use crate::digest::{HashReader, HashWriter};
 use crate::fsutil::{self, PathError, TEMP_PREFIX};
 use crate::pg::lsn::Lsn;
@@ -142,7 +144,7 @@ impl SetName {
     }
 
     /// The `n`th set of the same second: `<stamp>-<n>`.
-    fn nth(&self, n: u32) -> SetName {
+    pub(crate) fn nth(&self, n: u32) -> SetName {
         let base = self.0.split_once('-').map_or(self.0.as_str(), |(b, _)| b);
         SetName(format!("{base}-{n}"))
     }
@@ -266,10 +268,15 @@ pub fn parse_label(label: &str) -> Option<(Lsn, String)> {
 pub struct Staging {
     pub full_backup: PathBuf,
     pub set: SetName,
+    /// The staging directory; in S3, the set's own location (objects are written in
+    /// place and backup.json, last, commits them).
     pub dir: PathBuf,
     compression: Compression,
     level: i32,
     keep: bool,
+    s3: Option<Arc<S3Sets>>,
+    /// S3: the objects written so far (the claim first), removed unless committed.
+    written: Vec<String>,
 }
 
 impl Staging {
@@ -299,59 +306,79 @@ impl Staging {
             compression,
             level,
             keep: false,
+            s3: None,
+            written: Vec::new(),
         })
     }
 
-    fn base_path(&self) -> PathBuf {
-        self.dir.join(format!("{BASE}{}", self.compression.ext()))
+    /// Stage `set` (or the next free name) in an S3 store: claimed by its
+    /// `staging.json`.
+    pub fn create_s3(
+        sets: &Arc<S3Sets>,
+        full_backup: &Path,
+        set: &SetName,
+        compression: Compression,
+        level: i32,
+    ) -> Result<Staging> {
+        let (name, claim) = sets.claim(set)?;
+        Ok(Staging {
+            full_backup: full_backup.to_path_buf(),
+            dir: sets.shown(&name),
+            set: name,
+            compression,
+            level,
+            keep: false,
+            s3: Some(sets.clone()),
+            written: vec![claim],
+        })
     }
 
-    /// Read the whole uncompressed tar stream from `input` into `base.tar*` (fsynced).
+    fn base_name(&self) -> String {
+        format!("{BASE}{}", self.compression.ext())
+    }
+
+    fn base_path(&self) -> PathBuf {
+        self.dir.join(self.base_name())
+    }
+
+    /// Read the whole uncompressed tar stream from `input` into `base.tar*` (fsynced;
+    /// in S3, one multipart upload the service has completed).
     pub fn receive(&mut self, input: &mut dyn Read) -> Result<Received> {
         let path = self.base_path();
+        if let Some(sets) = self.s3.clone() {
+            let key = sets.key(&self.set, &self.base_name());
+            let up = crate::s3::upload::Upload::start(sets.client(), &key, sets.part_size())?;
+            let failure = up.failure();
+            let pumped = pump(self.compression, self.level, input, up, &path).map_err(|e| {
+                // The service's own error says more than the writer's copy of it.
+                match failure.lock().ok().and_then(|mut f| f.take()) {
+                    Some(s3) => s3.into(),
+                    None => e,
+                }
+            });
+            let (r, up) = pumped?;
+            self.written.push(key);
+            up.finish()?;
+            return Ok(r);
+        }
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
             .map_err(io_err("create", &path))?;
-        let stored = HashWriter::new(io::BufWriter::with_capacity(1 << 20, f));
-        let enc = self
-            .compression
-            .encoder(self.level, stored)
-            .map_err(io_err("create", &path))?;
-        let mut tee = Tee {
-            input: HashReader::new(input),
-            out: enc,
-            write_err: None,
-        };
-        let parsed = scan_tar(&mut tee);
-        if let Some(e) = tee.write_err.take() {
-            return Err(PathError::new("write", &path, e).into());
-        }
-        let (label, tablespace_map) = parsed.map_err(|reason| WalmgrError::Corrupt {
-            path: path.clone(),
-            reason: format!("received tar stream: {reason}"),
-        })?;
-        let (sha256, bytes) = tee.input.finish();
-        let stored = tee.out.finish().map_err(io_err("write", &path))?;
-        let (stored_sha256, stored_size, bw) = stored.finish();
+        let (r, bw) = pump(
+            self.compression,
+            self.level,
+            input,
+            io::BufWriter::with_capacity(1 << 20, f),
+            &path,
+        )?;
         let f = bw
             .into_inner()
             .map_err(|e| PathError::new("write", &path, e.into_error()))?;
         f.sync_all().map_err(io_err("fsync", &path))?;
-        let label = label.ok_or_else(|| WalmgrError::Corrupt {
-            path: path.clone(),
-            reason: "received tar stream has no backup_label (the sender did not finish)".into(),
-        })?;
-        Ok(Received {
-            sha256,
-            bytes,
-            stored_sha256,
-            stored_size,
-            label,
-            tablespace_map,
-        })
+        Ok(r)
     }
 
     /// Remote protocol: keep the received set for `xcommit-backup` (another process).
@@ -396,6 +423,8 @@ impl Staging {
                     compression,
                     level: 0,
                     keep: false,
+                    s3: None,
+                    written: Vec::new(),
                 },
                 r,
             ));
@@ -406,26 +435,15 @@ impl Staging {
         )))
     }
 
-    /// Write the small files, fsync, and rename the staging dir to its final name.
+    /// Write the small files, fsync, and rename the staging dir to its final name (in
+    /// S3: write them, backup.json last and only if absent, then drop the claim).
     pub fn commit(mut self, r: &Received, c: &CommitInfo) -> Result<BackupInfo> {
         let (start_lsn, start_segment) =
             parse_label(&r.label).ok_or_else(|| WalmgrError::Corrupt {
                 path: self.dir.join(LABEL),
                 reason: "no START WAL LOCATION line with a segment name".into(),
             })?;
-        fsutil::write_atomic_with(&self.dir.join(LABEL), 0o600, false, |f| {
-            f.write_all(r.label.as_bytes())
-        })?;
-        let has_map = r
-            .tablespace_map
-            .as_deref()
-            .is_some_and(|m| !m.trim().is_empty());
-        if let (true, Some(map)) = (has_map, &r.tablespace_map) {
-            fsutil::write_atomic_with(&self.dir.join(TABLESPACE_MAP), 0o600, false, |f| {
-                f.write_all(map.as_bytes())
-            })?;
-        }
-        let _ = fs::remove_file(self.dir.join(RECEIVED));
+        let map = r.tablespace_map.as_deref().filter(|m| !m.trim().is_empty());
         let info = BackupInfo {
             set: self.set.clone(),
             start_lsn,
@@ -435,21 +453,48 @@ impl Staging {
             finished_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
             compression: self.compression,
-            file: format!("{BASE}{}", self.compression.ext()),
+            file: self.base_name(),
             stored_size: r.stored_size,
             stored_sha256: r.stored_sha256.clone(),
             size: r.bytes,
             sha256: r.sha256.clone(),
             pg_version: c.pg_version.clone(),
             system_identifier: c.system_identifier.clone(),
-            tablespaces: has_map,
-            tablespace_map_sha256: r
-                .tablespace_map
-                .as_deref()
-                .filter(|_| has_map)
-                .map(|m| crate::digest::sha256_hex(m.as_bytes())),
+            tablespaces: map.is_some(),
+            tablespace_map_sha256: map.map(|m| crate::digest::sha256_hex(m.as_bytes())),
         };
         let json = serde_json::to_vec_pretty(&info).expect("serializes");
+        if let Some(sets) = self.s3.clone() {
+            let mut files = vec![(LABEL, r.label.as_bytes())];
+            files.extend(map.map(|m| (TABLESPACE_MAP, m.as_bytes())));
+            for (name, body) in files {
+                let key = sets.key(&self.set, name);
+                self.written.push(key.clone());
+                sets.put_file(&key, body, false)?;
+            }
+            let key = sets.key(&self.set, INFO);
+            if !sets.put_file(&key, &json, true)? {
+                return Err(WalmgrError::Refused(format!(
+                    "{}: already exists; backup not committed",
+                    self.dir.join(INFO).display()
+                )));
+            }
+            self.keep = true;
+            let claim = self.written.first().cloned().expect("the claim");
+            if let Err(e) = sets.client().delete(&claim) {
+                log::warn!("{e}: the committed set keeps its claim");
+            }
+            return Ok(info);
+        }
+        fsutil::write_atomic_with(&self.dir.join(LABEL), 0o600, false, |f| {
+            f.write_all(r.label.as_bytes())
+        })?;
+        if let Some(map) = map {
+            fsutil::write_atomic_with(&self.dir.join(TABLESPACE_MAP), 0o600, false, |f| {
+                f.write_all(map.as_bytes())
+            })?;
+        }
+        let _ = fs::remove_file(self.dir.join(RECEIVED));
         fsutil::write_atomic_with(&self.dir.join(INFO), 0o600, false, |f| f.write_all(&json))?;
         fsutil::sync_dir(&self.dir)?;
         let dst = self.full_backup.join(&self.set);
@@ -468,6 +513,14 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
+        if let (false, Some(sets)) = (self.keep, &self.s3) {
+            for key in self.written.iter().rev() {
+                if let Err(e) = sets.client().delete(key) {
+                    log::warn!("{e}: left for `walmgr cleanup`");
+                }
+            }
+            return;
+        }
         if !self.keep {
             if let Err(e) = fs::remove_dir_all(&self.dir) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -476,6 +529,51 @@ impl Drop for Staging {
             }
         }
     }
+}
+
+/// Stream `input` through the hash and the compressor into `out`, reading the tar on
+/// the way: what [`Staging::receive`] records, and `out` back (flushed).
+fn pump<W: Write>(
+    c: Compression,
+    level: i32,
+    input: &mut dyn Read,
+    out: W,
+    path: &Path,
+) -> Result<(Received, W)> {
+    let stored = HashWriter::new(out);
+    let enc = c.encoder(level, stored).map_err(io_err("create", path))?;
+    let mut tee = Tee {
+        input: HashReader::new(input),
+        out: enc,
+        write_err: None,
+    };
+    let parsed = scan_tar(&mut tee);
+    if let Some(e) = tee.write_err.take() {
+        return Err(PathError::new("write", path, e).into());
+    }
+    let (label, tablespace_map) = parsed.map_err(|reason| WalmgrError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("received tar stream: {reason}"),
+    })?;
+    let (sha256, bytes) = tee.input.finish();
+    let stored = tee.out.finish().map_err(io_err("write", path))?;
+    let (stored_sha256, stored_size, mut out) = stored.finish();
+    out.flush().map_err(io_err("write", path))?;
+    let label = label.ok_or_else(|| WalmgrError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "received tar stream has no backup_label (the sender did not finish)".into(),
+    })?;
+    Ok((
+        Received {
+            sha256,
+            bytes,
+            stored_sha256,
+            stored_size,
+            label,
+            tablespace_map,
+        },
+        out,
+    ))
 }
 
 /// Passes the input through to the compressor and the hash; a write failure is kept
@@ -532,8 +630,136 @@ fn scan_tar(input: &mut dyn Read) -> std::result::Result<(Option<String>, Option
 /// A committed set.
 #[derive(Debug, Clone)]
 pub struct Set {
+    /// Its directory (in S3: its location, `s3://bucket/prefix/<set>`).
     pub dir: PathBuf,
     pub info: BackupInfo,
+    /// In S3: the store it is in, and its base file as listed (size, Last-Modified).
+    pub s3: Option<Arc<S3Sets>>,
+    pub stored: Option<crate::s3::Entry>,
+}
+
+impl Set {
+    /// The set's base.tar*, for messages.
+    pub fn base_path(&self) -> PathBuf {
+        self.dir.join(&self.info.file)
+    }
+
+    /// Open the base.tar* for reading, as stored.
+    pub fn open_base(&self) -> Result<Box<dyn Read + Send>> {
+        let p = self.base_path();
+        match &self.s3 {
+            None => Ok(Box::new(File::open(&p).map_err(io_err("open", &p))?)),
+            Some(sets) => {
+                let key = sets.key(&self.info.set, &self.info.file);
+                match sets.client().get(&key)? {
+                    Some((_, r)) => Ok(r),
+                    None => Err(WalmgrError::Corrupt {
+                        path: p,
+                        reason: "missing, but backup.json names it".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A small file of the set (backup_label, tablespace_map), if it has one.
+    pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.dir.join(name);
+        match &self.s3 {
+            Some(sets) => Ok(sets
+                .client()
+                .get_bytes(&sets.key(&self.info.set, name), MAX_LABEL)?),
+            None => match fs::read(&p) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(PathError::new("read", &p, e).into()),
+            },
+        }
+    }
+}
+
+/// Where a store keeps its base backups: a directory, or a prefix in S3.
+#[derive(Debug, Clone)]
+pub enum Backups {
+    Dir(PathBuf),
+    S3 {
+        location: PathBuf,
+        sets: Arc<S3Sets>,
+    },
+}
+
+impl Backups {
+    pub fn new(paths: &super::config::StorePaths) -> Backups {
+        match &paths.s3 {
+            Some(cfg) if super::config::StorePaths::in_s3(&paths.full_backup) => Backups::S3 {
+                location: paths.full_backup.clone(),
+                sets: Arc::new(S3Sets::new(cfg, &paths.full_backup)),
+            },
+            _ => Backups::Dir(paths.full_backup.clone()),
+        }
+    }
+
+    /// `full_backup` as the ini gave it.
+    pub fn location(&self) -> &Path {
+        match self {
+            Backups::Dir(d) => d,
+            Backups::S3 { location, .. } => location,
+        }
+    }
+
+    /// Stage `set` (or the next free name) for [`Staging::receive`].
+    pub fn stage(&self, set: &SetName, c: Compression, level: i32) -> Result<Staging> {
+        match self {
+            Backups::Dir(d) => Staging::create(d, set, c, level),
+            Backups::S3 { location, sets } => Staging::create_s3(sets, location, set, c, level),
+        }
+    }
+
+    pub fn scan(&self) -> Result<Scan> {
+        match self {
+            Backups::Dir(d) => scan(d),
+            Backups::S3 { sets, .. } => sets.scan(),
+        }
+    }
+
+    /// Committed sets, oldest first.
+    pub fn list(&self) -> Result<Vec<Set>> {
+        Ok(self.scan()?.sets)
+    }
+
+    /// See [`rotate`].
+    pub fn rotate(&self, keep: usize, archive_command: Option<&str>) -> Result<Vec<SetName>> {
+        match self {
+            Backups::Dir(d) => rotate(d, keep, archive_command),
+            Backups::S3 { sets, .. } => rotate_with(self.list()?, keep, archive_command, |s| {
+                sets.remove(&s.info.set)
+            }),
+        }
+    }
+
+    /// At least one set, committed or not, or the store cannot tell.
+    pub fn has_backups(&self) -> bool {
+        self.scan()
+            .map(|s| !s.sets.is_empty() || !s.unusable.is_empty() || s.staging)
+            .unwrap_or(true)
+    }
+
+    /// See [`oldest_start_segment`].
+    pub fn oldest_start_segment(&self) -> Result<Option<String>> {
+        oldest_of(self.scan()?)
+    }
+
+    pub fn newest_start_segment(&self) -> Result<Option<String>> {
+        Ok(self.list()?.pop().map(|s| s.info.start_segment))
+    }
+
+    /// Sets left uncommitted by a writer that is gone.
+    pub fn cleanup_staging(&self) -> Result<Vec<PathBuf>> {
+        match self {
+            Backups::Dir(d) => cleanup_staging(d),
+            Backups::S3 { sets, .. } => sets.cleanup(),
+        }
+    }
 }
 
 /// Committed sets, oldest first. Directories without a readable backup.json are not
@@ -580,6 +806,8 @@ pub fn scan(full_backup: &Path) -> Result<Scan> {
             Ok(info) => sets.push(Set {
                 dir: e.path(),
                 info,
+                s3: None,
+                stored: None,
             }),
             Err(err) => {
                 log::warn!("{}: not a usable backup set: {err}", ip.display());
@@ -599,7 +827,26 @@ pub fn rotate(
     keep: usize,
     archive_command: Option<&str>,
 ) -> Result<Vec<SetName>> {
-    let sets = list(full_backup)?;
+    rotate_with(list(full_backup)?, keep, archive_command, |s| {
+        // Rename first: a removal cut short leaves a stale staging name, not a broken set.
+        let doomed = full_backup.join(format!(
+            "{TEMP_PREFIX}{}.{}",
+            s.info.set,
+            std::process::id()
+        ));
+        fs::rename(&s.dir, &doomed).map_err(io_err("rename", &s.dir))?;
+        fsutil::sync_dir(full_backup)?;
+        fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
+        Ok(())
+    })
+}
+
+fn rotate_with(
+    sets: Vec<Set>,
+    keep: usize,
+    archive_command: Option<&str>,
+    remove: impl Fn(&Set) -> Result<()>,
+) -> Result<Vec<SetName>> {
     if keep == 0 || sets.len() <= keep {
         return Ok(Vec::new());
     }
@@ -629,15 +876,7 @@ pub fn rotate(
                 continue;
             }
         }
-        // Rename first: a removal cut short leaves a stale staging name, not a broken set.
-        let doomed = full_backup.join(format!(
-            "{TEMP_PREFIX}{}.{}",
-            s.info.set,
-            std::process::id()
-        ));
-        fs::rename(&s.dir, &doomed).map_err(io_err("rename", &s.dir))?;
-        fsutil::sync_dir(full_backup)?;
-        fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
+        remove(s)?;
         log::info!("removed backup {} (keep_backups = {keep})", s.info.set);
         removed.push(s.info.set.clone());
     }
@@ -649,16 +888,17 @@ pub fn rotate(
 
 /// True when `full_backup` holds at least one committed set.
 pub fn has_backups(full_backup: &Path) -> bool {
-    scan(full_backup)
-        .map(|s| !s.sets.is_empty() || !s.unusable.is_empty() || s.staging)
-        .unwrap_or(true)
+    Backups::Dir(full_backup.to_path_buf()).has_backups()
 }
 
 /// The earliest start segment over every committed set (by WAL position, not by set name:
 /// a clock step can make names lie), or an error when a set cannot be read, so that
 /// nothing is purged on a partial view of what the backups need.
 pub fn oldest_start_segment(full_backup: &Path) -> Result<Option<String>> {
-    let s = scan(full_backup)?;
+    oldest_of(scan(full_backup)?)
+}
+
+fn oldest_of(s: Scan) -> Result<Option<String>> {
     if let Some(p) = s.unusable.first() {
         return Err(WalmgrError::Refused(format!(
             "{}: unreadable backup set; not removing any WAL until it is fixed or removed",
@@ -677,11 +917,6 @@ pub fn oldest_start_segment(full_backup: &Path) -> Result<Option<String>> {
         }
     }
     Ok(best.map(|(_, seg)| seg))
-}
-
-/// Start segment name of the newest committed set, if any.
-pub fn newest_start_segment(full_backup: &Path) -> Result<Option<String>> {
-    Ok(list(full_backup)?.pop().map(|s| s.info.start_segment))
 }
 
 /// Remove staging directories of backups whose writer is gone (a parked remote set
@@ -720,12 +955,6 @@ pub fn cleanup_staging(full_backup: &Path) -> Result<Vec<PathBuf>> {
         fsutil::sync_dir(full_backup)?;
     }
     Ok(removed)
-}
-
-/// Open a committed set's base.tar* for reading, as stored.
-pub fn open_base(set: &Set) -> Result<File> {
-    let p = set.dir.join(&set.info.file);
-    File::open(&p).map_err(io_err("open", &p))
 }
 
 #[cfg(test)]
@@ -815,7 +1044,7 @@ mod tests {
         // The stored file decompresses to exactly the stream that was sent.
         let mut raw = Vec::new();
         Compression::Gzip
-            .decoder(open_base(&sets[1]).unwrap())
+            .decoder(sets[1].open_base().unwrap())
             .unwrap()
             .read_to_end(&mut raw)
             .unwrap();

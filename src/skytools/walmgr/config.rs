@@ -49,6 +49,7 @@ const COMMON_KEYS: &[&str] = &[
     "s3_timeout",
     "s3_retries",
     "s3_ca_file",
+    "s3_part_size",
 ];
 
 const MASTER_KEYS: &[&str] = &[
@@ -111,19 +112,6 @@ impl StorePaths {
     /// Is `p` (one of the paths above) an `s3://` location?
     pub fn in_s3(p: &Path) -> bool {
         p.to_str().is_some_and(|s| s.starts_with("s3://"))
-    }
-
-    /// Base backups into an S3 store are not written yet: the line that says so, and
-    /// what to do instead, when `full_backup` is in S3.
-    pub fn backups_unsupported(&self, cmd: &str) -> Result<()> {
-        if StorePaths::in_s3(&self.full_backup) {
-            return Err(WalmgrError::Refused(format!(
-                "{cmd}: base backups in S3 ({}) are not supported yet; set full_backup \
-                 (and config_backup) to a local directory: the WAL stays in S3",
-                self.full_backup.display()
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -549,6 +537,7 @@ fn s3_config(sec: &Section, url: &crate::s3::Url) -> Result<crate::s3::Config> {
             }
             None => None,
         },
+        part_size: sec.number("s3_part_size", 16usize, 5..=5120)? << 20,
     })
 }
 
@@ -1148,7 +1137,12 @@ mod tests {
         };
         let c = s.store.paths.s3.clone().unwrap();
         assert_eq!(c.host, "s3.eu-west-1.amazonaws.com");
-        assert!(s.store.paths.backups_unsupported("backup").is_err());
+        assert_eq!(c.part_size, 16 << 20);
+        assert_eq!(
+            s.store.paths.full_backup,
+            PathBuf::from("s3://b12/x/data.master"),
+            "base backups go into the bucket by default"
+        );
         let Settings::Slave(s) = parse(
             "[w]\nslave = s3://b12/x\nfull_backup = /var/lib/wal/data.master\n\
              s3_access_key_id = A\ns3_secret_access_key = B\n",
@@ -1160,7 +1154,6 @@ mod tests {
             s.store.paths.full_backup,
             PathBuf::from("/var/lib/wal/data.master")
         );
-        assert!(s.store.paths.backups_unsupported("backup").is_ok());
         assert_eq!(c.addressing, crate::s3::Addressing::VirtualHost);
     }
 
@@ -1202,6 +1195,7 @@ mod tests {
             ),
             ("slave = s3://bkt/p\ns3_retries = 99\n", "s3_retries"),
             ("slave = s3://bkt/p\ns3_timeout = 0\n", "s3_timeout"),
+            ("slave = s3://bkt/p\ns3_part_size = 4\n", "s3_part_size"),
             ("slave = s3://bkt/p\ns3_region = eu west\n", "s3_region"),
             (
                 "slave = s3://bkt/p\ns3_ca_file = /nonexistent/ca.pem\n",

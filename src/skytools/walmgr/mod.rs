@@ -18,6 +18,7 @@ pub mod prefetch;
 pub mod pusher;
 pub mod remote;
 pub mod restore;
+pub mod s3sets;
 pub mod s3store;
 pub mod setup;
 pub mod spool;

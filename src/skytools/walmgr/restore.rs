@@ -30,7 +30,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::backupset::{self, Set, SetName};
+use super::backupset::{self, Backups, Set, SetName};
 use super::config::{Slave, StoreSettings};
 use super::control::{self, running_postmaster};
 use super::error::{check_digest, io_err, Result, WalmgrError};
@@ -41,7 +41,7 @@ use crate::pg::quote::conf_value;
 
 /// `walmgr <ini> listbackups` (the store is local here).
 pub fn listbackups(st: &StoreSettings) -> Result<()> {
-    let sets = backupset::list(&st.paths.full_backup)?;
+    let sets = Backups::new(&st.paths).list()?;
     if sets.is_empty() {
         println!("no backups in {}", st.paths.full_backup.display());
         return Ok(());
@@ -222,9 +222,9 @@ fn read_tablespace_map(set: &Set) -> Result<Option<String>> {
         path: path.clone(),
         reason,
     };
-    let text = match fs::read(&path) {
-        Ok(b) => String::from_utf8(b).map_err(|_| corrupt("not UTF-8".into()))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let text = match set.read_file(backupset::TABLESPACE_MAP)? {
+        Some(b) => String::from_utf8(b).map_err(|_| corrupt("not UTF-8".into()))?,
+        None => {
             if set.info.tablespaces {
                 return Err(corrupt(
                     "missing, but backup.json records tablespaces".into(),
@@ -232,7 +232,6 @@ fn read_tablespace_map(set: &Set) -> Result<Option<String>> {
             }
             return Ok(None);
         }
-        Err(e) => return Err(PathError::new("read", &path, e).into()),
     };
     if !set.info.tablespaces {
         return Err(corrupt(
@@ -292,7 +291,6 @@ pub fn restore(
     recovery: bool,
     pitr: Option<&Pitr>,
 ) -> Result<()> {
-    s.store.paths.backups_unsupported("restore")?;
     let recovery = recovery || pitr.is_some();
     let dst = match dst {
         Some(d) => std::path::absolute(d).map_err(io_err("resolve", Path::new(d)))?,
@@ -398,7 +396,7 @@ fn restore_into(
     run_as: Option<&RunAs>,
 ) -> Result<()> {
     let fb = &s.store.paths.full_backup;
-    let sets = backupset::list(fb)?;
+    let sets = Backups::new(&s.store.paths).list()?;
     let set = choose_set(&sets, set, pitr, fb)?;
     let is_slave_data = s.slave_data.as_deref() == Some(dst.as_path());
     if running_postmaster(&dst).is_some() && is_slave_data {
@@ -592,7 +590,13 @@ fn lay_out(
     let label = tmp.join(backupset::LABEL);
     if !label.exists() {
         let from = set.dir.join(backupset::LABEL);
-        fs::copy(&from, &label).map_err(io_err("copy", &from))?;
+        let text = set
+            .read_file(backupset::LABEL)?
+            .ok_or_else(|| WalmgrError::Corrupt {
+                path: from,
+                reason: "missing, and the set's tar has none".into(),
+            })?;
+        fs::write(&label, text).map_err(io_err("write", &label))?;
     }
     let _ = fs::remove_file(tmp.join(backupset::TABLESPACE_MAP));
     for d in ["pg_wal", "pg_wal/archive_status", "pg_tblspc"] {
@@ -691,15 +695,12 @@ fn recovery_settings(s: &Slave, set: &SetName, recovery: bool, pg_major: u32) ->
 /// Unpack the set's tar into `tmp` and the tablespace dirs, then check both checksums
 /// over every byte of the stored file.
 fn extract(set: &Set, tmp: &Path, targets: &[TsTarget], map: Option<&str>) -> Result<()> {
-    let base = set.dir.join(&set.info.file);
+    let base = set.base_path();
     let corrupt = |reason: String| WalmgrError::Corrupt {
         path: base.clone(),
         reason,
     };
-    let mut stored = HashReader::new(BufReader::with_capacity(
-        1 << 20,
-        backupset::open_base(set)?,
-    ));
+    let mut stored = HashReader::new(BufReader::with_capacity(1 << 20, set.open_base()?));
     let (raw_sha, raw_bytes) = {
         let dec = set
             .info

@@ -516,6 +516,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             retries: 0,
             ca_file: None,
+            part_size: 5 << 20,
         };
         S3Wal::new(&cfg, Path::new("s3://b/p/logs.complete"))
     }

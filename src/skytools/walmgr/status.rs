@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::backupset;
+use super::backupset::{self, Backups};
 use super::config::{SlaveLocation, StoreSettings};
 use super::store::WalStore;
 use super::walname::WalName;
@@ -131,9 +131,16 @@ pub fn store_figures(st: &StoreSettings) -> Result<StoreFigures, String> {
         }
         None => None,
     };
-    let sets = backupset::list(&st.paths.full_backup).map_err(|e| e.to_string())?;
+    let sets = Backups::new(&st.paths).list().map_err(|e| e.to_string())?;
     let newest_backup = sets.last().map(|s| {
-        let age = mtime_age(&s.dir.join(backupset::INFO)).unwrap_or(0);
+        // An object's time is what backup.json says (a local set's, its mtime).
+        let age = match &s.s3 {
+            Some(_) => humantime::parse_rfc3339_weak(&s.info.finished_at)
+                .ok()
+                .map(monitor::secs_since),
+            None => mtime_age(&s.dir.join(backupset::INFO)),
+        }
+        .unwrap_or(0);
         (s.info.set.to_string(), age)
     });
     Ok(StoreFigures {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::backupset;
+use super::backupset::{self, Backups};
 use super::config::StoreSettings;
 use super::error::{check_digest, io_err, Result, WalmgrError};
 use super::store::WalStore;
@@ -106,8 +106,8 @@ fn seen(path: &Path, sha256: &str) -> Option<Seen> {
 
 /// Read a set's stored file and check it against backup.json.
 fn check_set(set: &backupset::Set) -> Result<()> {
-    let p = set.dir.join(&set.info.file);
-    let mut f = backupset::open_base(set)?;
+    let p = set.base_path();
+    let mut f = set.open_base()?;
     let mut w = HashWriter::new(std::io::sink());
     std::io::copy(&mut f, &mut w).map_err(io_err("read", &p))?;
     let (sha, n, _) = w.finish();
@@ -176,10 +176,15 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
         read: 0,
         trusted: 0,
     };
-    for set in backupset::list(&st.paths.full_backup)? {
-        let p = set.dir.join(&set.info.file);
+    let backups = Backups::new(&st.paths);
+    for set in backups.list()? {
+        let p = set.base_path();
         let key = format!("set:{}", set.info.set);
-        let now = seen(&p, &set.info.stored_sha256);
+        let now = match &set.stored {
+            Some(e) => seen_object(e, &set.info.stored_sha256),
+            None if set.s3.is_some() => None,
+            None => seen(&p, &set.info.stored_sha256),
+        };
         match inc.visit(key, &p, now, || check_set(&set)) {
             Ok(()) => r.sets += 1,
             Err(e) => r.problems.push(e.to_string()),
@@ -239,7 +244,7 @@ pub fn verify(st: &StoreSettings, full: bool) -> Result<Report> {
         }
     }
     if let Some(size) = seg_size {
-        let from = match backupset::newest_start_segment(&st.paths.full_backup)? {
+        let from = match backups.newest_start_segment()? {
             Some(s) => WalName::parse(&s)?.segno(size),
             None => *segnos.first().expect("a segment"),
         };
@@ -323,10 +328,11 @@ pub fn cleanup(st: &StoreSettings, dry_run: bool) -> Result<()> {
     for p in store.cleanup()? {
         println!("removed {}", p.display());
     }
-    for p in backupset::cleanup_staging(&st.paths.full_backup)? {
+    let backups = Backups::new(&st.paths);
+    for p in backups.cleanup_staging()? {
         println!("removed {}", p.display());
     }
-    if let Some(oldest) = backupset::oldest_start_segment(&st.paths.full_backup)? {
+    if let Some(oldest) = backups.oldest_start_segment()? {
         let n = store.purge_before(&WalName::parse(&oldest)?)?;
         println!("removed {n} archived files older than {oldest}");
     }

@@ -232,7 +232,7 @@ fn cleanup_before(st: &StoreSettings, store: &WalStore, restartpoint: &str) -> R
     let Ok(r) = WalName::parse(restartpoint) else {
         return Ok(());
     };
-    if backupset::has_backups(&st.paths.full_backup) {
+    if backupset::Backups::new(&st.paths).has_backups() {
         return Ok(());
     }
     store.purge_before(&r)?;
