@@ -32,7 +32,7 @@
 #                           (SIDES may add pgbackrest-s3 walmgr-s3: the same push/get
 #                           against an S3 service on loopback, moto's server behind TLS,
 #                           pgbackrest with repo1-type=s3, walmgr with slave = s3://)
-#                           PARTS="sync" or "async" or "sync async"; async part: PARALLEL=4
+#                           PARTS="sync" or "async" (= "drain replay", each alone too) or "sync async"; PARALLEL=4
 #                           BACKLOG=32 ASYNC_COMP=zstd:3 ASYNC_STORE=dir|s3: s3 puts both
 #                           sides' stores of part 4 and 5 on the S3 service above)
 # Needs root (runs the private cluster as postgres; installs pgbackrest and zstd if
@@ -72,6 +72,10 @@ for pkg in pgbackrest zstd; do
         { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null; }
 done
 has_part() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+# async = drain (section 4) + replay (section 5); either may be asked for alone.
+want_drain() { has_part async || has_part drain; }
+want_replay() { has_part async || has_part replay; }
+bg_parts() { want_drain || want_replay; }
 if [ ! -x "$OURS" ]; then
     cargo build --release --locked --bin walmgr >/dev/null
 fi
@@ -112,7 +116,7 @@ as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$DIR/pg.log" -w start >/dev/null
 PSQL=(as_pg psql -h "$DIR" -p "$PORT" -U postgres -X -q -tA)
 "${PSQL[@]}" -d postgres -c "create database bench"
 as_pg "$PGBIN/pgbench" -h "$DIR" -p "$PORT" -U postgres -i -s 20 -q bench >/dev/null 2>&1
-if has_part async; then
+if want_replay; then
     # The base backup the replay part restores (its WAL: the corpus from here on).
     as_pg "$PGBIN/pg_basebackup" -h "$DIR" -p "$PORT" -U postgres -D "$DIR/base" -X none -c fast >/dev/null
     BASE_START=$(sed -n 's/^START WAL LOCATION: .*(file \([0-9A-F]*\))$/\1/p' "$DIR/base/backup_label")
@@ -142,7 +146,7 @@ say "corpus: ${NAMES[0]} .. ${NAMES[-1]} ($SEGMENTS segments, $FROM_RUN from tim
 # --- the S3 service for the -s3 sides: moto's server behind socat's TLS (a CA of this run)
 s3_sides() {
     local s
-    has_part async && [ "$ASYNC_STORE" = s3 ] && return 0
+    bg_parts && [ "$ASYNC_STORE" = s3 ] && return 0
     for s in "${SIDES[@]}"; do case $s in *-s3) return 0 ;; esac; done
     return 1
 }
@@ -408,7 +412,7 @@ for pair in "walmgr pgbackrest" "walmgr-s3 pgbackrest-s3"; do
 done
 fi
 
-if has_part async; then
+if bg_parts; then
 # --- 4. archiving throughput under pgbench -------------------------------------------
 # Per side and round: archive_command = '' while a bulk insert leaves BACKLOG segments
 # ready in pg_wal (not timed); then pgbench starts (-c 2 -j 2), the side's
@@ -513,7 +517,7 @@ helpers_gone() {
     die "background archivers still running after 120 s: $pids $fg"
 }
 declare -A DRAIN RATE BL
-for round in $(seq 1 "$ROUNDS"); do
+want_drain && for round in $(seq 1 "$ROUNDS"); do
     for i in $(seq 0 $((${#ASIDES[@]} - 1))); do
         side=${ASIDES[$(((i + round - 1) % ${#ASIDES[@]}))]}
         store=async-$side-$round
@@ -565,6 +569,7 @@ done
 set_archive_command ''
 helpers_gone
 
+if want_replay; then
 # --- 5. replay of a restored base backup --------------------------------------------
 # The base backup taken before the corpus run, restored into a fresh copy (recovery.signal,
 # archive_mode off) and started; timed from pg_ctl start until pg_is_in_recovery() is
@@ -629,6 +634,7 @@ as_pg rm -rf "$RUN/replay"
 for key in "${!REPLAY_ROWS[@]}"; do
     [ "${REPLAY_ROWS[$key]}" = "${REPLAY_ROWS[local|1]}" ] || die "replay $key: ${REPLAY_ROWS[$key]} history rows, local replay ${REPLAY_ROWS[local|1]}"
 done
+fi
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 amed() { # amed ARRAY SIDE
@@ -640,6 +646,7 @@ amed() { # amed ARRAY SIDE
 echo
 where="a directory store / pgbackrest repository"
 [ "$ASYNC_STORE" = s3 ] && where="an S3 store (moto $MOTO_VERSION behind TLS) / pgbackrest repo1-type=s3 on the same service"
+if want_drain; then
 echo "Archiving into $where under pgbench (-c 2 -j 2): a backlog of at least $BACKLOG ready 16 MiB segments (bulk insert), $ASYNC_COMP, parallel / process-max = $PARALLEL; $ROUNDS rounds, medians."
 echo
 echo "| side | segments/s (rounds: segments in s) |"
@@ -648,6 +655,8 @@ for side in "${ASIDES[@]}"; do
     vals=$(for r in $(seq 1 "$ROUNDS"); do printf '%s in %s s, ' "${BL[$side|$r]}" "${DRAIN[$side|$r]}"; done)
     printf '| %s | **%s** (%s) |\n' "$side" "$(amed RATE "$side")" "${vals%, }"
 done
+fi
+if want_replay; then
 echo
 echo "Replay of a restored base backup through ${#RANGE[@]} segments ($((${#RANGE[@]} * 16)) MiB of WAL, ${ASYNC_COMP}) from $where, until promoted; $ROUNDS rounds, medians."
 echo
@@ -658,4 +667,5 @@ for side in "${RSIDES[@]}"; do
     m=$(amed REPLAY "$side") l=$(amed REPLAY local)
     printf '| %s | %s (%s) | %s |\n' "$side" "$m" "${vals% }" "$(awk -v a="$m" -v b="$l" 'BEGIN {printf "%.2fx", a / b}')"
 done
+fi
 fi

@@ -739,9 +739,14 @@ impl Backups {
 
     /// At least one set, committed or not, or the store cannot tell.
     pub fn has_backups(&self) -> bool {
-        self.scan()
-            .map(|s| !s.sets.is_empty() || !s.unusable.is_empty() || s.staging)
-            .unwrap_or(true)
+        match self {
+            // One listing, no backup.json read: xrestore asks this per segment.
+            Backups::S3 { sets, .. } => sets.any().unwrap_or(true),
+            Backups::Dir(_) => self
+                .scan()
+                .map(|s| !s.sets.is_empty() || !s.unusable.is_empty() || s.staging)
+                .unwrap_or(true),
+        }
     }
 
     /// See [`oldest_start_segment`].

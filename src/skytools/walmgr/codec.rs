@@ -1,7 +1,8 @@
 //! Compression of stored files and the checksums recorded for them. The checksum is
 //! always of the uncompressed bytes (what PostgreSQL handed us and gets back), plus one
 //! of the stored bytes so `verify` can tell storage rot from a bad decompressor
-//! (both computed with `crate::digest`).
+//! (both computed with `crate::digest`). zstd frames also carry their own content
+//! checksum (XXH64), as gzip carries CRC-32: see [`Compression::checks_content`].
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -77,12 +78,15 @@ impl Compression {
                 e.write_all(data)?;
                 e.finish()?
             }
-            Compression::Zstd if threads > 1 => {
+            Compression::Zstd => {
                 let mut z = zstd::bulk::Compressor::new(level)?;
-                z.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(threads))?;
+                // The frame carries an XXH64 of its content, checked by every decoder.
+                z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+                if threads > 1 {
+                    z.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(threads))?;
+                }
                 z.compress(data)?
             }
-            Compression::Zstd => zstd::bulk::compress(data, level)?,
         }))
     }
 
@@ -107,8 +111,28 @@ impl Compression {
                 out,
                 flate2::Compression::new(level as u32),
             )),
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, level)?),
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, level)?;
+                e.include_checksum(true)?;
+                Encoder::Zstd(e)
+            }
         })
+    }
+
+    /// Does a decoder of these stored bytes (their start is enough) check the content
+    /// it produces? gzip: always (CRC-32 and size in the trailer); zstd: when the frame
+    /// header has the content-checksum flag (walmgr's frames do since it was set; older
+    /// ones do not).
+    pub fn checks_content(self, stored_head: &[u8]) -> bool {
+        match self {
+            Compression::None => false,
+            Compression::Gzip => true,
+            Compression::Zstd => {
+                stored_head.len() >= 5
+                    && stored_head[..4] == [0x28, 0xb5, 0x2f, 0xfd]
+                    && stored_head[4] & 0x04 != 0
+            }
+        }
     }
 
     /// A reader of the uncompressed bytes of `input`.
@@ -178,6 +202,34 @@ mod tests {
             c.decoder(&z2[..]).unwrap().read_to_end(&mut back).unwrap();
             assert_eq!(back, data, "{c:?} stream");
         }
+    }
+
+    #[test]
+    fn zstd_frames_carry_a_content_checksum_that_is_checked() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+        for threads in [1, 2] {
+            let z = Compression::Zstd.compress(3, threads, &data).unwrap();
+            assert!(Compression::Zstd.checks_content(&z), "{threads} thread(s)");
+        }
+        let mut enc = Compression::Zstd.encoder(3, Vec::new()).unwrap();
+        enc.write_all(&data).unwrap();
+        let z = enc.finish().unwrap();
+        assert!(Compression::Zstd.checks_content(&z), "stream");
+        // A frame without the flag (as written before it was set) does not count.
+        let plain = zstd::bulk::compress(&data, 3).unwrap();
+        assert!(!Compression::Zstd.checks_content(&plain));
+        assert!(Compression::Gzip.checks_content(b""));
+        assert!(!Compression::None.checks_content(&data));
+        // The last 4 bytes are the checksum: flipping one fails the decoder.
+        let mut bad = z.clone();
+        let n = bad.len();
+        bad[n - 2] ^= 0x10;
+        let mut out = Vec::new();
+        assert!(Compression::Zstd
+            .decoder(&bad[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{io_err, Result};
 use super::spool;
-use super::store::{Meta, WalStore};
+use super::store::{Meta, WalStore, META_EXT};
 use super::walname::{Kind, WalName};
 use crate::digest::HashWriter;
 use crate::fsutil::{self, TEMP_PREFIX};
@@ -32,6 +32,7 @@ use crate::fsutil::{self, TEMP_PREFIX};
 pub const DIR: &str = "walmgr_prefetch";
 const ASKED: &str = "asked";
 const LOCK: &str = "lock";
+const PURGED: &str = "purged-before";
 /// The prefetcher exits after this long with nothing new asked and nothing to fetch.
 const IDLE: Duration = Duration::from_secs(10);
 /// How long xrestore waits for a segment the prefetcher is writing.
@@ -92,6 +93,49 @@ impl Prefetch {
                 f.starts_with(&prefix) && !super::store::temp_writer_gone(&f)
             })
         })
+    }
+
+    /// Deliver the spooled copy of `name` checked against the meta the prefetcher
+    /// spooled beside it (what the store said when the copy was fetched), without
+    /// asking the store: Ok(true) = delivered. A missing or unreadable meta is a miss.
+    pub fn take_spooled(&self, name: &str, dst: &Path) -> Result<bool> {
+        let mp = self.dir.join(format!("{name}{META_EXT}"));
+        let until = Instant::now() + IN_PROGRESS_WAIT;
+        while !mp.exists() && self.in_progress(name) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let Ok(text) = fs::read(&mp) else {
+            return Ok(false);
+        };
+        let meta: Meta = match serde_json::from_slice(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("{}: unreadable ({e}): removed", mp.display());
+                let _ = fs::remove_file(&mp);
+                return Ok(false);
+            }
+        };
+        if meta.name != name {
+            let _ = fs::remove_file(&mp);
+            return Ok(false);
+        }
+        let taken = self.take(&meta, dst)?;
+        let _ = fs::remove_file(&mp);
+        Ok(taken)
+    }
+
+    /// The restartpoint whose older WAL xrestore last purged from the store.
+    pub fn purged_before(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join(PURGED)).ok()
+    }
+
+    pub fn set_purged_before(&self, name: &str) {
+        let r = fsutil::publish_with(&self.dir.join(PURGED), 0o600, |f| {
+            io::Write::write_all(f, name.as_bytes())
+        });
+        if let Err(e) = r {
+            log::debug!("prefetch: {e}");
+        }
     }
 
     /// Move the spooled copy of `meta` to `dst`, if there is one and it is exactly what
@@ -272,7 +316,12 @@ fn fetch_all(store: &WalStore, p: &Prefetch, todo: &[Meta]) -> u64 {
 
 fn fetch(store: &WalStore, meta: &Meta, dst: &Path) -> Result<()> {
     // Published whole (temp + rename) but not fsynced: every use hashes it first, so a
-    // file torn by a crash is caught and refetched.
+    // file torn by a crash is caught and refetched. The meta first, beside it: xrestore
+    // checks the copy against it without asking the store again.
+    let json = serde_json::to_vec(meta).expect("serializes");
+    let mut mp = dst.as_os_str().to_owned();
+    mp.push(META_EXT);
+    fsutil::publish_with(Path::new(&mp), 0o600, |f| io::Write::write_all(f, &json))?;
     store.fetch(meta, dst)
 }
 
@@ -280,10 +329,11 @@ fn remove_stale(p: &Prefetch, asked: &str, win: &[String]) {
     let Ok(rd) = fs::read_dir(&p.dir) else { return };
     for e in rd.flatten() {
         let f = e.file_name().to_string_lossy().into_owned();
+        let seg = f.strip_suffix(META_EXT).unwrap_or(&f);
         let remove = if f.starts_with(TEMP_PREFIX) {
             super::store::temp_writer_gone(&f)
         } else {
-            WalName::parse(&f).is_ok() && stale(&f, asked, win)
+            WalName::parse(seg).is_ok() && stale(seg, asked, win)
         };
         if remove {
             let _ = fs::remove_file(e.path());
@@ -362,5 +412,35 @@ mod tests {
         assert!(p.take(&m, &dst).unwrap());
         assert_eq!(fs::read(&dst).unwrap(), seg);
         assert!(!p.dir.join(name).exists());
+
+        // Without the store: against the meta spooled beside the copy.
+        fs::remove_file(&dst).unwrap();
+        assert!(!p.take_spooled(name, &dst).unwrap(), "nothing spooled");
+        fetch(&store, &m, &p.dir.join(name)).unwrap();
+        assert!(p.dir.join(format!("{name}.meta")).exists());
+        assert!(p.take_spooled(name, &dst).unwrap());
+        assert_eq!(fs::read(&dst).unwrap(), seg);
+        assert!(!p.dir.join(format!("{name}.meta")).exists());
+        // A copy damaged after it was spooled is caught by its spooled meta.
+        fs::remove_file(&dst).unwrap();
+        fetch(&store, &m, &p.dir.join(name)).unwrap();
+        fs::write(p.dir.join(name), &bad).unwrap();
+        assert!(!p.take_spooled(name, &dst).unwrap());
+        assert!(!dst.exists() && !p.dir.join(name).exists());
+        // A meta naming another segment is not used.
+        fetch(&store, &m, &p.dir.join(name)).unwrap();
+        let other = "000000010000000000000008";
+        fs::rename(
+            p.dir.join(format!("{name}.meta")),
+            p.dir.join(format!("{other}.meta")),
+        )
+        .unwrap();
+        fs::rename(p.dir.join(name), p.dir.join(other)).unwrap();
+        assert!(!p.take_spooled(other, &dst).unwrap());
+        assert!(!dst.exists());
+        // Stale metas go with their segments.
+        fetch(&store, &m, &p.dir.join(name)).unwrap();
+        remove_stale(&p, "", &[]);
+        assert!(!p.dir.join(format!("{name}.meta")).exists() && !p.dir.join(name).exists());
     }
 }

@@ -99,6 +99,11 @@ impl S3Sets {
         Ok(out)
     }
 
+    /// Does anything lie under the prefix in a set's name (committed or not)?
+    pub fn any(&self) -> Result<bool> {
+        Ok(self.by_set()?.keys().any(|d| SetName::parse(d).is_ok()))
+    }
+
     /// Committed sets (oldest first), unreadable ones, and whether any set is being
     /// written (or was left uncommitted).
     pub fn scan(self: &Arc<Self>) -> Result<Scan> {

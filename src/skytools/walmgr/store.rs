@@ -26,6 +26,16 @@ use crate::fsutil::{self, TEMP_PREFIX};
 
 pub const META_EXT: &str = ".meta";
 
+/// How much of a stored file's reading is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Both SHA-256 sums (verify).
+    Both,
+    /// The stored bytes' SHA-256; the decompressed ones by the codec's checksum where
+    /// it has one, else by SHA-256 too (handing a segment to PostgreSQL).
+    Delivery,
+}
+
 /// What the store records beside each stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
@@ -424,6 +434,14 @@ impl WalStore {
     /// pass in small buffers: the stored bytes are hashed as they are read, the original
     /// ones as they are written, and the caller discards `out` unless this returns Ok.
     pub fn read_verified(&self, meta: &Meta, out: &mut dyn Write) -> Result<()> {
+        self.read_checked(meta, out, Check::Both)
+    }
+
+    /// As [`Self::read_verified`]; `Check::Delivery` leaves the SHA-256 of the
+    /// decompressed bytes to the codec's own content checksum where it has one (gzip's
+    /// CRC-32, a zstd frame's XXH64) and checks their size: the stored bytes' SHA-256
+    /// already proves they are the ones the archiver compressed from the original.
+    pub fn read_checked(&self, meta: &Meta, out: &mut dyn Write, check: Check) -> Result<()> {
         let (dp, f): (PathBuf, Box<dyn Read + Send>) = match &self.s3 {
             Some(s3) => s3.open(meta)?,
             None => {
@@ -432,15 +450,24 @@ impl WalStore {
                 (dp, Box::new(f))
             }
         };
-        let mut stored = HashReader::new(io::BufReader::with_capacity(1 << 18, f));
+        let mut reader = io::BufReader::with_capacity(1 << 18, f);
+        let by_codec = check == Check::Delivery
+            && io::BufRead::fill_buf(&mut reader)
+                .is_ok_and(|head| meta.compression.checks_content(head));
+        let mut stored = HashReader::new(reader);
         let mut out = TrackWrites {
             inner: out,
             failed: false,
         };
         let mut w = HashWriter::new(&mut out);
+        let mut written = 0u64;
         let copied = match meta.compression {
             // The stored bytes are the original ones: hashing them once is enough.
             Compression::None => io::copy(&mut stored, w.inner_mut()).map(|_| ()),
+            c if by_codec => c
+                .decoder(&mut stored)
+                .and_then(|mut dec| io::copy(&mut dec, w.inner_mut()))
+                .map(|n| written = n),
             c => c
                 .decoder(&mut stored)
                 .and_then(|mut dec| io::copy(&mut dec, &mut w))
@@ -450,6 +477,9 @@ impl WalStore {
         let (mut sha, mut n, _) = w.finish();
         if meta.compression == Compression::None {
             (sha, n) = (stored_sha.clone(), stored_n);
+        } else if by_codec {
+            // The decoder checked the content; the size is checked here.
+            (sha, n) = (meta.sha256.clone(), written);
         }
         if let Err(e) = copied {
             if out.failed {
@@ -487,7 +517,7 @@ impl WalStore {
         let mut failure = None;
         let r = fsutil::publish_with(dst, 0o600, |f| {
             let mut bw = io::BufWriter::with_capacity(1 << 20, f);
-            if let Err(e) = self.read_verified(meta, &mut bw) {
+            if let Err(e) = self.read_checked(meta, &mut bw, Check::Delivery) {
                 failure = Some(e);
                 return Err(io::Error::other("verification failed"));
             }

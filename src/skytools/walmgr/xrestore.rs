@@ -109,6 +109,19 @@ pub fn xrestore(
             );
         }
     }
+    // A segment the prefetcher holds is delivered without asking the store (unless
+    // PAUSE or STOP asks for the store's rules).
+    if let (Some(ini), Kind::Segment) = (prefetch, wal.kind) {
+        if !Path::new(control::PAUSE).exists()
+            && !Path::new(control::STOP).exists()
+            && from_spool(ini, name, dst)
+        {
+            if let Some(r) = restartpoint {
+                cleanup_before(st, &store, r)?;
+            }
+            return Ok(());
+        }
+    }
     loop {
         let meta = store.lookup(name)?;
         let legacy = if meta.is_none() {
@@ -177,6 +190,29 @@ pub fn xrestore(
     }
 }
 
+/// The prefetched copy of `name` into `dst`, checked against the meta spooled with it;
+/// false when there is none (or it is not right: removed), to ask the store instead.
+fn from_spool(ini: &Path, name: &str, dst: &Path) -> bool {
+    let Ok(data) = std::env::current_dir() else {
+        return false;
+    };
+    let Ok(spool) = prefetch::Prefetch::open(&data) else {
+        return false;
+    };
+    match spool.take_spooled(name, dst) {
+        Ok(true) => {
+            prefetch::kick(ini, &data, name);
+            log::info!("{name}: restored from the prefetch spool");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            log::warn!("prefetch: {e}; fetching from the store");
+            false
+        }
+    }
+}
+
 /// Deliver a stored file: from the prefetch spool when it holds exactly that file, else
 /// from the store. With prefetch on, each segment asked for moves the prefetcher's window.
 fn deliver(store: &WalStore, m: &store::Meta, dst: &Path, prefetch: Option<&Path>) -> Result<()> {
@@ -232,10 +268,24 @@ fn cleanup_before(st: &StoreSettings, store: &WalStore, restartpoint: &str) -> R
     let Ok(r) = WalName::parse(restartpoint) else {
         return Ok(());
     };
-    if backupset::Backups::new(&st.paths).has_backups() {
-        return Ok(());
+    // PostgreSQL passes the same %r until its next restartpoint: done once per value
+    // (remembered in the prefetch spool, when there is one), not once per segment —
+    // on S3 it costs two listings.
+    let spool = std::env::current_dir()
+        .ok()
+        .filter(|d| d.join(prefetch::DIR).is_dir())
+        .and_then(|d| prefetch::Prefetch::open(&d).ok());
+    if let Some(p) = &spool {
+        if p.purged_before().as_deref() == Some(restartpoint) {
+            return Ok(());
+        }
     }
-    store.purge_before(&r)?;
+    if !backupset::Backups::new(&st.paths).has_backups() {
+        store.purge_before(&r)?;
+    }
+    if let Some(p) = &spool {
+        p.set_purged_before(restartpoint);
+    }
     Ok(())
 }
 
