@@ -184,6 +184,20 @@ if s3_sides; then
         python3 -c 'import moto; print(moto.__version__)'; } 2>/dev/null || echo "?")
     say "S3 service: moto_server $MOTO_VERSION at $S3_URL (TLS by socat)"
 fi
+# pgbr_s3 PATH: the [global] lines of a pgbackrest repository at PATH in the bucket.
+S3_KEYS=(AKIABENCHBENCHBENCH0 bench-secret)
+pgbr_s3() {
+    echo "repo1-type=s3"
+    echo "repo1-path=$1"
+    echo "repo1-s3-bucket=$S3_BUCKET"
+    echo "repo1-s3-endpoint=127.0.0.1"
+    echo "repo1-storage-port=$S3_PORT"
+    echo "repo1-storage-ca-file=$S3_DIR/ca.pem"
+    echo "repo1-s3-region=us-east-1"
+    echo "repo1-s3-uri-style=path"
+    echo "repo1-s3-key=${S3_KEYS[0]}"
+    echo "repo1-s3-key-secret=${S3_KEYS[1]}"
+}
 # s3_bytes PREFIX: the bytes stored under PREFIX in the bucket (one listing page holds
 # them: two or three objects per segment).
 s3_bytes() {
@@ -254,16 +268,7 @@ bench_side() {
         {
             echo "[global]"
             if [ "$side" = pgbackrest-s3 ]; then
-                echo "repo1-type=s3"
-                echo "repo1-path=/$side-$comp-$round"
-                echo "repo1-s3-bucket=$S3_BUCKET"
-                echo "repo1-s3-endpoint=127.0.0.1"
-                echo "repo1-storage-port=$S3_PORT"
-                echo "repo1-storage-ca-file=$S3_DIR/ca.pem"
-                echo "repo1-s3-region=us-east-1"
-                echo "repo1-s3-uri-style=path"
-                echo "repo1-s3-key=AKIABENCHBENCHBENCH0"
-                echo "repo1-s3-key-secret=bench-secret"
+                pgbr_s3 "/$side-$comp-$round"
             else
                 echo "repo1-path=$store"
             fi
@@ -289,7 +294,7 @@ bench_side() {
         if [ "$side" = walmgr-s3 ]; then
             where=s3://$S3_BUCKET/$side-$comp-$round
             s3=$(printf 's3_endpoint = %s\ns3_ca_file = %s\ns3_access_key_id = %s\ns3_secret_access_key = %s\n' \
-                "$S3_URL" "$S3_DIR/ca.pem" AKIABENCHBENCHBENCH0 bench-secret)
+                "$S3_URL" "$S3_DIR/ca.pem" "${S3_KEYS[0]}" "${S3_KEYS[1]}")
         fi
         {
             echo "[walmgr]"
@@ -435,21 +440,11 @@ set_archive_command() {
 }
 ready_count() { find "$DATA/pg_wal/archive_status" -name '*.ready' | wc -l; }
 newest_ready() { find "$DATA/pg_wal/archive_status" -name '[0-9A-F]*.ready' -printf '%f\n' | sed 's/\.ready$//' | grep -E '^[0-9A-F]{24}$' | sort | tail -n 1; }
-S3_KEYS=(AKIABENCHBENCHBENCH0 bench-secret)
 pgbr_conf() { # pgbr_conf FILE STORE-NAME ASYNC(y|n) [PG1-PATH]
     {
         echo "[global]"
         if [ "$ASYNC_STORE" = s3 ]; then
-            echo "repo1-type=s3"
-            echo "repo1-path=/$2"
-            echo "repo1-s3-bucket=$S3_BUCKET"
-            echo "repo1-s3-endpoint=127.0.0.1"
-            echo "repo1-storage-port=$S3_PORT"
-            echo "repo1-storage-ca-file=$S3_DIR/ca.pem"
-            echo "repo1-s3-region=us-east-1"
-            echo "repo1-s3-uri-style=path"
-            echo "repo1-s3-key=${S3_KEYS[0]}"
-            echo "repo1-s3-key-secret=${S3_KEYS[1]}"
+            pgbr_s3 "/$2"
         else
             echo "repo1-path=$RUN/$2"
         fi
