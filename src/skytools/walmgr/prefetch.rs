@@ -37,9 +37,8 @@ const PURGED: &str = "purged-before";
 const IDLE: Duration = Duration::from_secs(10);
 /// How long xrestore waits for a segment the prefetcher is writing.
 const IN_PROGRESS_WAIT: Duration = Duration::from_secs(5);
-/// Segments fetched at once (an S3 service answers each request slower than it
-/// streams, so four beat two there; pgbackrest's process-max in the benchmark).
-const THREADS: usize = 4;
+/// Segments fetched at once.
+const THREADS: usize = 2;
 
 /// The names the prefetcher should hold after `asked` (a segment of `seg_size` bytes):
 /// the next `n` segments on its timeline.
@@ -271,9 +270,6 @@ pub fn run(store: &WalStore, n: usize, data: &Path, asker: i32) -> Result<()> {
                     _ => break,
                 }
             }
-            // A few at a time, then the window again: PostgreSQL may have moved on,
-            // and the segment it needs next comes first.
-            todo.truncate(THREADS);
             let n = fetch_all(store, &p, &todo);
             fetched += n;
             did = n > 0;
