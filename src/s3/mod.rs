@@ -695,21 +695,7 @@ impl Client {
             if let Some(t) = &token {
                 q.push(("continuation-token", t.as_str()));
             }
-            let resp = self.send("GET", "", &q, &[], &[], None)?;
-            if resp.status().as_u16() != 200 {
-                return Err(self.status_error("GET", prefix, resp));
-            }
-            let mut resp = resp;
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(64 << 20)
-                .read_to_string()
-                .map_err(|e| Error::Protocol {
-                    method: "GET",
-                    object: self.object(prefix),
-                    reason: format!("listing: {e}"),
-                })?;
+            let body = self.listing(prefix, &q, 64 << 20, "listing")?;
             for c in xml_blocks(&body, "Contents") {
                 let key = xml_values(c, "Key").into_iter().next();
                 let Some(key) = key else { continue };
@@ -734,6 +720,29 @@ impl Client {
                 return Ok(out);
             }
         }
+    }
+
+    /// A listing document of the bucket (GET with `query`), at most `limit` bytes.
+    fn listing(
+        &self,
+        prefix: &str,
+        query: &[(&str, &str)],
+        limit: u64,
+        what: &str,
+    ) -> Result<String> {
+        let mut resp = self.send("GET", "", query, &[], &[], None)?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.status_error("GET", prefix, resp));
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_string()
+            .map_err(|e| Error::Protocol {
+                method: "GET",
+                object: self.object(prefix),
+                reason: format!("{what}: {e}"),
+            })
     }
 
     /// Can we list the bucket? (Credentials right, bucket there.)
@@ -844,20 +853,7 @@ impl Client {
     /// id, initiated), first page (up to 1000) only.
     pub fn multipart_list(&self, prefix: &str) -> Result<Vec<(String, String, String)>> {
         let q = [("uploads", ""), ("prefix", prefix)];
-        let mut resp = self.send("GET", "", &q, &[], &[], None)?;
-        if resp.status().as_u16() != 200 {
-            return Err(self.status_error("GET", prefix, resp));
-        }
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .map_err(|e| Error::Protocol {
-                method: "GET",
-                object: self.object(prefix),
-                reason: format!("upload listing: {e}"),
-            })?;
+        let body = self.listing(prefix, &q, 16 << 20, "upload listing")?;
         Ok(xml_blocks(&body, "Upload")
             .into_iter()
             .filter_map(|u| {

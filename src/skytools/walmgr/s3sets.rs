@@ -214,6 +214,8 @@ impl S3Sets {
     pub fn cleanup(&self) -> Result<Vec<PathBuf>> {
         let me = hostname();
         let mut removed = Vec::new();
+        // Key prefixes of the sets removed, whose uploads go too.
+        let mut gone = Vec::new();
         for (dir, entries) in self.by_set()? {
             let Ok(name) = SetName::parse(&dir) else {
                 continue;
@@ -240,14 +242,13 @@ impl S3Sets {
                 self.client.delete(&e.key)?;
             }
             removed.push(self.shown(&name));
+            gone.push(format!("{}/{name}/", self.prefix));
         }
         // Uploads of the sets just removed (a writer killed mid-upload), and any other
         // as old as a dead writer's.
         let pfx = format!("{}/", self.prefix);
         for (key, id, initiated) in self.client.multipart_list(&pfx)? {
-            let of_removed = removed
-                .iter()
-                .any(|r| key.starts_with(&format!("{}/", self.key_of_shown(r))));
+            let of_removed = gone.iter().any(|g| key.starts_with(g));
             if of_removed || age(&initiated).is_some_and(|a| a > DEAD_AFTER) {
                 self.client.multipart_abort(&key, &id)?;
                 removed.push(PathBuf::from(format!(
@@ -257,14 +258,6 @@ impl S3Sets {
             }
         }
         Ok(removed)
-    }
-
-    /// `s3://bucket/<key>` → `<key>`.
-    fn key_of_shown(&self, shown: &Path) -> String {
-        let s = shown.to_string_lossy();
-        s.strip_prefix(&self.client.object(""))
-            .unwrap_or(&s)
-            .to_string()
     }
 }
 
