@@ -274,6 +274,18 @@ impl Cmd {
         if let Some(d) = &self.cwd {
             c.current_dir(d);
         }
+        // An ignored signal stays ignored across exec: started from a shell's `&` (no job
+        // control) we would pass on SIGINT ignored, and scriptmgr's stop (SIGINT, as
+        // Skytools') could never stop a service. The child starts with the defaults.
+        // SAFETY: signal(2) with SIG_DFL is async-signal-safe and touches no memory.
+        unsafe {
+            c.pre_exec(|| {
+                use nix::sys::signal::{signal, SigHandler};
+                signal(Signal::SIGINT, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+                signal(Signal::SIGQUIT, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
         let (out, err) = match self.output {
             Output::Capture => (Stdio::piped(), Stdio::piped()),
             Output::Inherit => (Stdio::inherit(), Stdio::inherit()),

@@ -14,12 +14,22 @@ fn script(path: &Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// scriptmgr started as from a shell's `&` without job control: SIGINT and SIGQUIT
+/// ignored, which exec passes on. Its services must still stop on SIGINT.
 fn scriptmgr(ini: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_scriptmgr"))
-        .arg(ini)
-        .args(args)
-        .output()
-        .unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_scriptmgr"));
+    c.arg(ini).args(args);
+    // SAFETY: signal(2) only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            use nix::sys::signal::{signal, SigHandler, Signal};
+            signal(Signal::SIGINT, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+            signal(Signal::SIGQUIT, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         format!(

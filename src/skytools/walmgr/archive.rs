@@ -37,19 +37,20 @@ pub fn store_segment(m: &Master, path: &Path, name: &str) -> Result<Meta> {
             return store_streamed(&store, path, &wal, sysid);
         }
     }
-    let data = std::fs::read(path).map_err(|e| PathError::new("read", path, e))?;
-    if check_header {
-        walheader::check(path, &data, &wal, sysid)?;
-    }
-    let (meta, stored) = Meta::build(
+    let mut f = std::fs::File::open(path).map_err(|e| PathError::new("open", path, e))?;
+    let (meta, stored) = Meta::build_from_file(
         name,
-        &data,
+        path,
+        &mut f,
         m.compression,
         m.compression_level,
         m.compression_threads,
+        |start, len| match check_header {
+            true => walheader::check_start(path, start, len, &wal, sysid).map(|_| ()),
+            false => Ok(()),
+        },
         sysid,
-    )
-    .map_err(|e| WalmgrError::Internal(format!("{name}: compressing: {e}")))?;
+    )?;
     let outcome = match &m.slave {
         SlaveLocation::Local(_) => {
             WalStore::new(&m.store.paths).put(&meta, Incoming::Local(&stored))?

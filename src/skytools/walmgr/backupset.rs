@@ -541,7 +541,9 @@ fn pump<W: Write>(
     path: &Path,
 ) -> Result<(Received, W)> {
     let stored = HashWriter::new(out);
-    let enc = c.encoder(level, stored).map_err(io_err("create", path))?;
+    let enc = c
+        .encoder(level, 1, stored)
+        .map_err(io_err("create", path))?;
     let mut tee = Tee {
         input: HashReader::new(input),
         out: enc,

@@ -103,8 +103,10 @@ impl Compression {
         }))
     }
 
-    /// A writer that compresses into `out`; `finish` returns `out`.
-    pub fn encoder<W: Write>(self, level: i32, out: W) -> io::Result<Encoder<W>> {
+    /// A writer that compresses into `out`; `finish` returns `out`. zstd on `threads`
+    /// workers above 1: a worker takes each job as soon as its input is written, so the
+    /// writer goes on reading and hashing while earlier input is compressed.
+    pub fn encoder<W: Write>(self, level: i32, threads: u32, out: W) -> io::Result<Encoder<W>> {
         Ok(match self {
             Compression::None => Encoder::None(out),
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
@@ -114,6 +116,9 @@ impl Compression {
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(out, level)?;
                 e.include_checksum(true)?;
+                if threads > 1 {
+                    e.multithread(threads)?;
+                }
                 Encoder::Zstd(e)
             }
         })
@@ -195,7 +200,7 @@ mod tests {
                 assert_eq!(back, data, "{c:?} on {threads} thread(s)");
                 assert_eq!(c.decompress(&z, data.len() as u64).unwrap(), &data[..]);
             }
-            let mut enc = c.encoder(c.default_level(), Vec::new()).unwrap();
+            let mut enc = c.encoder(c.default_level(), 1, Vec::new()).unwrap();
             enc.write_all(&data).unwrap();
             let z2 = enc.finish().unwrap();
             let mut back = Vec::new();
@@ -220,7 +225,7 @@ mod tests {
             let z = Compression::Zstd.compress(3, threads, &data).unwrap();
             assert!(Compression::Zstd.checks_content(&z), "{threads} thread(s)");
         }
-        let mut enc = Compression::Zstd.encoder(3, Vec::new()).unwrap();
+        let mut enc = Compression::Zstd.encoder(3, 2, Vec::new()).unwrap();
         enc.write_all(&data).unwrap();
         let z = enc.finish().unwrap();
         assert!(Compression::Zstd.checks_content(&z), "stream");
