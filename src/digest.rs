@@ -19,6 +19,34 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
+/// XXH3-64 in hex, for checking bytes against accidental change where a SHA-256 of
+/// them is recorded too and checked elsewhere (walmgr's delivery of a segment).
+pub struct Xxh3(twox_hash::XxHash3_64);
+
+impl Xxh3 {
+    pub fn new() -> Self {
+        Xxh3(twox_hash::XxHash3_64::new())
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        std::hash::Hasher::write(&mut self.0, data);
+    }
+
+    pub fn hex(&self) -> String {
+        format!("{:016x}", std::hash::Hasher::finish(&self.0))
+    }
+
+    pub fn of(data: &[u8]) -> String {
+        format!("{:016x}", twox_hash::XxHash3_64::oneshot(data))
+    }
+}
+
+impl Default for Xxh3 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Counts and hashes what passes through on the way to `inner`.
 pub struct HashWriter<W> {
     pub inner: W,

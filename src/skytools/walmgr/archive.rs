@@ -174,6 +174,7 @@ pub fn xreceive_wal(s: &Slave, args: &[String]) -> Result<()> {
             .map(|v| num(v))
             .transpose()?,
         archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        xxh3: None,
     };
     // What the sender announces bounds what is read: a segment is at most 1 GiB
     // (PostgreSQL's largest wal_segment_size), its stored form at most that plus what a
