@@ -200,6 +200,11 @@ impl<'a> EarlyWriteback<'a> {
             started: 0,
         }
     }
+
+    /// fsync the file.
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
 }
 
 impl Write for EarlyWriteback<'_> {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
+use crate::digest::Algo;
 use crate::fsutil::PathError;
 
 /// Every way walmgr fails, each with its exit status (man/walmgr.1, EXIT STATUS).
@@ -145,7 +146,7 @@ pub fn io_err<'a>(
     move |e| PathError::new(op, path, e).into()
 }
 
-/// The one checksum comparison: `what` (at `path`) hashed to `got` = (sha256, bytes),
+/// The checksum comparison: `what` (at `path`) hashed to `got` = (sha256, bytes),
 /// `recorded_in` says it must be `want`.
 pub fn check_digest(
     path: &std::path::Path,
@@ -154,13 +155,26 @@ pub fn check_digest(
     recorded_in: &str,
     want: (&str, u64),
 ) -> Result<()> {
+    check_sum(path, what, Algo::Sha256, got, recorded_in, want)
+}
+
+/// [`check_digest`] by another checksum.
+pub fn check_sum(
+    path: &std::path::Path,
+    what: &str,
+    algo: Algo,
+    got: (&str, u64),
+    recorded_in: &str,
+    want: (&str, u64),
+) -> Result<()> {
     if got == want {
         return Ok(());
     }
+    let algo = algo.name();
     Err(WalmgrError::Corrupt {
         path: path.to_path_buf(),
         reason: format!(
-            "{what} has sha256 {} ({} bytes), {recorded_in} says {} ({} bytes)",
+            "{what} has {algo} {} ({} bytes), {recorded_in} says {} ({} bytes)",
             got.0, got.1, want.0, want.1
         ),
     })

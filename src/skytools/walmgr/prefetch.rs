@@ -5,8 +5,10 @@
 //! longer take turns.
 //!
 //! Nothing in the spool is trusted: before a file is delivered xrestore hashes it and
-//! compares name, size and sha256 with the store's meta of that name, and removes it on
-//! any mismatch (then fetches from the store as without prefetch). The prefetcher keeps
+//! compares its name, size and checksum with the meta the prefetcher spooled beside it
+//! (or the store's meta of that name): the XXH3 the prefetcher noted of the bytes it had
+//! checked, else the SHA-256. It removes the file on any mismatch (then fetches from the
+//! store as without prefetch). The prefetcher keeps
 //! only the window after the segment last asked for, on its timeline; a timeline switch
 //! or a restart from an older point makes the rest stale, and it is removed.
 //!
@@ -25,7 +27,7 @@ use super::error::{io_err, Result};
 use super::spool;
 use super::store::{Meta, WalStore, META_EXT};
 use super::walname::{Kind, WalName};
-use crate::digest::HashWriter;
+use crate::digest::{Algo, HashWriter};
 use crate::fsutil::{self, TEMP_PREFIX};
 
 /// The spool directory, relative to the data directory (restore_command's cwd).
@@ -153,15 +155,19 @@ impl Prefetch {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err("open", &p)(e)),
         };
-        let mut w = HashWriter::new(io::sink());
+        let (algo, want) = match &meta.xxh3 {
+            Some(x) => (Algo::Xxh3, x),
+            None => (Algo::Sha256, &meta.sha256),
+        };
+        let mut w = HashWriter::with(algo, io::sink());
         io::copy(&mut (&mut f).take(meta.size + 1), &mut w).map_err(io_err("read", &p))?;
-        let (sha, n, _) = w.finish();
-        if sha != meta.sha256 || n != meta.size {
+        let (sum, n, _) = w.finish();
+        if (&sum, n) != (want, meta.size) {
+            let algo = algo.name();
             log::warn!(
-                "{}: prefetched copy has sha256 {sha} ({n} bytes), the store's meta says {} \
+                "{}: prefetched copy has {algo} {sum} ({n} bytes), its meta says {want} \
                  ({} bytes): removed, fetching from the store",
                 p.display(),
-                meta.sha256,
                 meta.size
             );
             let _ = fs::remove_file(&p);
@@ -316,13 +322,19 @@ fn fetch_all(store: &WalStore, p: &Prefetch, todo: &[Meta]) -> u64 {
 
 fn fetch(store: &WalStore, meta: &Meta, dst: &Path) -> Result<()> {
     // Published whole (temp + rename) but not fsynced: every use hashes it first, so a
-    // file torn by a crash is caught and refetched. The meta first, beside it: xrestore
-    // checks the copy against it without asking the store again.
-    let json = serde_json::to_vec(meta).expect("serializes");
+    // file torn by a crash is caught and refetched. Then the meta beside it, with the
+    // copy's XXH3: xrestore checks the copy by that without asking the store again (a
+    // copy without its meta yet is waited for, then fetched from the store).
+    let xxh3 = store.fetch_with_xxh3(meta, dst)?;
+    let spooled = Meta {
+        xxh3: Some(xxh3),
+        ..meta.clone()
+    };
+    let json = serde_json::to_vec(&spooled).expect("serializes");
     let mut mp = dst.as_os_str().to_owned();
     mp.push(META_EXT);
     fsutil::publish_with(Path::new(&mp), 0o600, |f| io::Write::write_all(f, &json))?;
-    store.fetch(meta, dst)
+    Ok(())
 }
 
 fn remove_stale(p: &Prefetch, asked: &str, win: &[String]) {
@@ -381,66 +393,80 @@ mod tests {
 
     #[test]
     fn only_a_copy_matching_the_store_is_delivered() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().to_path_buf();
-        let store = WalStore::new(&crate::skytools::walmgr::config::StorePaths {
-            completed_wals: root.join("c"),
-            partial_wals: root.join("p"),
-            full_backup: root.join("f"),
-            config_backup: root.join("b"),
-            root: root.clone(),
-            s3: None,
-        });
-        store.ensure_dirs().unwrap();
-        let data = d.path().join("data");
-        fs::create_dir_all(&data).unwrap();
-        let p = Prefetch::open(&data).unwrap();
-        let name = "000000010000000000000007";
-        let seg = vec![9u8; 200_000];
-        let (m, z) = Meta::build(name, &seg, Compression::Zstd, 3, 1, None).unwrap();
-        store.put(&m, Incoming::Local(&z)).unwrap();
-        let dst = data.join("RECOVERYXLOG");
-        assert!(!p.take(&m, &dst).unwrap(), "nothing spooled");
-        // A damaged copy is removed, not delivered.
-        let mut bad = seg.clone();
-        bad[100] ^= 1;
-        fs::write(p.dir.join(name), &bad).unwrap();
-        assert!(!p.take(&m, &dst).unwrap());
-        assert!(!dst.exists() && !p.dir.join(name).exists());
-        // A good one (as the prefetcher writes it) is moved into place.
-        fetch(&store, &m, &p.dir.join(name)).unwrap();
-        assert!(p.take(&m, &dst).unwrap());
-        assert_eq!(fs::read(&dst).unwrap(), seg);
-        assert!(!p.dir.join(name).exists());
+        for c in [Compression::Zstd, Compression::None] {
+            let d = tempfile::tempdir().unwrap();
+            let root = d.path().to_path_buf();
+            let store = WalStore::new(&crate::skytools::walmgr::config::StorePaths {
+                completed_wals: root.join("c"),
+                partial_wals: root.join("p"),
+                full_backup: root.join("f"),
+                config_backup: root.join("b"),
+                root: root.clone(),
+                s3: None,
+            });
+            store.ensure_dirs().unwrap();
+            let data = d.path().join("data");
+            fs::create_dir_all(&data).unwrap();
+            let p = Prefetch::open(&data).unwrap();
+            let name = "000000010000000000000007";
+            let seg = vec![9u8; 200_000];
+            let (m, z) = Meta::build(name, &seg, c, c.default_level(), 1, None).unwrap();
+            store.put(&m, Incoming::Local(&z)).unwrap();
+            let dst = data.join("RECOVERYXLOG");
+            assert!(!p.take(&m, &dst).unwrap(), "nothing spooled");
+            // A damaged copy is removed, not delivered.
+            let mut bad = seg.clone();
+            bad[100] ^= 1;
+            fs::write(p.dir.join(name), &bad).unwrap();
+            assert!(!p.take(&m, &dst).unwrap());
+            assert!(!dst.exists() && !p.dir.join(name).exists());
+            // A good one (as the prefetcher writes it) is moved into place.
+            fetch(&store, &m, &p.dir.join(name)).unwrap();
+            assert!(p.take(&m, &dst).unwrap());
+            assert_eq!(fs::read(&dst).unwrap(), seg);
+            assert!(!p.dir.join(name).exists());
 
-        // Without the store: against the meta spooled beside the copy.
-        fs::remove_file(&dst).unwrap();
-        assert!(!p.take_spooled(name, &dst).unwrap(), "nothing spooled");
-        fetch(&store, &m, &p.dir.join(name)).unwrap();
-        assert!(p.dir.join(format!("{name}.meta")).exists());
-        assert!(p.take_spooled(name, &dst).unwrap());
-        assert_eq!(fs::read(&dst).unwrap(), seg);
-        assert!(!p.dir.join(format!("{name}.meta")).exists());
-        // A copy damaged after it was spooled is caught by its spooled meta.
-        fs::remove_file(&dst).unwrap();
-        fetch(&store, &m, &p.dir.join(name)).unwrap();
-        fs::write(p.dir.join(name), &bad).unwrap();
-        assert!(!p.take_spooled(name, &dst).unwrap());
-        assert!(!dst.exists() && !p.dir.join(name).exists());
-        // A meta naming another segment is not used.
-        fetch(&store, &m, &p.dir.join(name)).unwrap();
-        let other = "000000010000000000000008";
-        fs::rename(
-            p.dir.join(format!("{name}.meta")),
-            p.dir.join(format!("{other}.meta")),
-        )
-        .unwrap();
-        fs::rename(p.dir.join(name), p.dir.join(other)).unwrap();
-        assert!(!p.take_spooled(other, &dst).unwrap());
-        assert!(!dst.exists());
-        // Stale metas go with their segments.
-        fetch(&store, &m, &p.dir.join(name)).unwrap();
-        remove_stale(&p, "", &[]);
-        assert!(!p.dir.join(format!("{name}.meta")).exists() && !p.dir.join(name).exists());
+            // Without the store: against the meta spooled beside the copy.
+            fs::remove_file(&dst).unwrap();
+            assert!(!p.take_spooled(name, &dst).unwrap(), "nothing spooled");
+            fetch(&store, &m, &p.dir.join(name)).unwrap();
+            // Spooled with the XXH3 of the copy (a zstd store records none), checked by it.
+            let spooled: Meta =
+                serde_json::from_slice(&fs::read(p.dir.join(format!("{name}.meta"))).unwrap())
+                    .unwrap();
+            assert_eq!(m.xxh3.is_some(), c == Compression::None);
+            assert_eq!(spooled.xxh3, Some(crate::digest::Xxh3::of(&seg)));
+            assert_eq!(
+                Meta {
+                    xxh3: m.xxh3.clone(),
+                    ..spooled
+                },
+                m
+            );
+            assert!(p.take_spooled(name, &dst).unwrap());
+            assert_eq!(fs::read(&dst).unwrap(), seg);
+            assert!(!p.dir.join(format!("{name}.meta")).exists());
+            // A copy damaged after it was spooled is caught by its spooled meta.
+            fs::remove_file(&dst).unwrap();
+            fetch(&store, &m, &p.dir.join(name)).unwrap();
+            fs::write(p.dir.join(name), &bad).unwrap();
+            assert!(!p.take_spooled(name, &dst).unwrap());
+            assert!(!dst.exists() && !p.dir.join(name).exists());
+            // A meta naming another segment is not used.
+            fetch(&store, &m, &p.dir.join(name)).unwrap();
+            let other = "000000010000000000000008";
+            fs::rename(
+                p.dir.join(format!("{name}.meta")),
+                p.dir.join(format!("{other}.meta")),
+            )
+            .unwrap();
+            fs::rename(p.dir.join(name), p.dir.join(other)).unwrap();
+            assert!(!p.take_spooled(other, &dst).unwrap());
+            assert!(!dst.exists());
+            // Stale metas go with their segments.
+            fetch(&store, &m, &p.dir.join(name)).unwrap();
+            remove_stale(&p, "", &[]);
+            assert!(!p.dir.join(format!("{name}.meta")).exists() && !p.dir.join(name).exists());
+        }
     }
 }

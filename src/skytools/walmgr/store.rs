@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::codec::Compression;
-use super::error::{check_digest, io_err, Result, WalmgrError};
+use super::error::{check_digest, check_sum, io_err, Result, WalmgrError};
 use super::s3store::S3Wal;
 use super::walname::{Kind, WalName};
-use crate::digest::{HashReader, HashWriter};
+use crate::digest::{copy_hashing_aside, Algo, HashReader, HashWriter, Sums};
 use crate::fsutil::{self, TEMP_PREFIX};
 
 pub const META_EXT: &str = ".meta";
@@ -50,10 +50,11 @@ pub struct Meta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_identifier: Option<u64>,
     pub archived_at: String,
-    /// XXH3-64 of an uncompressed file, recorded when it was archived: delivery checks
-    /// it instead of the SHA-256 (a tenth of the cost for 16 MiB; compressed files are
-    /// checked by their codec's checksum); `verify` checks the SHA-256. Metas written
-    /// before it (or by a remote receiver) have none and are checked by SHA-256.
+    /// XXH3-64 of the original bytes, recorded when an uncompressed file is archived:
+    /// delivery checks it instead of the SHA-256 (a tenth of the cost for 16 MiB;
+    /// compressed files are checked by their codec's checksum); `verify` checks the
+    /// SHA-256. Metas written before it (or by a remote receiver) have none and are
+    /// checked by SHA-256. The prefetcher records it for every copy it spools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xxh3: Option<String>,
 }
@@ -70,33 +71,20 @@ impl Meta {
         system_identifier: Option<u64>,
     ) -> io::Result<(Meta, Cow<'a, [u8]>)> {
         let stored = compression.compress(level, threads, data)?;
-        let sha256 = crate::digest::sha256_hex(data);
-        let stored_sha256 = match stored {
-            Cow::Borrowed(_) => sha256.clone(),
-            Cow::Owned(ref z) => crate::digest::sha256_hex(z),
+        let sums = Sums::of(data, compression == Compression::None);
+        let compressed = match &stored {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(z) => Some(&z[..]),
         };
-        let meta = Meta {
-            name: name.to_string(),
-            size: data.len() as u64,
-            sha256,
-            compression,
-            stored_size: stored.len() as u64,
-            stored_sha256,
-            system_identifier,
-            archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
-            xxh3: (compression == Compression::None).then(|| crate::digest::Xxh3::of(data)),
-        };
+        let meta = Meta::describe(name, sums, compression, compressed, system_identifier);
         Ok((meta, stored))
     }
-}
 
-impl Meta {
-    /// [`Meta::build`] from a file, in one pass through a reused buffer: each chunk is
-    /// hashed and handed to the compressor, whose zstd workers compress earlier chunks
-    /// while this thread reads and hashes the next (reading the whole segment first
-    /// cost a fresh 16 MiB of page faults, and hashing it after compressing left the
-    /// second core idle). `check` sees the first chunk and the file's length.
+    /// [`Meta::build`] from a file, in one pass through reused buffers: each chunk goes
+    /// to the compressor, whose zstd workers compress earlier chunks while this thread
+    /// reads the next, and to a hashing thread ([`copy_hashing_aside`]; reading the whole
+    /// segment first cost a fresh 16 MiB of page faults, and hashing on this thread
+    /// left the second core idle). `check` sees the first chunk and the file's length.
     #[allow(clippy::too_many_arguments)]
     pub fn build_from_file(
         name: &str,
@@ -117,49 +105,78 @@ impl Meta {
             Compression::None => len as usize,
             _ => (len / 4) as usize,
         };
-        let enc = compression
+        let mut enc = compression
             .encoder(level, threads, Vec::with_capacity(cap))
             .map_err(compressing)?;
-        let mut w = HashWriter::new(enc);
-        let mut xxh3 = (compression == Compression::None).then(crate::digest::Xxh3::new);
-        let mut k = first;
-        while k > 0 {
-            if let Some(x) = &mut xxh3 {
-                x.update(&buf[..k]);
-            }
-            w.write_all(&buf[..k]).map_err(compressing)?;
-            k = loop {
-                match src.read(&mut buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r.map_err(io_err("read", path))?,
-                }
-            };
-        }
-        let (sha256, n, enc) = w.finish();
-        if n != len {
-            return Err(WalmgrError::BadWal {
-                path: path.to_path_buf(),
-                reason: format!("changed while it was read ({len} bytes, then {n}); not archived"),
-            });
+        let mut read_failed = None;
+        let sums = copy_hashing_aside(
+            buf,
+            first,
+            |b| read_retrying(src, b).inspect_err(|e| read_failed = Some(e.kind())),
+            &mut enc,
+            |_| Ok(()),
+            compression == Compression::None,
+        )
+        .map_err(|e| match read_failed {
+            Some(_) => io_err("read", path)(e),
+            None => compressing(e),
+        })?;
+        if sums.bytes != len {
+            return Err(changed_while_read(path, len, sums.bytes));
         }
         let stored = enc.finish().map_err(compressing)?;
-        let stored_sha256 = match compression {
-            Compression::None => sha256.clone(),
-            _ => crate::digest::sha256_hex(&stored),
+        let compressed = (compression != Compression::None).then_some(&stored[..]);
+        let meta = Meta::describe(name, sums, compression, compressed, system_identifier);
+        Ok((meta, stored))
+    }
+
+    /// The meta of a file whose original bytes have `sums`, stored as `compressed` (None:
+    /// stored as they are).
+    fn describe(
+        name: &str,
+        sums: Sums,
+        compression: Compression,
+        compressed: Option<&[u8]>,
+        system_identifier: Option<u64>,
+    ) -> Meta {
+        let (stored_size, stored_sha256) = match compressed {
+            None => (sums.bytes, sums.sha256.clone()),
+            Some(z) => (z.len() as u64, crate::digest::sha256_hex(z)),
         };
-        let meta = Meta {
+        Meta {
             name: name.to_string(),
-            size: n,
-            sha256,
+            size: sums.bytes,
+            sha256: sums.sha256,
             compression,
-            stored_size: stored.len() as u64,
+            stored_size,
             stored_sha256,
             system_identifier,
             archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
-            xxh3: xxh3.map(|x| x.hex()),
-        };
-        Ok((meta, stored))
+            xxh3: sums.xxh3,
+        }
+    }
+}
+
+fn changed_while_read(path: &Path, len: u64, n: u64) -> WalmgrError {
+    WalmgrError::BadWal {
+        path: path.to_path_buf(),
+        reason: format!("changed while it was read ({len} bytes, then {n}); not archived"),
+    }
+}
+
+/// The read size of [`WalStore::put_streamed`]: small enough that the hashing thread
+/// is never far behind the copy (it finishes soon after the last write; 1 MiB reads
+/// left it up to 4 MiB to catch up on), large enough for the header check.
+const STREAM_CHUNK: usize = 256 << 10;
+
+/// One read, retried on EINTR.
+fn read_retrying(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
     }
 }
 
@@ -413,10 +430,11 @@ impl WalStore {
     }
 
     /// Store an uncompressed WAL file into a local store in one streaming pass: `src` is
-    /// copied and hashed megabyte by megabyte into a staged file in the store, whose
-    /// writeback starts at once, through one reused buffer (reading a 16 MiB segment
-    /// into a fresh buffer first cost more in page faults than hashing it). `check`
-    /// sees the first megabyte and the file's length before anything is written; the
+    /// copied in [`STREAM_CHUNK`]s into a staged file in the store, whose writeback
+    /// starts at once, through a few reused buffers (reading a 16 MiB segment into a
+    /// fresh buffer first cost more in page faults than hashing it) and hashed on a
+    /// second thread as it goes ([`copy_hashing_aside`]). `check`
+    /// sees the first chunk and the file's length before anything is written; the
     /// meta is built from the hash; then the same check against the stored copy and
     /// commit as [`Self::put`].
     pub fn put_streamed(
@@ -430,7 +448,7 @@ impl WalStore {
         debug_assert!(self.s3.is_none(), "put_streamed is for a local store");
         WalName::parse(name)?;
         let len = src.metadata().map_err(io_err("stat", path))?.len();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; STREAM_CHUNK];
         let first = read_full(src, &mut buf).map_err(io_err("read", path))?;
         check(&buf[..first], len)?;
         if !self.dir.is_dir() {
@@ -442,39 +460,20 @@ impl WalStore {
         // A failed read of `src` surfaces as a write error on the temp file: say which.
         let mut read_failed = false;
         let staged = fsutil::stage_durable(&dp, 0o600, |f| {
-            let mut w = HashWriter::new(fsutil::EarlyWriteback::new(f));
-            let mut x = crate::digest::Xxh3::new();
-            let mut k = first;
-            while k > 0 {
-                x.update(&buf[..k]);
-                w.write_all(&buf[..k])?;
-                k = src.read(&mut buf).inspect_err(|_| read_failed = true)?;
-            }
-            let (sha, n, _) = w.finish();
-            Ok((sha, n, x.hex()))
+            let mut out = fsutil::EarlyWriteback::new(f);
+            let read = |b: &mut [u8]| read_retrying(src, b).inspect_err(|_| read_failed = true);
+            // The fsync overlaps the end of the hashing (stage_durable's own is then
+            // cheap: nothing is left to write).
+            copy_hashing_aside(buf, first, read, &mut out, |o| o.sync_all(), true)
         });
-        let (staged, (sha256, n, xxh3)) = match staged {
+        let (staged, sums) = match staged {
             Err(e) if read_failed => return Err(io_err("read", path)(e.source)),
             r => r?,
         };
-        if n != len {
-            return Err(WalmgrError::BadWal {
-                path: path.to_path_buf(),
-                reason: format!("changed while it was read ({len} bytes, then {n}); not archived"),
-            });
+        if sums.bytes != len {
+            return Err(changed_while_read(path, len, sums.bytes));
         }
-        let meta = Meta {
-            name: name.to_string(),
-            size: n,
-            stored_sha256: sha256.clone(),
-            sha256,
-            compression: Compression::None,
-            stored_size: n,
-            system_identifier,
-            archived_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
-            xxh3: Some(xxh3),
-        };
+        let meta = Meta::describe(name, sums, Compression::None, None, system_identifier);
         let _lock = self.lock()?;
         let outcome = self.against_stored(&meta)?;
         if outcome == PutOutcome::AlreadyStored {
@@ -533,15 +532,15 @@ impl WalStore {
             }
         };
         let mut reader = io::BufReader::with_capacity(1 << 18, f);
-        if let (Check::Delivery, Compression::None, Some(want)) =
-            (check, meta.compression, &meta.xxh3)
-        {
-            return deliver_by_xxh3(meta, want, &mut reader, &dp, out);
-        }
+        // An uncompressed file is delivered checked by its XXH3 where its meta has one.
+        let (algo, want_stored) = match (check, meta.compression, &meta.xxh3) {
+            (Check::Delivery, Compression::None, Some(x)) => (Algo::Xxh3, x),
+            _ => (Algo::Sha256, &meta.stored_sha256),
+        };
         let by_codec = check == Check::Delivery
             && io::BufRead::fill_buf(&mut reader)
                 .is_ok_and(|head| meta.compression.checks_content(head));
-        let mut stored = HashReader::new(reader);
+        let mut stored = HashReader::with(algo, reader);
         let mut out = TrackWrites {
             inner: out,
             failed: false,
@@ -560,10 +559,15 @@ impl WalStore {
                 .and_then(|mut dec| io::copy(&mut dec, &mut w))
                 .map(|_| ()),
         };
-        let (stored_sha, stored_n) = stored.finish();
+        let (stored_sum, stored_n) = stored.finish();
         let (mut sha, mut n, _) = w.finish();
         if meta.compression == Compression::None {
-            (sha, n) = (stored_sha.clone(), stored_n);
+            // The same bytes: their SHA-256 is the stored one (an XXH3 check has none).
+            sha = match algo {
+                Algo::Sha256 => stored_sum.clone(),
+                Algo::Xxh3 => meta.sha256.clone(),
+            };
+            n = stored_n;
         } else if by_codec {
             // The decoder checked the content; the size is checked here.
             (sha, n) = (meta.sha256.clone(), written);
@@ -580,12 +584,13 @@ impl WalStore {
                 reason: format!("cannot read or decompress it: {e}"),
             });
         }
-        check_digest(
+        check_sum(
             &dp,
             "stored file",
-            (&stored_sha, stored_n),
+            algo,
+            (&stored_sum, stored_n),
             "its meta",
-            (&meta.stored_sha256, meta.stored_size),
+            (want_stored, meta.stored_size),
         )?;
         check_digest(
             &dp,
@@ -601,19 +606,38 @@ impl WalStore {
     /// as PostgreSQL fsyncs a segment it keeps and asks again after a crash
     /// (fsutil::publish_with); pgBackRest's archive-get does not fsync either.
     pub fn fetch(&self, meta: &Meta, dst: &Path) -> Result<()> {
-        let mut failure = None;
+        self.fetch_hashing(meta, dst, false).map(|_| ())
+    }
+
+    /// [`Self::fetch`], and the XXH3-64 of the bytes delivered: the meta's own where it
+    /// records one, else computed as they are written (the prefetcher notes it beside
+    /// its copy, which xrestore then checks at a tenth of a SHA-256's cost).
+    pub fn fetch_with_xxh3(&self, meta: &Meta, dst: &Path) -> Result<String> {
+        self.fetch_hashing(meta, dst, meta.xxh3.is_none())
+            .map(|sum| sum.or_else(|| meta.xxh3.clone()).expect("one of the two"))
+    }
+
+    fn fetch_hashing(&self, meta: &Meta, dst: &Path, xxh3: bool) -> Result<Option<String>> {
+        let (mut failure, mut sum) = (None, None);
         let r = fsutil::publish_with(dst, 0o600, |f| {
-            let mut bw = io::BufWriter::with_capacity(1 << 20, f);
-            if let Err(e) = self.read_checked(meta, &mut bw, Check::Delivery) {
+            let bw = io::BufWriter::with_capacity(1 << 20, f);
+            let mut w = HashWriter::with(Algo::Xxh3, bw);
+            let out: &mut dyn Write = match xxh3 {
+                true => &mut w,
+                false => w.inner_mut(),
+            };
+            if let Err(e) = self.read_checked(meta, out, Check::Delivery) {
                 failure = Some(e);
                 return Err(io::Error::other("verification failed"));
             }
+            let (x, _, mut bw) = w.finish();
+            sum = xxh3.then_some(x);
             bw.flush()
         });
         match (r, failure) {
             (_, Some(e)) => Err(e),
             (Err(e), None) => Err(e.into()),
-            (Ok(()), None) => Ok(()),
+            (Ok(()), None) => Ok(sum),
         }
     }
 
@@ -775,51 +799,6 @@ pub fn temp_writer_gone(fname: &str) -> bool {
     }
 }
 
-/// Copy an uncompressed stored file to `out`, checking it by the XXH3 and size its meta
-/// recorded (see [`Meta::xxh3`]).
-fn deliver_by_xxh3(
-    meta: &Meta,
-    want: &str,
-    reader: &mut impl io::BufRead,
-    dp: &Path,
-    out: &mut dyn Write,
-) -> Result<()> {
-    let mut x = crate::digest::Xxh3::new();
-    let mut n = 0u64;
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok([]) => break,
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(WalmgrError::Corrupt {
-                    path: dp.to_path_buf(),
-                    reason: format!("cannot read it: {e}"),
-                })
-            }
-        };
-        x.update(chunk);
-        out.write_all(chunk).map_err(|err| WalmgrError::Output {
-            what: format!("{}: writing the restored file", meta.name),
-            err,
-        })?;
-        let k = chunk.len();
-        n += k as u64;
-        reader.consume(k);
-    }
-    let got = x.hex();
-    if (got.as_str(), n) != (want, meta.size) {
-        return Err(WalmgrError::Corrupt {
-            path: dp.to_path_buf(),
-            reason: format!(
-                "stored file has xxh3 {got} ({n} bytes), its meta says {want} ({} bytes)",
-                meta.size
-            ),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,7 +912,8 @@ mod tests {
             &src,
             &mut f,
             |start, len| {
-                assert_eq!((start.len() as u64).min(1 << 20), len.min(1 << 20));
+                let chunk = STREAM_CHUNK as u64;
+                assert_eq!((start.len() as u64).min(chunk), len.min(chunk));
                 match start.first() {
                     Some(0xEE) => Err(WalmgrError::BadWal {
                         path: src.clone(),
@@ -975,6 +955,7 @@ mod tests {
             ),
             (Compression::None, m.size, &m.sha256, Some(42))
         );
+        assert_eq!(m.xxh3, Some(crate::digest::Xxh3::of(&data)));
         assert_eq!(s.lookup(SEG).unwrap().unwrap(), m);
         let out = d.path().join("restored");
         s.fetch(&m, &out).unwrap();
