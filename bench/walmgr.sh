@@ -25,7 +25,8 @@
 # throughput under pgbench (walmgr archive_async = yes / parallel = N against pgbackrest
 # archive-async=y / process-max=N, and both synchronous), and the replay time of a
 # restored base backup fed by restore_command (walmgr restore_prefetch = 8 and 0 against
-# pgbackrest archive-get with archive-async=y, and against WAL already in pg_wal).
+# pgbackrest archive-get with archive-async=y, against WAL already in pg_wal, and against
+# a restore_command that only copies an uncompressed segment: the floor of any).
 #
 # Usage: bench/walmgr.sh   (env: SEGMENTS=32 ROUNDS=3 PORT=55433
 #                           SETTINGS="none gzip:6 zstd:3" SIDES="floor pgbackrest walmgr"
@@ -571,6 +572,9 @@ if want_replay; then
 # false (end of the archive: promoted). WAL = the corpus from the backup's start segment,
 # stored (not timed) in a walmgr store and a pgbackrest repository (ASYNC_COMP).
 # local: the same segments copied into the copy's pg_wal, no restore_command.
+# floor-cp: restore_command = cp from a directory of the uncompressed segments: what any
+# restore_command costs (a shell, a process, PostgreSQL's own fsync of each restored
+# segment), with nothing to fetch, check or decompress.
 mapfile -t RANGE < <(find "$CORPUS" -maxdepth 1 -regextype posix-extended -regex '.*/[0-9A-F]{24}' -printf '%f\n' | sort | awk -v s="$BASE_START" '$1 >= s')
 say "replay range: ${RANGE[0]} .. ${RANGE[-1]} (${#RANGE[@]} segments)"
 RSTORE=replay-store RREPO=replay-repo
@@ -588,9 +592,11 @@ for n in "${RANGE[@]}"; do
     (cd "$DATA" && as_pg "$OURS" "$RUN/replay-master.ini" xarchive "$CORPUS/$n" "$n") >>"$LOG" 2>&1 || die "walmgr xarchive $n"
     as_pg pgbackrest --config="$RUN/replay-pgbackrest.conf" --stanza=bench --archive-async=n archive-push "$CORPUS/$n" >>"$LOG" 2>&1 || die "pgbackrest archive-push $n"
 done
+as_pg mkdir -p "$RUN/replay-plain"
+for n in "${RANGE[@]}"; do as_pg cp "$CORPUS/$n" "$RUN/replay-plain/$n"; done
 RPORT=$((PORT + 1))
 declare -A REPLAY REPLAY_ROWS
-RSIDES=(local walmgr-prefetch-0 walmgr-prefetch-8 pgbackrest-async-get)
+RSIDES=(local floor-cp walmgr-prefetch-0 walmgr-prefetch-8 pgbackrest-async-get)
 for round in $(seq 1 "$ROUNDS"); do
     for i in $(seq 0 $((${#RSIDES[@]} - 1))); do
         side=${RSIDES[$(((i + round - 1) % ${#RSIDES[@]}))]}
@@ -600,6 +606,9 @@ for round in $(seq 1 "$ROUNDS"); do
         case $side in
         local)
             for n in "${RANGE[@]}"; do as_pg cp "$CORPUS/$n" "$copy/pg_wal/$n"; done ;;
+        floor-cp)
+            as_pg touch "$copy/recovery.signal"
+            echo "restore_command = 'cp $RUN/replay-plain/%f %p'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
         walmgr-prefetch-*)
             as_pg touch "$copy/recovery.signal"
             echo "restore_command = '$OURS $RUN/replay-slave-${side##*-}.ini xrestore %f %p %r'" | as_pg tee -a "$copy/postgresql.conf" >/dev/null ;;
@@ -625,7 +634,7 @@ for round in $(seq 1 "$ROUNDS"); do
         REPLAY_ROWS[$side|$round]=$rows
     done
 done
-as_pg rm -rf "$RUN/replay"
+as_pg rm -rf "$RUN/replay" "$RUN/replay-plain"
 for key in "${!REPLAY_ROWS[@]}"; do
     [ "${REPLAY_ROWS[$key]}" = "${REPLAY_ROWS[local|1]}" ] || die "replay $key: ${REPLAY_ROWS[$key]} history rows, local replay ${REPLAY_ROWS[local|1]}"
 done
