@@ -109,6 +109,19 @@ pub struct StorePaths {
 }
 
 impl StorePaths {
+    /// A directory store's paths under `root` (tests): c, p, f and b.
+    #[cfg(test)]
+    pub fn under(root: &Path) -> StorePaths {
+        StorePaths {
+            completed_wals: root.join("c"),
+            partial_wals: root.join("p"),
+            full_backup: root.join("f"),
+            config_backup: root.join("b"),
+            root: root.to_path_buf(),
+            s3: None,
+        }
+    }
+
     /// Is `p` (one of the paths above) an `s3://` location?
     pub fn in_s3(p: &Path) -> bool {
         p.to_str().is_some_and(|s| s.starts_with("s3://"))

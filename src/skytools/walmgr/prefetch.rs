@@ -395,15 +395,9 @@ mod tests {
     fn only_a_copy_matching_the_store_is_delivered() {
         for c in [Compression::Zstd, Compression::None] {
             let d = tempfile::tempdir().unwrap();
-            let root = d.path().to_path_buf();
-            let store = WalStore::new(&crate::skytools::walmgr::config::StorePaths {
-                completed_wals: root.join("c"),
-                partial_wals: root.join("p"),
-                full_backup: root.join("f"),
-                config_backup: root.join("b"),
-                root: root.clone(),
-                s3: None,
-            });
+            let store = WalStore::new(&crate::skytools::walmgr::config::StorePaths::under(
+                d.path(),
+            ));
             store.ensure_dirs().unwrap();
             let data = d.path().join("data");
             fs::create_dir_all(&data).unwrap();

@@ -299,14 +299,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().to_path_buf();
         let st = StoreSettings {
-            paths: StorePaths {
-                completed_wals: root.join("c"),
-                partial_wals: root.join("p"),
-                full_backup: root.join("f"),
-                config_backup: root.join("b"),
-                root: root.clone(),
-                s3: None,
-            },
+            paths: StorePaths::under(&root),
             keep_backups: 0,
             archive_command: None,
         };
