@@ -96,10 +96,7 @@ impl Meta {
         check: impl FnOnce(&[u8], u64) -> Result<()>,
         system_identifier: Option<u64>,
     ) -> Result<(Meta, Vec<u8>)> {
-        let len = src.metadata().map_err(io_err("stat", path))?.len();
-        let mut buf = vec![0u8; 1 << 20];
-        let first = read_full(src, &mut buf).map_err(io_err("read", path))?;
-        check(&buf[..first], len)?;
+        let (len, buf, first) = read_start(src, path, 1 << 20, check)?;
         let compressing = |e: io::Error| WalmgrError::Internal(format!("{name}: compressing: {e}"));
         let cap = match compression {
             Compression::None => len as usize,
@@ -108,18 +105,18 @@ impl Meta {
         let mut enc = compression
             .encoder(level, threads, Vec::with_capacity(cap))
             .map_err(compressing)?;
-        let mut read_failed = None;
+        let mut read_failed = false;
         let sums = copy_hashing_aside(
             buf,
             first,
-            |b| read_retrying(src, b).inspect_err(|e| read_failed = Some(e.kind())),
+            |b| read_retrying(src, b).inspect_err(|_| read_failed = true),
             &mut enc,
             |_| Ok(()),
             compression == Compression::None,
         )
         .map_err(|e| match read_failed {
-            Some(_) => io_err("read", path)(e),
-            None => compressing(e),
+            true => io_err("read", path)(e),
+            false => compressing(e),
         })?;
         if sums.bytes != len {
             return Err(changed_while_read(path, len, sums.bytes));
@@ -178,6 +175,22 @@ fn read_retrying(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
             r => return r,
         }
     }
+}
+
+/// The start of reading a file to store: its length and a buffer of `chunk` bytes
+/// holding its first ones (how many: the third value), which `check` has seen with the
+/// length.
+fn read_start(
+    src: &mut File,
+    path: &Path,
+    chunk: usize,
+    check: impl FnOnce(&[u8], u64) -> Result<()>,
+) -> Result<(u64, Vec<u8>, usize)> {
+    let len = src.metadata().map_err(io_err("stat", path))?.len();
+    let mut buf = vec![0u8; chunk];
+    let first = read_full(src, &mut buf).map_err(io_err("read", path))?;
+    check(&buf[..first], len)?;
+    Ok((len, buf, first))
 }
 
 /// Read until `buf` is full or the file ends.
@@ -447,10 +460,7 @@ impl WalStore {
     ) -> Result<(Meta, PutOutcome)> {
         debug_assert!(self.s3.is_none(), "put_streamed is for a local store");
         WalName::parse(name)?;
-        let len = src.metadata().map_err(io_err("stat", path))?.len();
-        let mut buf = vec![0u8; STREAM_CHUNK];
-        let first = read_full(src, &mut buf).map_err(io_err("read", path))?;
-        check(&buf[..first], len)?;
+        let (len, buf, first) = read_start(src, path, STREAM_CHUNK, check)?;
         if !self.dir.is_dir() {
             return Err(io_err("open store directory", &self.dir)(io::Error::from(
                 io::ErrorKind::NotFound,
